@@ -1,0 +1,438 @@
+"""Moving windows, their batched FFT, and the cropped frequency band the U-Net sees.
+
+Geometry (shared by the detector, the spot extractor and the training generator):
+
+* Windows of ``window_px`` (w) pixels on a regular grid from the top-left corner with
+  ``stride_px`` (s); ``n = (N - w) // s + 1`` windows per axis. A right or bottom margin narrower
+  than the stride is not covered (it is reported by :class:`WindowGrid`).
+* Each window is mean-subtracted and apodized with a 2-D Hann window before a batched real FFT
+  (``scipy.fft.rfft2`` with ``workers``), never a Python loop per window.
+* Spectra are *fftshifted*: the DC term sits at ``(w // 2, w // 2)``. A spot at ``(ky, kx)`` FFT
+  pixels from the DC in a window of w pixels with pixel size ``(p_y, p_x)`` nm has the spatial
+  frequency ``g = (ky / (w p_y), kx / (w p_x))`` [1/nm]; its lattice spacing is ``1 / |g|`` [nm].
+  The method writes q = l / (d p) for the spatial frequency (Zhu et al., ESI-2, eq. 1), with
+  ``l`` the half-distance between the two spots of a Friedel pair.
+* The *band* is the central part of the spectrum that can hold lattice spots: out to the frequency
+  of the smallest spacing of interest ``d_min_nm`` (or Nyquist if lower), i.e. a radius of
+  ``w p / d_min`` FFT pixels per axis. It is cropped from the spectrum and resampled to a fixed
+  ``size`` x ``size`` (default 64) grid for the U-Net, which makes the network independent of the
+  window size and the pixel size (and makes it fast).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy.signal.windows import hann
+
+from hrtem_core.errors import AnalysisParameterError
+
+#: Smallest window the analysis accepts [px]: below this an FFT holds too few lattice periods.
+MIN_WINDOW_PX = 32
+#: Default input size of the U-Net [px].
+UNET_INPUT_PX = 64
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Positions of the moving windows over an image.
+
+    Attributes
+    ----------
+    image_shape : tuple of int
+        ``(ny, nx)`` of the image [px].
+    window_px : int
+        Window side w [px].
+    stride_px : int
+        Step s between neighbouring windows [px].
+    n_rows, n_cols : int
+        Number of windows along y and x.
+    """
+
+    image_shape: tuple[int, int]
+    window_px: int
+    stride_px: int
+    n_rows: int
+    n_cols: int
+
+    @property
+    def n_windows(self) -> int:
+        """Total number of windows, ``n_rows * n_cols``."""
+        return self.n_rows * self.n_cols
+
+    @property
+    def origins(self) -> np.ndarray:
+        """Top-left corner of each window, shape (N, 2) int, ``[row, col]`` in image pixels.
+
+        Windows are ordered row-major: index ``i = r * n_cols + c``.
+        """
+        rr, cc = np.meshgrid(
+            np.arange(self.n_rows) * self.stride_px,
+            np.arange(self.n_cols) * self.stride_px,
+            indexing="ij",
+        )
+        return np.stack([rr.ravel(), cc.ravel()], axis=1)
+
+    @property
+    def centers(self) -> np.ndarray:
+        """Centre of each window, shape (N, 2) float, ``[y, x]`` in image pixels."""
+        return self.origins + (self.window_px - 1) / 2.0
+
+    @property
+    def row_col(self) -> np.ndarray:
+        """Grid index of each window, shape (N, 2) int, ``[row, col]``."""
+        idx = np.arange(self.n_windows)
+        return np.stack([idx // self.n_cols, idx % self.n_cols], axis=1)
+
+    @property
+    def covered_shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of the part of the image the windows cover [px]."""
+        w, s = self.window_px, self.stride_px
+        return ((self.n_rows - 1) * s + w, (self.n_cols - 1) * s + w)
+
+
+def window_grid(
+    image_shape: tuple[int, ...],
+    *,
+    window_px: int = 256,
+    stride_px: int | None = None,
+) -> WindowGrid:
+    """Regular grid of ``window_px`` windows with step ``stride_px`` from the top-left corner.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(ny, nx)`` of the image [px].
+    window_px : int, keyword-only
+        Window side w [px], at least :data:`MIN_WINDOW_PX`. Any size is allowed (the FFT does
+        not need a power of two; powers of two are fastest).
+    stride_px : int or None, keyword-only
+        Step between windows [px], ``1 <= s``; default ``w // 2``.
+
+    Returns
+    -------
+    WindowGrid
+
+    Raises
+    ------
+    AnalysisParameterError
+        A window or stride that is not a positive integer, a window below the minimum, or an image
+        smaller than one window.
+    """
+    if len(image_shape) != 2:
+        raise AnalysisParameterError(f"expected a 2-D image, got shape {tuple(image_shape)}")
+    ny, nx = (int(v) for v in image_shape)
+    w = _positive_int(window_px, "window size")
+    if w < MIN_WINDOW_PX:
+        raise AnalysisParameterError(
+            f"window size {w} px is too small: use at least {MIN_WINDOW_PX} px "
+            "(a window must hold several lattice periods)"
+        )
+    s = w // 2 if stride_px is None else _positive_int(stride_px, "stride")
+    if ny < w or nx < w:
+        raise AnalysisParameterError(
+            f"the image ({ny}x{nx} px) is smaller than one {w}x{w} px window: "
+            "choose a smaller window"
+        )
+    return WindowGrid(
+        image_shape=(ny, nx),
+        window_px=w,
+        stride_px=s,
+        n_rows=(ny - w) // s + 1,
+        n_cols=(nx - w) // s + 1,
+    )
+
+
+def _positive_int(value: object, what: str) -> int:
+    """Validate a positive integer parameter (bools and non-integral floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer | float):
+        raise AnalysisParameterError(f"{what} must be a positive integer, got {value!r}")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise AnalysisParameterError(f"{what} must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise AnalysisParameterError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def extract_windows(
+    image: np.ndarray, grid: WindowGrid, *, indices: np.ndarray | None = None
+) -> np.ndarray:
+    """Copy the windows of ``grid`` out of ``image``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The image; converted to float32.
+    grid : WindowGrid
+        From :func:`window_grid` for this image's shape.
+    indices : ndarray of int, optional, keyword-only
+        Which windows (row-major indices); default all.
+
+    Returns
+    -------
+    ndarray, shape (n, w, w), float32
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != grid.image_shape:
+        raise AnalysisParameterError(
+            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
+        )
+    w, s = grid.window_px, grid.stride_px
+    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
+    view = view[: grid.n_rows, : grid.n_cols].reshape(grid.n_windows, w, w)
+    if indices is None:
+        return np.ascontiguousarray(view)
+    return np.ascontiguousarray(view[np.asarray(indices, dtype=np.intp)])
+
+
+def iter_window_batches(
+    image: np.ndarray, grid: WindowGrid, *, batch_size: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(indices, windows)`` in batches so memory stays bounded on large images.
+
+    ``windows`` has shape (n, w, w) float32; ``indices`` are the row-major window indices.
+    """
+    batch_size = _positive_int(batch_size, "batch size")
+    for start in range(0, grid.n_windows, batch_size):
+        idx = np.arange(start, min(start + batch_size, grid.n_windows))
+        yield idx, extract_windows(image, grid, indices=idx)
+
+
+def hann_2d(window_px: int) -> np.ndarray:
+    """Separable 2-D Hann apodization window, shape (w, w) float32, peak 1."""
+    h = hann(int(window_px), sym=False).astype(np.float32)
+    return np.outer(h, h)
+
+
+def window_spectra(
+    windows: np.ndarray, *, apodize: bool = True, workers: int = -1
+) -> np.ndarray:
+    """Batched FFT magnitude of each window, fftshifted (DC at ``(w // 2, w // 2)``).
+
+    Each window is mean-subtracted (suppresses the DC peak) and, by default, multiplied by a 2-D
+    Hann window (suppresses the edge streaks of a non-periodic window) before one batched
+    ``scipy.fft.rfft2`` over all windows in float32. The full spectrum is rebuilt from the
+    Hermitian half: ``|F(-k)| = |F(k)|`` for a real window.
+
+    Parameters
+    ----------
+    windows : ndarray, shape (n, w, w)
+        Real-space windows.
+    apodize : bool, keyword-only
+        Apply the Hann window (default True).
+    workers : int, keyword-only
+        Threads for scipy.fft (-1: all cores).
+
+    Returns
+    -------
+    ndarray, shape (n, w, w), float32
+        ``|F|``, fftshifted.
+    """
+    half = _rfft_half(windows, apodize=apodize, workers=workers)
+    w = windows.shape[-1]
+    mag = np.empty((windows.shape[0], w, w), dtype=np.float32)
+    nxh = half.shape[-1]  # w // 2 + 1
+    mag[:, :, :nxh] = half
+    # Negative kx columns from Hermitian symmetry: M[ky, -kx] = M[-ky, kx].
+    neg = half[:, (-np.arange(w)) % w, 1 : w - nxh + 1][:, :, ::-1]
+    mag[:, :, nxh:] = neg
+    return np.fft.fftshift(mag, axes=(-2, -1))
+
+
+def _rfft_half(windows: np.ndarray, *, apodize: bool, workers: int) -> np.ndarray:
+    """Magnitude of the batched rfft2 of mean-subtracted (apodized) windows, unshifted."""
+    x = np.asarray(windows, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise AnalysisParameterError(f"expected windows of shape (n, w, w), got {x.shape}")
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    if apodize:
+        x = x * hann_2d(x.shape[-1])
+    spec = scipy.fft.rfft2(x, axes=(-2, -1), workers=workers, overwrite_x=True)
+    return np.abs(spec).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class BandGeometry:
+    """How the central band of a w-pixel spectrum maps onto the U-Net input grid.
+
+    The band holds FFT offsets ``-radius_y..radius_y`` (rows) and ``-radius_x..radius_x``
+    (columns) around the DC; it is resampled to ``size`` x ``size``. Offsets are in FFT pixels of
+    the w-pixel window, relative to the DC; ``ky`` grows downwards (image rows), ``kx`` to the
+    right.
+
+    Attributes
+    ----------
+    window_px : int
+        Window side w [px].
+    radius_y, radius_x : int
+        Band half-widths [FFT px] along ky and kx.
+    size : int
+        Side of the resampled band (U-Net input) [px].
+    """
+
+    window_px: int
+    radius_y: int
+    radius_x: int
+    size: int = UNET_INPUT_PX
+
+    @property
+    def scale_y(self) -> float:
+        """U-Net pixels per FFT pixel along ky."""
+        return self.size / (2 * self.radius_y + 1)
+
+    @property
+    def scale_x(self) -> float:
+        """U-Net pixels per FFT pixel along kx."""
+        return self.size / (2 * self.radius_x + 1)
+
+    def to_band(self, ky: np.ndarray, kx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FFT offsets from the DC [FFT px] -> band-grid coordinates (row, col) [band px].
+
+        Pixel centres are at integer coordinates; the DC maps to ``((size - 1) / 2,) * 2``.
+        """
+        c = (self.size - 1) / 2.0
+        return (
+            c + np.asarray(ky, dtype=float) * self.scale_y,
+            c + np.asarray(kx, dtype=float) * self.scale_x,
+        )
+
+    def from_band(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Band-grid coordinates (row, col) [band px] -> FFT offsets (ky, kx) from the DC."""
+        c = (self.size - 1) / 2.0
+        return (
+            (np.asarray(row, dtype=float) - c) / self.scale_y,
+            (np.asarray(col, dtype=float) - c) / self.scale_x,
+        )
+
+
+def band_geometry(
+    window_px: int,
+    pixel_size_nm: tuple[float, float],
+    *,
+    d_min_nm: float = 0.1,
+    size: int = UNET_INPUT_PX,
+) -> BandGeometry:
+    """Band that can hold lattice spots down to spacing ``d_min_nm`` (or Nyquist if lower).
+
+    The radius along each axis is ``ceil(w p / d_min)`` FFT pixels plus one pixel of margin,
+    capped at ``w // 2 - 1`` (Nyquist).
+
+    Parameters
+    ----------
+    window_px : int
+        Window side w [px].
+    pixel_size_nm : (float, float)
+        ``(p_y, p_x)`` [nm/px].
+    d_min_nm : float, keyword-only
+        Smallest lattice spacing of interest [nm] (default 0.1 nm).
+    size : int, keyword-only
+        Side of the resampled band [px] (default 64).
+    """
+    if not (math.isfinite(d_min_nm) and d_min_nm > 0):
+        raise AnalysisParameterError(f"smallest spacing d_min must be > 0 nm, got {d_min_nm!r}")
+    w = int(window_px)
+    nyq = w // 2 - 1
+    py, px = (float(v) for v in pixel_size_nm)
+    ry = min(math.ceil(w * py / d_min_nm) + 1, nyq)
+    rx = min(math.ceil(w * px / d_min_nm) + 1, nyq)
+    return BandGeometry(window_px=w, radius_y=ry, radius_x=rx, size=int(size))
+
+
+def crop_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
+    """Crop the central band of fftshifted spectra (no resampling).
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n, w, w)
+        From :func:`window_spectra`.
+    geometry : BandGeometry
+
+    Returns
+    -------
+    ndarray, shape (n, 2 radius_y + 1, 2 radius_x + 1)
+    """
+    c = geometry.window_px // 2
+    ry, rx = geometry.radius_y, geometry.radius_x
+    return spectra[:, c - ry : c + ry + 1, c - rx : c + rx + 1]
+
+
+def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
+    """The U-Net input: the band's log-magnitude, resampled to size x size and standardized.
+
+    ``log1p(|F| / median)`` over the band, bilinearly resampled (pixel-centre aligned, as
+    :meth:`BandGeometry.to_band`), then shifted to zero median and scaled to unit robust spread
+    (1.4826 x MAD) per window; the DC pixel is set to the median so it never dominates.
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n, w, w)
+        Fftshifted magnitudes from :func:`window_spectra`.
+    geometry : BandGeometry
+
+    Returns
+    -------
+    ndarray, shape (n, size, size), float32
+    """
+    band = crop_band(spectra, geometry).astype(np.float32, copy=True)
+    ry, rx = geometry.radius_y, geometry.radius_x
+    band[:, ry, rx] = 0.0
+    med = np.median(band.reshape(band.shape[0], -1), axis=1)[:, None, None]
+    band = np.log1p(band / np.maximum(med, 1e-12))
+    out = _resample_bilinear(band, geometry.size)
+    flat = out.reshape(out.shape[0], -1)
+    m = np.median(flat, axis=1)[:, None, None]
+    mad = np.median(np.abs(flat - m[:, :, 0]), axis=1)[:, None, None] * 1.4826
+    out = (out - m) / np.maximum(mad, 1e-6)
+    return out.astype(np.float32, copy=False)
+
+
+def _resample_bilinear(stack: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resampling of (n, hy, hx) to (n, size, size), pixel centres aligned."""
+    n, hy, hx = stack.shape
+    if hy == size and hx == size:
+        return stack
+
+    def axis_weights(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(size) + 0.5) * (n_in / size) - 0.5
+        pos = np.clip(pos, 0.0, n_in - 1.0)
+        i0 = np.floor(pos).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+
+    y0, y1, wy = axis_weights(hy)
+    x0, x1, wx = axis_weights(hx)
+    rows = stack[:, y0, :] * (1 - wy)[None, :, None] + stack[:, y1, :] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+
+
+def frequency_nm_inv(
+    ky: np.ndarray, kx: np.ndarray, *, window_px: int, pixel_size_nm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """FFT offsets (ky, kx) [FFT px] -> spatial frequency components (gy, gx) [1/nm].
+
+    ``g = k / (w p)`` per axis, each axis with its own pixel size (Zhu et al., ESI-2, eq. 1).
+    """
+    py, px = (float(v) for v in pixel_size_nm)
+    w = float(window_px)
+    return np.asarray(ky, dtype=float) / (w * py), np.asarray(kx, dtype=float) / (w * px)
+
+
+__all__ = [
+    "MIN_WINDOW_PX",
+    "UNET_INPUT_PX",
+    "BandGeometry",
+    "WindowGrid",
+    "band_geometry",
+    "crop_band",
+    "extract_windows",
+    "frequency_nm_inv",
+    "hann_2d",
+    "iter_window_batches",
+    "log_band",
+    "window_grid",
+    "window_spectra",
+]
