@@ -208,9 +208,7 @@ def hann_2d(window_px: int) -> np.ndarray:
     return np.outer(h, h)
 
 
-def window_spectra(
-    windows: np.ndarray, *, apodize: bool = True, workers: int = -1
-) -> np.ndarray:
+def window_spectra(windows: np.ndarray, *, apodize: bool = True, workers: int = -1) -> np.ndarray:
     """Batched FFT magnitude of each window, fftshifted (DC at ``(w // 2, w // 2)``).
 
     Each window is mean-subtracted (suppresses the DC peak) and, by default, multiplied by a 2-D
@@ -360,6 +358,56 @@ def crop_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     return spectra[:, c - ry : c + ry + 1, c - rx : c + rx + 1]
 
 
+def band_spectra(
+    windows: np.ndarray, geometry: BandGeometry, *, apodize: bool = True, workers: int = -1
+) -> np.ndarray:
+    """Only the band of the windows' spectra: ``crop_band(window_spectra(windows), geometry)``.
+
+    Same preprocessing as :func:`window_spectra` (mean subtraction, Hann apodization, float32),
+    but the transform is split: a real FFT along x, then a complex FFT along y of only the
+    ``radius_x + 1`` non-negative kx columns of the band; the magnitude is taken of the band
+    rows only and the negative-kx half is rebuilt from ``|F(ky, -kx)| = |F(-ky, kx)|``. This
+    avoids building, shifting and storing the full (n, w, w) spectrum (several times faster).
+
+    Parameters
+    ----------
+    windows : ndarray, shape (n, w, w)
+        Real-space windows (a strided view is fine).
+    geometry : BandGeometry
+        Band geometry for this window size.
+    apodize : bool, keyword-only
+        Apply the Hann window (default True).
+    workers : int, keyword-only
+        Threads for scipy.fft (-1: all cores).
+
+    Returns
+    -------
+    ndarray, shape (n, 2 radius_y + 1, 2 radius_x + 1), float32
+        Fftshifted ``|F|`` of the band, DC at ``(radius_y, radius_x)``.
+    """
+    x = np.array(windows, dtype=np.float32, copy=True)
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise AnalysisParameterError(f"expected windows of shape (n, w, w), got {x.shape}")
+    w = x.shape[-1]
+    if w != geometry.window_px:
+        raise AnalysisParameterError(
+            f"windows of {w} px do not match the band geometry of a {geometry.window_px} px window"
+        )
+    ry, rx = geometry.radius_y, geometry.radius_x
+    x -= x.mean(axis=(1, 2), keepdims=True)
+    if apodize:
+        x *= hann_2d(w)
+    fx = scipy.fft.rfft(x, axis=-1, workers=workers, overwrite_x=True)[:, :, : rx + 1]
+    del x
+    rows = np.r_[w - ry : w, 0 : ry + 1]  # ky = -ry .. ry
+    fy = scipy.fft.fft(fx, axis=-2, workers=workers, overwrite_x=True)[:, rows, :]
+    right = np.abs(fy).astype(np.float32, copy=False)  # kx = 0 .. rx
+    band = np.empty((right.shape[0], 2 * ry + 1, 2 * rx + 1), dtype=np.float32)
+    band[:, :, rx:] = right
+    band[:, :, :rx] = right[:, ::-1, rx:0:-1]
+    return band
+
+
 def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     """The U-Net input: the band's log-magnitude, resampled to size x size and standardized.
 
@@ -377,8 +425,30 @@ def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     -------
     ndarray, shape (n, size, size), float32
     """
-    band = crop_band(spectra, geometry).astype(np.float32, copy=True)
+    return log_band_from_crop(crop_band(spectra, geometry), geometry)
+
+
+def log_band_from_crop(band: np.ndarray, geometry: BandGeometry) -> np.ndarray:
+    """:func:`log_band` from an already cropped band (e.g. :func:`hrtem_core.spots.band_magnitudes`).
+
+    Parameters
+    ----------
+    band : ndarray, shape (n, 2 radius_y + 1, 2 radius_x + 1)
+        Centred band of fftshifted magnitudes (:func:`crop_band`).
+    geometry : BandGeometry
+
+    Returns
+    -------
+    ndarray, shape (n, size, size), float32
+        Identical to ``log_band(spectra, geometry)`` for ``band = crop_band(spectra, geometry)``.
+    """
     ry, rx = geometry.radius_y, geometry.radius_x
+    if band.ndim != 3 or band.shape[1:] != (2 * ry + 1, 2 * rx + 1):
+        raise AnalysisParameterError(
+            f"band of shape {band.shape} does not match the band geometry "
+            f"({2 * ry + 1} x {2 * rx + 1} px)"
+        )
+    band = band.astype(np.float32, copy=True)
     band[:, ry, rx] = 0.0
     med = np.median(band.reshape(band.shape[0], -1), axis=1)[:, None, None]
     band = np.log1p(band / np.maximum(med, 1e-12))
@@ -392,7 +462,7 @@ def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
 
 def _resample_bilinear(stack: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resampling of (n, hy, hx) to (n, size, size), pixel centres aligned."""
-    n, hy, hx = stack.shape
+    _n, hy, hx = stack.shape
     if hy == size and hx == size:
         return stack
 
@@ -427,12 +497,14 @@ __all__ = [
     "BandGeometry",
     "WindowGrid",
     "band_geometry",
+    "band_spectra",
     "crop_band",
     "extract_windows",
     "frequency_nm_inv",
     "hann_2d",
     "iter_window_batches",
     "log_band",
+    "log_band_from_crop",
     "window_grid",
     "window_spectra",
 ]

@@ -1,0 +1,72 @@
+"""About: the method, the definitions, the conventions and how well the U-Net does."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from ui.common import MODEL_SETTINGS, guard
+
+st.title("About this tool")
+
+st.markdown(
+    """
+**Method** (after Zhu et al., *Deep learning-assisted analysis of HRTEM images of crystalline
+nanoparticles*). A square window of *w* px moves over the image with a stride *s*. Each window is
+mean-subtracted, Hann-apodized and Fourier transformed; the central band of its power spectrum
+(out to the smallest lattice spacing of interest, 0.1 nm by default) is resampled to 64 x 64 px
+and a U-Net marks the Bragg spots in it (a classical peak detector is offered as a baseline).
+Spots are refined to sub-pixel accuracy on the full spectrum and paired with their Friedel mates
+(centrosymmetric partners). A pair at half-distance *l* FFT px gives the spatial frequency
+*q = l / (w p)* [1/nm] and the lattice spacing *d = w p / l* [nm] (ESI-2, eq. 1), with *p* the
+pixel size [nm/px]. The spacings and the angles between the pairs of a window are matched against
+the PDF cards (d within the spacing tolerance, interplanar angles within the angle tolerance,
+ESI-3): the best phase, the (hkl) of each pair and the zone axis [uvw], with a score and the
+alternatives that also fit.
+
+**Crystallinity** of an image is the fraction of its windows that hold at least one Friedel pair
+passing the detector. The **crystalline area fraction** is the area of the union of the
+crystalline windows divided by the image area (overlapping windows are counted once). Across a
+focal series the crystallinity profile peaks near the best focus.
+
+**Units and conventions.** Lengths in nm, spatial frequencies in 1/nm, angles in degrees
+(Angstrom only where a PDF card shows it). **Defocus in nm, negative = underfocus** (the Scherzer
+defocus is negative for Cs > 0). In-plane directions are counter-clockwise from +x as seen on the
+screen (y down); the angle between two planes of one window is the acute angle between their
+reciprocal vectors, 0 to 90 degrees.
+
+**Pages.** *Analyze*: one image, its crystal-plane map, each window's FFT, mask and labelled spots,
+downloads. *Defocus series*: several images of one area at different defocus, the crystallinity
+profile and the images side by side. *PDF cards*: edit, validate and save the card database,
+compute reflections from the cell, d(hkl) and angle calculator.
+"""
+)
+
+st.subheader("The U-Net spot detector")
+with guard():
+    if not MODEL_SETTINGS.is_file():
+        st.info(
+            "No trained model is installed (models/unet_spots.json is missing): the classical "
+            "detector is available; train one with `python -m hrtem_core.train --seed 0`."
+        )
+    else:
+        info = json.loads(MODEL_SETTINGS.read_text(encoding="utf-8"))
+        st.markdown(
+            "The network is trained on synthetic windows with exact spot labels (lattice fringes "
+            "of random spacing, orientation and strength, amorphous background, shot noise, "
+            "CTF-like damping), so that no labelled microscope data are needed; it sees the "
+            "log-scaled 64 x 64 band of each window's spectrum and outputs a spot mask."
+        )
+        metrics = info.get("metrics")
+        if isinstance(metrics, dict) and metrics:
+            flat = pd.json_normalize(metrics, sep=" / ").T.reset_index()
+            flat.columns = ["metric", "value"]
+            flat["value"] = flat["value"].astype(str)
+            st.markdown("**How well it does** (held-out data, from `models/unet_spots.json`):")
+            st.dataframe(flat, hide_index=True, width="stretch")
+        settings = {k: v for k, v in info.items() if k != "metrics"}
+        if settings:
+            with st.expander("Training settings"):
+                st.json(settings, expanded=False)

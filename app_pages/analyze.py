@@ -1,0 +1,78 @@
+"""Analyze one image: crystal-plane map, per-window FFT/mask/spots, window table, downloads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import analyze_ui, results_ui
+from ui.common import (
+    EXAMPLE_IMAGE,
+    analyze_cached,
+    guard,
+    image_key,
+    load_card_db,
+    progress_reporter,
+    show_error,
+    upload_from_path,
+)
+
+st.title("Analyze an image")
+
+db = None
+try:
+    db = load_card_db()
+except Exception as exc:
+    show_error(exc)
+
+params = None
+with guard():
+    params = analyze_ui.sidebar_params(db, prefix="analyze")
+
+source = st.radio(
+    "Image",
+    ["Bundled example", "Upload"],
+    horizontal=True,
+    key="analyze_source",
+    help="The bundled example is a simulated maghemite (γ-Fe₂O₃) particle along [110].",
+)
+
+upload = None
+if source == "Upload":
+    uploads, problems = analyze_ui.uploader("Image file(s)", key="analyze_upload")
+    for problem in problems:
+        st.error(problem)
+    if len(uploads) > 1:
+        names = [u.name for u in uploads]
+        pick = st.selectbox("Which image", range(len(uploads)), format_func=lambda i: names[i])
+        upload = uploads[int(pick)]
+    elif uploads:
+        upload = uploads[0]
+    elif not problems:
+        st.info("Drop an image here, or choose the bundled example.")
+else:
+    with guard():
+        upload = upload_from_path(EXAMPLE_IMAGE)
+
+calibrated = None
+if upload is not None:
+    frame = analyze_ui.frame_choice(upload, key="analyze")
+    calibrated = analyze_ui.load_with_calibration(upload, key="analyze", frame=frame)
+
+result = None
+if calibrated is not None and params is not None and db is not None:
+    micrograph = calibrated.micrograph
+    st.caption(analyze_ui.describe(micrograph))
+    bar = st.progress(0.0, text="Analysing ...")
+    with guard():
+        result = analyze_cached(
+            micrograph,
+            image_key(upload, micrograph),
+            params,
+            cards=db,
+            progress=progress_reporter(bar),
+        )
+    bar.empty()
+
+if result is not None:
+    with guard():
+        results_ui.show_result(result, calibrated.micrograph, key="analyze")

@@ -1,0 +1,316 @@
+"""Spot detection on a held-out synthetic set: the U-Net against the classical detector.
+
+    python benchmarks/eval_detectors.py [--n 3000 --seed 20261124 --update-settings]
+
+The set is drawn by :func:`hrtem_core.synthetic.synthetic_example` with a seed the training never
+used and the *wider* parameter ranges (:meth:`SyntheticRanges.wider`: pixel sizes, spacings,
+doses, amplitudes, defocus, drift beyond the training ranges). Both detectors run through
+:func:`hrtem_core.spots.detect_pairs` (band masks -> :func:`~hrtem_core.spots.pairs_from_masks`,
+sub-pixel refinement, Friedel pairs, harmonics folded into their fundamental).
+
+Matching, per window, on Friedel pairs: a predicted pair ``k`` matches a true spot ``k_t`` when
+``min(|k - k_t|, |k + k_t|) <= tol`` FFT px (one-to-one, Hungarian assignment). True spots that are
+harmonics (``n g``, n >= 2) of a labelled spot count when found and are not missed when absent
+(the extractor folds them into the fundamental); predictions on borderline (*ignored*) spots are
+neither right nor wrong. Spacing error ``|d - d_t| / d_t`` over matched pairs with
+``l = |k_t| >= 10`` FFT px; angle error ``|angle - angle_t|`` (mod 180). Doses in electrons per
+pixel: low < 10, moderate 10-100, high >= 100.
+
+Writes a Markdown table to stdout and to ``benchmarks/results/eval_detectors.md``; with
+``--update-settings`` the metrics are stored under ``"evaluation"`` in ``models/unet_spots.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hrtem_core.spots import detect_pairs  # noqa: E402
+from hrtem_core.synthetic import (  # noqa: E402
+    GENERATOR_VERSION,
+    SyntheticRanges,
+    synthetic_example,
+)
+from hrtem_core.unet.load import (  # noqa: E402
+    DEFAULT_WEIGHTS,
+    load_model,
+    predict_masks,
+    settings_path,
+)
+from hrtem_core.windows import band_geometry, log_band, window_spectra  # noqa: E402
+
+DOSE_BINS = (("low", 0.0, 10.0), ("moderate", 10.0, 100.0), ("high", 100.0, math.inf))
+DETECTOR_NAMES = ("unet", "classical")
+
+
+def _canonical(k: np.ndarray) -> np.ndarray:
+    """Keep one member of each Friedel pair: ``ky < 0``, or ``ky == 0`` and ``kx > 0``."""
+    k = np.asarray(k, dtype=float).reshape(-1, 2)
+    keep = (k[:, 0] < 0) | ((k[:, 0] == 0) & (k[:, 1] > 0))
+    return k[keep]
+
+
+def _friedel_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) distances [FFT px] between pairs, either member."""
+    d1 = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    d2 = np.hypot(a[:, None, 0] + b[None, :, 0], a[:, None, 1] + b[None, :, 1])
+    return np.minimum(d1, d2)
+
+
+def score_window(pairs, ex, *, tol_px: float) -> dict:
+    """Counts and errors of one window's predicted pairs against its truth."""
+    w = ex.window_px
+    py, px = ex.pixel_size_nm
+    keep = (ex.k_offsets[:, 0] < 0) | ((ex.k_offsets[:, 0] == 0) & (ex.k_offsets[:, 1] > 0))
+    truth = ex.k_offsets[keep]
+    harmonic = ex.harmonic[keep]
+    ignored = _canonical(ex.ignore_offsets)
+    pred = np.array([[p.ky, p.kx] for p in pairs], dtype=float).reshape(-1, 2)
+    res = {"tp": 0, "fp": 0, "fn": 0, "d_err": [], "a_err": []}
+    matched_pred = np.zeros(len(pred), dtype=bool)
+    matched_true = np.zeros(len(truth), dtype=bool)
+    if len(pred) and len(truth):
+        dist = _friedel_dist(pred, truth)
+        rows, cols = linear_sum_assignment(dist)
+        for r, c in zip(rows, cols, strict=True):
+            if dist[r, c] <= tol_px:
+                matched_pred[r] = matched_true[c] = True
+                kt = truth[c]
+                gt = np.array([kt[0] / (w * py), kt[1] / (w * px)])
+                d_true = 1.0 / float(np.hypot(*gt))
+                if np.hypot(*kt) >= 10.0:
+                    res["d_err"].append(abs(pairs[r].spacing_nm - d_true) / d_true)
+                a_true = math.degrees(math.atan2(-gt[0], gt[1])) % 180.0
+                res["a_err"].append(abs((pairs[r].angle_deg - a_true + 90.0) % 180.0 - 90.0))
+    res["tp"] = int(matched_true.sum())
+    res["fn"] = int(np.sum(~matched_true & ~harmonic))
+    free = ~matched_pred
+    if free.any():
+        near = np.zeros(free.sum(), dtype=bool)
+        others = np.concatenate([ignored, truth[matched_true]]) if len(truth) else ignored
+        if len(others):
+            near = _friedel_dist(pred[free], others).min(axis=1) <= tol_px
+        res["fp"] = int(np.sum(~near))
+    return res
+
+
+def _summary(rows: list[dict]) -> dict:
+    tp = sum(r["tp"] for r in rows)
+    fp = sum(r["fp"] for r in rows)
+    fn = sum(r["fn"] for r in rows)
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
+    d = np.concatenate([np.asarray(r["d_err"], float) for r in rows]) if rows else np.zeros(0)
+    a = np.concatenate([np.asarray(r["a_err"], float) for r in rows]) if rows else np.zeros(0)
+    q = (lambda x, v: float(np.quantile(x, v)) if len(x) else float("nan"))
+    return {
+        "windows": len(rows),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "spacing_rel_err_median": q(d, 0.5),
+        "spacing_rel_err_p95": q(d, 0.95),
+        "angle_err_deg_median": q(a, 0.5),
+        "angle_err_deg_p95": q(a, 0.95),
+        "n_spacing": len(d),
+    }
+
+
+def measure_speed(model, *, n: int = 841, repeats: int = 3) -> dict:
+    """Windows/s of predict_masks and of the whole detect_pairs on n 256-px windows."""
+    rng = np.random.default_rng(7)
+    p = (0.02, 0.02)
+    wins = np.stack(
+        [synthetic_example(rng, window_px=256, pixel_size_nm=p).window for _ in range(n)]
+    )
+    spectra = window_spectra(wins)
+    bands = log_band(spectra, band_geometry(256, p, d_min_nm=0.1))
+    predict_masks(model, bands[:64])
+    t_pred, t_all = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict_masks(model, bands)
+        t_pred.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        detect_pairs(wins, pixel_size_nm=p, detector="unet", model=model)
+        t_all.append(time.perf_counter() - t0)
+    tp, ta = float(np.median(t_pred)), float(np.median(t_all))
+    return {
+        "windows": n,
+        "window_px": 256,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(model.device),
+        "predict_masks_s": round(tp, 3),
+        "predict_masks_windows_per_s": round(n / tp, 1),
+        "detect_pairs_s": round(ta, 3),
+        "detect_pairs_windows_per_s": round(n / ta, 1),
+    }
+
+
+def _fmt(v: float, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:.2f} %" if pct else f"{v:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """The evaluation as a Markdown report."""
+    meta = results["meta"]
+    lines = [
+        "# Spot detection on held-out synthetic windows: U-Net vs classical",
+        "",
+        f"{meta['n']} windows from `hrtem_core.synthetic` v{meta['generator_version']} "
+        f"(seed {meta['seed']}, wider ranges than training: pixel size "
+        f"{meta['ranges']['pixel_size_nm'][0]}–{meta['ranges']['pixel_size_nm'][1]} nm, "
+        f"spacing {meta['ranges']['spacing_nm'][0]}–{meta['ranges']['spacing_nm'][1]} nm, "
+        f"dose {meta['ranges']['dose_e_per_px'][0]}–{meta['ranges']['dose_e_per_px'][1]} e/px, "
+        f"windows {', '.join(map(str, meta['ranges']['window_px']))} px); "
+        f"{meta['no_crystal_windows']} without crystal. Match tolerance {meta['tol_px']} FFT px; "
+        "spacing error over matched pairs with l >= 10 FFT px. "
+        "Dose: low < 10, moderate 10–100, high >= 100 e/px. "
+        f"Weights: `{meta['weights']}`; {meta['date']}.",
+        "",
+        "| dose | detector | windows | precision | recall | F1 | spacing err. median | "
+        "spacing err. p95 | angle err. median [deg] | angle err. p95 [deg] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for dose in [b[0] for b in DOSE_BINS] + ["all"]:
+        for det in DETECTOR_NAMES:
+            s = results["by_dose"][dose][det]
+            lines.append(
+                f"| {dose} | {det} | {s['windows']} | {_fmt(s['precision'])} | "
+                f"{_fmt(s['recall'])} | {_fmt(s['f1'])} | "
+                f"{_fmt(s['spacing_rel_err_median'], True)} | "
+                f"{_fmt(s['spacing_rel_err_p95'], True)} | "
+                f"{_fmt(s['angle_err_deg_median'])} | {_fmt(s['angle_err_deg_p95'])} |"
+            )
+    lines += [
+        "",
+        "False alarms on windows without crystal (fraction with at least one pair): "
+        + ", ".join(
+            f"{det} {results['empty_false_alarm'][det]:.3f}" for det in DETECTOR_NAMES
+        )
+        + ".",
+    ]
+    if "speed" in results:
+        sp = results["speed"]
+        lines += [
+            "",
+            f"Speed ({sp['windows']} windows of {sp['window_px']} px, {sp['torch_threads']} "
+            f"torch threads, {sp['device']}): `predict_masks` {sp['predict_masks_s']} s "
+            f"({sp['predict_masks_windows_per_s']} windows/s); whole `detect_pairs` "
+            f"(FFT, band, U-Net, pairs) {sp['detect_pairs_s']} s "
+            f"({sp['detect_pairs_windows_per_s']} windows/s).",
+        ]
+    lines += ["", f"Evaluation time {meta['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate the held-out set, detect, score; returns the results dict."""
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.weights, device="cpu")
+    ranges = SyntheticRanges().wider()
+    t0 = time.perf_counter()
+    per = {det: [] for det in DETECTOR_NAMES}
+    doses, crystal = [], []
+    for i in range(args.n):
+        ex = synthetic_example(np.random.default_rng([args.seed, i]), ranges=ranges)
+        wins = ex.window[None]
+        spectra = window_spectra(wins)
+        for det in DETECTOR_NAMES:
+            pairs = detect_pairs(
+                wins,
+                pixel_size_nm=ex.pixel_size_nm,
+                detector=det,
+                model=model,
+                spectra=spectra,
+            )[0]
+            r = score_window(pairs, ex, tol_px=args.tol_px)
+            r["n_pairs"] = len(pairs)
+            per[det].append(r)
+        doses.append(ex.params["dose_e_per_px"])
+        crystal.append(ex.params["crystal"])
+        if args.verbose and (i + 1) % 250 == 0:
+            print(f"{i + 1}/{args.n} [{time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    doses = np.asarray(doses)
+    crystal = np.asarray(crystal)
+    by_dose = {}
+    for name, lo, hi in (*DOSE_BINS, ("all", 0.0, math.inf)):
+        sel = np.flatnonzero((doses >= lo) & (doses < hi))
+        by_dose[name] = {det: _summary([per[det][j] for j in sel]) for det in DETECTOR_NAMES}
+    empty = np.flatnonzero(~crystal)
+    results = {
+        "meta": {
+            "n": args.n,
+            "seed": args.seed,
+            "tol_px": args.tol_px,
+            "generator_version": GENERATOR_VERSION,
+            "ranges": ranges.to_dict(),
+            "no_crystal_windows": len(empty),
+            "weights": str(Path(args.weights).resolve().relative_to(REPO))
+            if Path(args.weights).resolve().is_relative_to(REPO)
+            else str(args.weights),
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
+            "seconds": time.perf_counter() - t0,
+        },
+        "by_dose": by_dose,
+        "empty_false_alarm": {
+            det: float(np.mean([per[det][j]["n_pairs"] > 0 for j in empty])) if len(empty) else 0.0
+            for det in DETECTOR_NAMES
+        },
+    }
+    if not args.no_speed:
+        results["speed"] = measure_speed(model)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000, help="held-out windows")
+    ap.add_argument("--seed", type=int, default=20261124, help="seed of the held-out set")
+    ap.add_argument("--tol-px", type=float, default=2.0, help="match tolerance [FFT px]")
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "eval_detectors.md")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
+    ap.add_argument(
+        "--update-settings", action="store_true", help="store the metrics in the settings JSON"
+    )
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    results = run(args)
+    text = markdown(results)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.update_settings:
+        js = settings_path(args.weights)
+        settings = json.loads(js.read_text(encoding="utf-8"))
+        settings["evaluation"] = {
+            k: results[k] for k in ("meta", "by_dose", "empty_false_alarm", "speed") if k in results
+        }
+        js.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Options shared by ``analyze``, ``series`` (and ``batch``): one definition, one meaning.
+
+:func:`add_analysis_options` registers the image, window, card, tolerance and detector options;
+:func:`params_from_args`, :func:`pixel_size_from_args`, :func:`cards_from_args` turn the parsed
+namespace into library objects; :class:`ProgressBar` is a tqdm bar on stderr usable as the
+library's ``progress(fraction, message)`` callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hrtem_core.errors import AnalysisParameterError, CalibrationError
+
+
+def frame_arg(text: str) -> int | str:
+    """argparse type for ``--frame``: a frame number (0, 1, ...) or ``sum``."""
+    if text.strip().lower() == "sum":
+        return "sum"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--frame must be a frame number (0, 1, ...) or 'sum', got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--frame must be 0 or more, got {value}")
+    return value
+
+
+def pixel_size_arg(text: str) -> float | tuple[float, float]:
+    """argparse type for ``--pixel-size-nm``: ``P`` or ``PY,PX`` [nm/px]."""
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--pixel-size-nm must be a number in nm/px (or PY,PX), got {text!r}"
+        ) from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(
+        f"--pixel-size-nm takes one value or two (PY,PX), got {text!r}"
+    )
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number of pixels, got {text!r}"
+            ) from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return v
+
+    return parse
+
+
+def add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    """Register the options every analysing sub-command shares."""
+    g = parser.add_argument_group("image")
+    g.add_argument(
+        "--pixel-size-nm",
+        type=pixel_size_arg,
+        default=None,
+        metavar="P",
+        help="pixel size in nm/px, or PY,PX for non-square pixels; overrides the file's calibration",
+    )
+    g.add_argument(
+        "--frame",
+        type=frame_arg,
+        default=None,
+        metavar="N",
+        help="frame of a stack (0, 1, ...) or 'sum' (default: frame 0, with a warning)",
+    )
+    g = parser.add_argument_group("windows and spots")
+    g.add_argument(
+        "--window",
+        type=_positive_int("--window"),
+        default=256,
+        metavar="W",
+        help="moving-window size in pixels (default 256)",
+    )
+    g.add_argument(
+        "--stride",
+        type=_positive_int("--stride"),
+        default=None,
+        metavar="S",
+        help="step between windows in pixels (default: half the window)",
+    )
+    g.add_argument(
+        "--detector",
+        choices=("unet", "classical"),
+        default="unet",
+        help="spot detector: the trained U-Net (default) or the classical peak finder",
+    )
+    g.add_argument(
+        "--d-min-nm",
+        type=_positive_float("--d-min-nm"),
+        default=0.1,
+        metavar="D",
+        help="smallest lattice spacing of interest in nm (default 0.1)",
+    )
+    g = parser.add_argument_group("indexing")
+    g.add_argument(
+        "--cards",
+        default=None,
+        metavar="XLSX",
+        help="PDF card database (default data/pdf_cards.xlsx)",
+    )
+    g.add_argument(
+        "--phases",
+        nargs="+",
+        default=None,
+        metavar="CARD_ID",
+        help="card ids to index against (default: the enabled phases of the database)",
+    )
+    g.add_argument(
+        "--spacing-tol",
+        type=_positive_float("--spacing-tol"),
+        default=0.03,
+        metavar="T",
+        help="relative spacing tolerance (default 0.03 = 3 %%)",
+    )
+    g.add_argument(
+        "--angle-tol-deg",
+        type=_positive_float("--angle-tol-deg"),
+        default=2.0,
+        metavar="A",
+        help="interplanar-angle tolerance in degrees (default 2)",
+    )
+    g.add_argument(
+        "--include-forbidden",
+        action="store_true",
+        help="also match kinematically forbidden reflections (double diffraction), with a lower weight",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def params_from_args(args: argparse.Namespace) -> Any:
+    """:class:`~hrtem_core.analysis.AnalysisParams` from the parsed options (validated)."""
+    from hrtem_core.analysis import AnalysisParams
+
+    params = AnalysisParams(
+        window_px=int(args.window),
+        stride_px=None if args.stride is None else int(args.stride),
+        detector=args.detector,
+        d_min_nm=float(args.d_min_nm),
+        spacing_tol=float(args.spacing_tol),
+        angle_tol_deg=float(args.angle_tol_deg),
+        phases=None if not args.phases else tuple(str(p) for p in args.phases),
+        include_forbidden=bool(args.include_forbidden),
+    )
+    params.validate()
+    return params
+
+
+def cards_from_args(args: argparse.Namespace) -> Any:
+    """The card database named by ``--cards`` (default ``data/pdf_cards.xlsx``)."""
+    from hrtem_core.cards import DEFAULT_CARDS_PATH, load_cards
+
+    path = Path(args.cards) if args.cards else DEFAULT_CARDS_PATH
+    return load_cards(path)
+
+
+def pixel_size_from_args(args: argparse.Namespace) -> Any:
+    """The ``--pixel-size-nm`` override (None when not given); checks it is positive."""
+    p = args.pixel_size_nm
+    if p is None:
+        return None
+    values = p if isinstance(p, tuple) else (p,)
+    for v in values:
+        if not (math.isfinite(v) and v > 0):
+            raise CalibrationError(f"--pixel-size-nm must be a positive number of nm/px, got {v!r}")
+    return p
+
+
+def check_image_path(path: str) -> Path:
+    """The image path, or a one-line error when it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        raise AnalysisParameterError(f"{path}: no such file")
+    if p.is_dir():
+        raise AnalysisParameterError(f"{path}: is a folder, not an image file")
+    return p
+
+
+class ProgressBar:
+    """A tqdm progress bar on stderr, callable as ``progress(fraction_done, message)``.
+
+    Disabled with ``enabled=False`` and when stderr is not a terminal.
+    """
+
+    def __init__(self, *, total: float, desc: str, unit: str, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.total = float(total)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.stderr,
+            disable=None if enabled else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        """Move to ``fraction`` of the total; show ``message``."""
+        target = max(0.0, min(1.0, float(fraction))) * self.total
+        delta = target - self._bar.n
+        if delta > 0:
+            self._bar.update(round(delta, 6))
+        if message:
+            self._bar.set_postfix_str(message[-60:], refresh=False)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def safe_stem(name: str) -> str:
+    """A folder-safe version of a file's stem (``[A-Za-z0-9._+-]``, others -> ``_``)."""
+    stem = Path(name).stem if Path(name).suffix else Path(name).name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._") or "image"
+
+
+__all__ = [
+    "ProgressBar",
+    "add_analysis_options",
+    "cards_from_args",
+    "check_image_path",
+    "frame_arg",
+    "params_from_args",
+    "pixel_size_arg",
+    "pixel_size_from_args",
+    "safe_stem",
+]

@@ -1,0 +1,109 @@
+"""``python -m hrtem_core info FILE [--pixel-size-nm P] [--frame N|sum]``.
+
+Reads one microscope file and prints one JSON object on stdout: the original data's ``shape`` and
+``dtype``, the image shape used, ``pixel_size_nm`` as [y, x], its source, the ``reader``,
+``defocus_nm``, ``warnings`` and key metadata. Bad input: exit code 2 and one line
+``error: ...`` on stderr (see :mod:`hrtem_core.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hrtem_core.io import load_image
+
+#: Metadata keys printed at the top level when present.
+KEY_METADATA: tuple[str, ...] = (
+    "voltage_kv",
+    "magnification",
+    "microscope",
+    "acquisition_time",
+    "original_units",
+    "original_pixel_size",
+    "n_frames",
+    "frame",
+    "defocus_source",
+)
+
+
+def _frame(text: str) -> int | str:
+    """argparse type for --frame: a non-negative integer or 'sum'."""
+    if text.strip().lower() == "sum":
+        return "sum"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--frame must be a frame number (0, 1, ...) or 'sum', got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--frame must be 0 or more, got {value}")
+    return value
+
+
+def _pixel_size(text: str) -> float:
+    """argparse type for --pixel-size-nm: a number (validated by the reader)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--pixel-size-nm must be a number in nm/px, got {text!r}"
+        ) from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``info`` sub-command."""
+    parser = sub.add_parser(
+        "info",
+        help="read a microscope file and print its calibration and metadata as JSON",
+        description=(
+            "Read a microscope image (dm3/dm4, ser+emi, Velox or Berkeley emd, mrc, tif, png, "
+            "jpg) and print one JSON object: shape, dtype, pixel_size_nm [y, x], reader, "
+            "defocus_nm, warnings and key metadata."
+        ),
+    )
+    parser.add_argument("file", help="the image file")
+    parser.add_argument(
+        "--pixel-size-nm",
+        type=_pixel_size,
+        default=None,
+        metavar="P",
+        help="pixel size in nm/px; overrides the file's calibration (required for PNG/JPG)",
+    )
+    parser.add_argument(
+        "--frame",
+        type=_frame,
+        default=None,
+        metavar="N|sum",
+        help="for stacks: the frame number (from 0) or 'sum' (default: frame 0, with a warning)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read ``args.file`` and print its description as JSON; return 0."""
+    micrograph = load_image(args.file, pixel_size_nm=args.pixel_size_nm, frame=args.frame)
+    metadata = micrograph.metadata
+    out = {
+        "name": micrograph.name,
+        "shape": metadata.get("original_shape"),
+        "dtype": metadata.get("original_dtype"),
+        "image_shape": list(micrograph.shape),
+        "pixel_size_nm": list(micrograph.pixel_size_nm),
+        "pixel_size_source": micrograph.pixel_size_source,
+        "reader": micrograph.reader,
+        "defocus_nm": micrograph.defocus_nm,
+        "warnings": list(micrograph.warnings),
+    }
+    for key in KEY_METADATA:
+        if key in metadata and key not in out:
+            out[key] = metadata[key]
+    out["metadata"] = metadata
+    sys.stdout.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
+    return 0
+
+
+__all__ = ["add_parser", "run"]

@@ -1,0 +1,885 @@
+"""Index the lattice planes of one window: spacings + interplanar angles -> phase, (hkl), zone axis.
+
+Method (Zhu et al., ESI-1 and ESI-3, generalised to every crystal system):
+
+1. **Spacings.** Each measured spacing ``d`` is matched against the enabled phases' reflection
+   families within a relative tolerance (default 3 %) with :func:`hrtem_core.cards.spacing_candidates`.
+2. **Angles.** The angle between two planes is the angle between their reciprocal-lattice vectors,
+   ``cos(beta) = h1^T G* h2 / sqrt(h1^T G* h1 * h2^T G* h2)`` with the reciprocal metric tensor
+   ``G*`` (this is ESI-3 eqs. 2-5 for orthorhombic, cubic, hexagonal and tetragonal cells, and it is
+   also right for monoclinic and triclinic cells). It is evaluated on precomputed Cartesian g
+   vectors (``B h``), which is the same thing.
+3. **Members, not families.** The measured acute angle between two planes fixes *which members* of
+   their families are seen: the first plane is represented by its family's representative ``h1``
+   (any member is equivalent by symmetry), and every member ``h2`` of the second family whose acute
+   angle to ``h1`` matches (default 2 degrees) defines a zone axis ``[uvw] = h1 x h2``.
+4. **Zone consistency.** For three or more planes, every further plane must be a member ``h_k`` of
+   one of its candidate families that lies in the same zone (``h_k . [uvw] = 0``, exact integers),
+   at the measured *oriented* in-plane angle from ``h1`` (both viewing directions ``+-[uvw]`` are
+   tried) and at the measured acute angle to every plane already accepted.
+5. **Score.** ``score = coverage * q_d * q_a * q_z`` in [0, 1], with ``coverage = sum(w_k) / n`` over
+   the explained planes (``w = 1``, or ``forbidden_weight`` for a kinematically forbidden
+   reflection), ``q_d = mean exp(-(r_k / tol_d)^2 / 2)`` over the relative spacing residuals,
+   ``q_a = mean exp(-(dbeta / tol_a)^2 / 2)`` over all pairs of explained planes, and a mild
+   preference for low-index zone axes ``q_z = exp(-0.03 (|[uvw]| - 1))``. Phases are
+   ranked by (angle-confirmed, weighted number of explained planes, score). Other phases whose
+   score is within ``ambiguity_margin`` (relative) of the best, at the same rank, are kept as
+   alternatives and the window is "ambiguous" (near-twins such as maghemite / magnetite).
+
+A window with a single plane (or whose planes no phase explains with a matching angle) gets
+spacing-only candidates and the status ``"spacing-only"``: the best by spacing residual, and every
+other phase with a matching spacing as an alternative (spacing alone proves little).
+
+Per-phase family members and their Cartesian g vectors are precomputed once per analysis in
+:class:`IndexingTables` (:func:`build_tables`); :func:`index_window` then costs a few hundred
+microseconds per window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hrtem_core.errors import AnalysisParameterError, CardDatabaseError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from hrtem_core.cards import CardDatabase, Phase
+
+HKL = tuple[int, int, int]
+
+#: Window statuses.
+STATUS_NO_SPOTS = "no-spots"
+STATUS_UNMATCHED = "unmatched"
+STATUS_SPACING_ONLY = "spacing-only"
+STATUS_AMBIGUOUS = "ambiguous"
+STATUS_INDEXED = "indexed"
+STATUSES = (
+    STATUS_INDEXED,
+    STATUS_AMBIGUOUS,
+    STATUS_SPACING_ONLY,
+    STATUS_UNMATCHED,
+    STATUS_NO_SPOTS,
+)
+
+#: Weight of a kinematically forbidden reflection in the coverage term (allowed: 1).
+FORBIDDEN_WEIGHT = 0.5
+#: Default relative margin under the best score within which other phases are kept as alternatives.
+AMBIGUITY_MARGIN = 0.15
+#: Strength of the low-index zone-axis preference (:func:`zone_prior`).
+ZONE_PRIOR = 0.03
+#: At most this many planes (the strongest) of one window enter the combinatorial search.
+MAX_PLANES = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Measured planes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasuredPlane:
+    """One lattice plane seen in a window (a Friedel pair of spots).
+
+    Attributes
+    ----------
+    spacing_nm : float
+        Lattice spacing d [nm].
+    angle_deg : float
+        In-plane direction of g, ``degrees(atan2(-gy, gx)) mod 180`` [deg].
+    intensity : float
+        Peak magnitude above background (for ordering only).
+    """
+
+    spacing_nm: float
+    angle_deg: float
+    intensity: float = 0.0
+
+
+def measured_planes(
+    pairs: Sequence[Any], *, max_planes: int = MAX_PLANES
+) -> tuple[MeasuredPlane, ...]:
+    """Planes of a window in canonical order: spacing descending, then direction.
+
+    The ``max_planes`` strongest pairs (by ``intensity``) are kept; the order of ``pairs`` does not
+    matter.
+
+    Parameters
+    ----------
+    pairs : sequence of SpotPair
+        Anything with ``spacing_nm``, ``angle_deg`` and (optionally) ``intensity`` attributes.
+    max_planes : int, keyword-only
+        Cap on the planes kept.
+
+    Returns
+    -------
+    tuple of MeasuredPlane
+    """
+    planes = []
+    for p in pairs:
+        d = float(p.spacing_nm)
+        if not (math.isfinite(d) and d > 0):
+            continue
+        planes.append(
+            MeasuredPlane(
+                spacing_nm=d,
+                angle_deg=float(p.angle_deg) % 180.0,
+                intensity=float(getattr(p, "intensity", 0.0) or 0.0),
+            )
+        )
+    if len(planes) > max_planes:
+        planes.sort(key=lambda q: (-q.intensity, -q.spacing_nm, q.angle_deg))
+        planes = planes[:max_planes]
+    planes.sort(key=lambda q: (-q.spacing_nm, q.angle_deg, -q.intensity))
+    return tuple(planes)
+
+
+def acute_between_deg(angle1_deg: float, angle2_deg: float) -> float:
+    """Acute angle [0, 90] between two plane directions given mod 180 [deg]."""
+    diff = abs(float(angle1_deg) - float(angle2_deg)) % 180.0
+    return min(diff, 180.0 - diff)
+
+
+def measured_angles_deg(planes: Sequence[MeasuredPlane]) -> tuple[float, ...]:
+    """Acute angles between every pair ``(i < j)`` of planes, in row-major pair order [deg]."""
+    out = []
+    for i in range(len(planes)):
+        for j in range(i + 1, len(planes)):
+            out.append(acute_between_deg(planes[i].angle_deg, planes[j].angle_deg))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-analysis tables
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PhaseTable:
+    """Reflection families of one phase with their members and unit Cartesian g vectors.
+
+    Attributes
+    ----------
+    card_id, name, space_group : str
+    family_hkl : tuple of (h, k, l)
+        Family representatives (card rows or computed), ``n_f`` of them.
+    family_d_nm : ndarray, shape (n_f,)
+    family_forbidden : ndarray of bool, shape (n_f,)
+    family_index : dict
+        ``(h, k, l)`` representative -> family index.
+    member_hkl : ndarray of int, shape (n_m, 3)
+        Every member of every family, one of each Friedel pair (+-h is one plane).
+    member_family : ndarray of int, shape (n_m,)
+    member_g : ndarray, shape (n_m, 3)
+        Unit Cartesian reciprocal vectors ``B h / |B h|``.
+    family_slices : tuple of (start, stop)
+        Rows of ``member_*`` that belong to each family.
+    rep_g : ndarray, shape (n_f, 3)
+        Unit Cartesian g of each family representative.
+    """
+
+    card_id: str
+    name: str
+    space_group: str
+    cell: Any
+    family_hkl: tuple[HKL, ...]
+    family_d_nm: np.ndarray
+    family_forbidden: np.ndarray
+    family_index: dict
+    member_hkl: np.ndarray
+    member_family: np.ndarray
+    member_g: np.ndarray
+    family_slices: tuple[tuple[int, int], ...]
+    rep_g: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class IndexingTables:
+    """Everything :func:`index_window` needs, precomputed once per analysis.
+
+    Build with :func:`build_tables`.
+    """
+
+    db: Any
+    phases: tuple[PhaseTable, ...]
+    card_ids: tuple[str, ...]
+    spacing_tol: float
+    angle_tol_deg: float
+    include_forbidden: bool
+    d_min_nm: float
+    ambiguity_margin: float = AMBIGUITY_MARGIN
+    forbidden_weight: float = FORBIDDEN_WEIGHT
+    max_planes: int = MAX_PLANES
+    _phase_pos: dict = field(default_factory=dict)
+
+
+def _canonical_sign(hkl: np.ndarray) -> np.ndarray:
+    """Flip each row so that its first non-zero index is positive (one of +-h)."""
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    first = np.zeros(len(hkl), dtype=np.int64)
+    for col in (2, 1, 0):
+        nz = hkl[:, col] != 0
+        first = np.where(nz, hkl[:, col], first)
+    sign = np.where(first < 0, -1, 1)
+    return hkl * sign[:, None]
+
+
+def _phase_table(
+    phase: Phase, *, include_forbidden: bool, d_min_nm: float, spacing_tol: float
+) -> PhaseTable:
+    from hrtem_core.crystallography import family_members
+
+    reps: list[HKL] = []
+    ds: list[float] = []
+    forb: list[bool] = []
+    members: list[np.ndarray] = []
+    fam_of: list[np.ndarray] = []
+    slices: list[tuple[int, int]] = []
+    start = 0
+    d_floor = d_min_nm * (1.0 - spacing_tol)
+    for ref in phase.reflections:
+        if ref.forbidden and not include_forbidden:
+            continue
+        if not (ref.d_nm >= d_floor):
+            continue
+        rep = tuple(int(v) for v in ref.hkl)
+        if rep in reps:
+            continue
+        mem = np.asarray(family_members(phase.space_group, rep), dtype=np.int64).reshape(-1, 3)
+        if len(mem) == 0:
+            mem = np.asarray([rep], dtype=np.int64)
+        mem = np.unique(_canonical_sign(mem), axis=0)
+        # The representative first: it stands for the family when it is the reference plane.
+        rep_c = _canonical_sign(np.asarray(rep))[0]
+        keep = ~np.all(mem == rep_c, axis=1)
+        mem = np.vstack([rep_c[None, :], mem[keep]])
+        fam = len(reps)
+        reps.append(rep)
+        ds.append(float(ref.d_nm))
+        forb.append(bool(ref.forbidden))
+        members.append(mem)
+        fam_of.append(np.full(len(mem), fam, dtype=np.int64))
+        slices.append((start, start + len(mem)))
+        start += len(mem)
+    if members:
+        member_hkl = np.vstack(members)
+        member_family = np.concatenate(fam_of)
+        g = np.asarray(phase.cell.reciprocal_cartesian(member_hkl.astype(float)), dtype=float)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    else:
+        member_hkl = np.zeros((0, 3), dtype=np.int64)
+        member_family = np.zeros(0, dtype=np.int64)
+        g = np.zeros((0, 3))
+    rep_g = g[[s for s, _ in slices]] if slices else np.zeros((0, 3))
+    return PhaseTable(
+        card_id=phase.card_id,
+        name=phase.name,
+        space_group=phase.space_group,
+        cell=phase.cell,
+        family_hkl=tuple(reps),
+        family_d_nm=np.asarray(ds, dtype=float),
+        family_forbidden=np.asarray(forb, dtype=bool),
+        family_index={r: i for i, r in enumerate(reps)},
+        member_hkl=member_hkl,
+        member_family=member_family,
+        member_g=g,
+        family_slices=tuple(slices),
+        rep_g=rep_g,
+    )
+
+
+def select_phases(db: CardDatabase, card_ids: Sequence[str] | None) -> tuple[Phase, ...]:
+    """The phases to index against: ``card_ids`` (in that order), else the enabled phases.
+
+    Raises
+    ------
+    CardDatabaseError
+        A card id that is not in the database, or no phase to index against.
+    """
+    if card_ids is None:
+        phases = tuple(db.enabled_phases())
+        if not phases:
+            raise CardDatabaseError(
+                "no phase is enabled in the card database: enable at least one card or name the phases"
+            )
+        return phases
+    known = [p.card_id for p in db.phases]
+    out = []
+    for cid in card_ids:
+        if cid not in known:
+            shown = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
+            raise CardDatabaseError(f"phase {cid!r} is not in the card database (known: {shown})")
+        ph = db.phase(cid)
+        if ph not in out:
+            out.append(ph)
+    if not out:
+        raise CardDatabaseError("no phase selected: name at least one card id")
+    return tuple(out)
+
+
+def build_tables(
+    db: CardDatabase,
+    *,
+    card_ids: Sequence[str] | None = None,
+    spacing_tol: float = 0.03,
+    angle_tol_deg: float = 2.0,
+    include_forbidden: bool = False,
+    d_min_nm: float = 0.1,
+    ambiguity_margin: float = AMBIGUITY_MARGIN,
+    forbidden_weight: float = FORBIDDEN_WEIGHT,
+    max_planes: int = MAX_PLANES,
+) -> IndexingTables:
+    """Precompute family members and Cartesian g vectors of the phases (once per analysis).
+
+    Parameters
+    ----------
+    db : CardDatabase
+    card_ids : sequence of str, optional, keyword-only
+        Phases to index against; default the enabled phases.
+    spacing_tol : float, keyword-only
+        Relative spacing tolerance, ``|d - d_ref| / d_ref <= spacing_tol`` (default 0.03).
+    angle_tol_deg : float, keyword-only
+        Interplanar-angle tolerance [deg] (default 2).
+    include_forbidden : bool, keyword-only
+        Also match kinematically forbidden reflections (weighted ``forbidden_weight``).
+    d_min_nm : float, keyword-only
+        Smallest spacing of interest [nm].
+    ambiguity_margin : float, keyword-only
+        Relative score margin for alternatives (default 0.15).
+    forbidden_weight : float, keyword-only
+        Coverage weight of a forbidden reflection (default 0.5).
+    max_planes : int, keyword-only
+        At most this many (strongest) planes per window are indexed.
+
+    Raises
+    ------
+    AnalysisParameterError
+        A tolerance that is not a positive finite number.
+    CardDatabaseError
+        Unknown card ids, or no phase to index against.
+    """
+    check_tolerances(spacing_tol=spacing_tol, angle_tol_deg=angle_tol_deg)
+    if not (math.isfinite(d_min_nm) and d_min_nm > 0):
+        raise AnalysisParameterError(f"smallest spacing d_min must be > 0 nm, got {d_min_nm!r}")
+    if not (0.0 <= ambiguity_margin < 1.0):
+        raise AnalysisParameterError(
+            f"ambiguity margin must be in [0, 1), got {ambiguity_margin!r}"
+        )
+    phases = select_phases(db, card_ids)
+    tables = tuple(
+        _phase_table(
+            p, include_forbidden=include_forbidden, d_min_nm=d_min_nm, spacing_tol=spacing_tol
+        )
+        for p in phases
+    )
+    out = IndexingTables(
+        db=db,
+        phases=tables,
+        card_ids=tuple(p.card_id for p in phases),
+        spacing_tol=float(spacing_tol),
+        angle_tol_deg=float(angle_tol_deg),
+        include_forbidden=bool(include_forbidden),
+        d_min_nm=float(d_min_nm),
+        ambiguity_margin=float(ambiguity_margin),
+        forbidden_weight=float(forbidden_weight),
+        max_planes=int(max_planes),
+    )
+    out._phase_pos.update({t.card_id: i for i, t in enumerate(tables)})
+    return out
+
+
+def check_tolerances(*, spacing_tol: float, angle_tol_deg: float) -> None:
+    """Raise :class:`AnalysisParameterError` unless both tolerances are sensible positive numbers."""
+    try:
+        st = float(spacing_tol)
+        at = float(angle_tol_deg)
+    except (TypeError, ValueError):
+        raise AnalysisParameterError(
+            f"tolerances must be numbers, got spacing {spacing_tol!r}, angle {angle_tol_deg!r}"
+        ) from None
+    if not (math.isfinite(st) and 0 < st < 0.5):
+        raise AnalysisParameterError(
+            f"spacing tolerance must be a relative value in (0, 0.5), e.g. 0.03 for 3 %, got {spacing_tol!r}"
+        )
+    if not (math.isfinite(at) and 0 < at < 45):
+        raise AnalysisParameterError(
+            f"angle tolerance must be in (0, 45) degrees, got {angle_tol_deg!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseMatch:
+    """The best explanation of a window's planes by one phase.
+
+    Attributes
+    ----------
+    card_id, phase_name : str
+    hkl : tuple of (h, k, l) or None
+        Per measured plane (in the window's plane order): the assigned member (angle-confirmed)
+        or the family representative (spacing-only); None where the phase does not explain it.
+    families : tuple of (h, k, l) or None
+        Per plane: the family representative.
+    d_ref_nm : tuple of float or None
+        Per plane: the reference spacing [nm].
+    rel_residuals : tuple of float or None
+        Per plane: ``(d - d_ref) / d_ref``.
+    forbidden : tuple of bool
+        Per plane: the assigned reflection is kinematically forbidden.
+    zone_axis : (u, v, w) or None
+        Common zone axis (angle-confirmed matches only), first non-zero index positive.
+    angle_residuals_deg : tuple of float
+        ``|measured - theoretical|`` acute angle for every pair of explained planes [deg].
+    score : float
+        In [0, 1] (module docstring).
+    n_explained : int
+    angle_confirmed : bool
+    """
+
+    card_id: str
+    phase_name: str
+    hkl: tuple[HKL | None, ...]
+    families: tuple[HKL | None, ...]
+    d_ref_nm: tuple[float | None, ...]
+    rel_residuals: tuple[float | None, ...]
+    forbidden: tuple[bool, ...]
+    zone_axis: HKL | None
+    angle_residuals_deg: tuple[float, ...]
+    score: float
+    n_explained: int
+    angle_confirmed: bool
+    weight: float = 0.0
+
+    @property
+    def rank_key(self) -> tuple[bool, float, float]:
+        """Sort key, larger is better: (angle-confirmed, weighted planes explained, score)."""
+        return (self.angle_confirmed, round(self.weight, 6), self.score)
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Indexing of one window.
+
+    Attributes
+    ----------
+    planes : tuple of MeasuredPlane
+        The planes, spacing descending.
+    angles_deg : tuple of float
+        Acute angles between every pair of planes (i < j) [deg].
+    best : PhaseMatch or None
+    alternatives : tuple of PhaseMatch
+        Other phases within the ambiguity margin of the best, best first.
+    status : str
+        ``indexed``, ``ambiguous``, ``spacing-only``, ``unmatched`` or ``no-spots``.
+    """
+
+    planes: tuple[MeasuredPlane, ...]
+    angles_deg: tuple[float, ...]
+    best: PhaseMatch | None
+    alternatives: tuple[PhaseMatch, ...]
+    status: str
+
+
+# --------------------------------------------------------------------------------------------
+# Search
+# --------------------------------------------------------------------------------------------
+
+
+def _q(x: np.ndarray | float) -> np.ndarray | float:
+    return np.exp(-0.5 * np.square(x))
+
+
+def _wrap90(a: np.ndarray) -> np.ndarray:
+    """Wrap angles [deg] to [-90, 90): the difference of two plane directions (mod 180)."""
+    return (np.asarray(a) + 90.0) % 180.0 - 90.0
+
+
+def _spacing_matches(
+    tables: IndexingTables, planes: Sequence[MeasuredPlane]
+) -> list[list[list[tuple[int, float]]]]:
+    """Per phase, per plane: candidate ``(family index, rel. residual)`` sorted by |residual|.
+
+    Uses :func:`hrtem_core.cards.spacing_candidates` (the single spacing rule of the project).
+    """
+    from hrtem_core.cards import spacing_candidates
+
+    out = [[[] for _ in planes] for _ in tables.phases]
+    for k, plane in enumerate(planes):
+        cands = spacing_candidates(
+            tables.db,
+            plane.spacing_nm,
+            rel_tol=tables.spacing_tol,
+            card_ids=tables.card_ids,
+            include_forbidden=tables.include_forbidden,
+        )
+        for c in cands:
+            pi = tables._phase_pos.get(c.card_id)
+            if pi is None:
+                continue
+            fi = tables.phases[pi].family_index.get(tuple(int(v) for v in c.hkl))
+            if fi is None:
+                continue
+            out[pi][k].append((fi, float(c.rel_residual)))
+    return out
+
+
+def _spacing_only(
+    pt: PhaseTable,
+    cands: list[list[tuple[int, float]]],
+    n: int,
+    tables: IndexingTables,
+) -> PhaseMatch | None:
+    """Best family per plane by spacing alone (no angle confirmation)."""
+    hkl: list[HKL | None] = [None] * n
+    dref: list[float | None] = [None] * n
+    res: list[float | None] = [None] * n
+    forb = [False] * n
+    weight = 0.0
+    qsum = 0.0
+    m = 0
+    for k in range(n):
+        if not cands[k]:
+            continue
+        fi, r = min(cands[k], key=lambda c: (bool(pt.family_forbidden[c[0]]), abs(c[1]), c[0]))
+        hkl[k] = pt.family_hkl[fi]
+        dref[k] = float(pt.family_d_nm[fi])
+        res[k] = r
+        forb[k] = bool(pt.family_forbidden[fi])
+        weight += tables.forbidden_weight if forb[k] else 1.0
+        qsum += float(_q(r / tables.spacing_tol))
+        m += 1
+    if m == 0:
+        return None
+    score = (weight / n) * (qsum / m)
+    return PhaseMatch(
+        card_id=pt.card_id,
+        phase_name=pt.name,
+        hkl=tuple(hkl),
+        families=tuple(hkl),
+        d_ref_nm=tuple(dref),
+        rel_residuals=tuple(res),
+        forbidden=tuple(forb),
+        zone_axis=None,
+        angle_residuals_deg=(),
+        score=float(score),
+        n_explained=m,
+        angle_confirmed=False,
+        weight=weight,
+    )
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product of (..., 3) arrays (np.cross has a large per-call overhead)."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+
+
+def _reduce(uvw: Sequence[int]) -> HKL:
+    """Divide by the gcd and make the first non-zero index positive."""
+    u, v, w = (int(x) for x in uvw)
+    g = math.gcd(math.gcd(abs(u), abs(v)), abs(w)) or 1
+    u, v, w = u // g, v // g, w // g
+    first = u or v or w
+    if first < 0:
+        u, v, w = -u, -v, -w
+    return (u, v, w)
+
+
+def _angle_search(
+    pt: PhaseTable,
+    planes: Sequence[MeasuredPlane],
+    cands: list[list[tuple[int, float]]],
+    tables: IndexingTables,
+) -> PhaseMatch | None:
+    """Best angle-consistent assignment (>= 2 planes sharing a zone axis), or None."""
+    n = len(planes)
+    tol_a = tables.angle_tol_deg
+    tol_d = tables.spacing_tol
+    theta = np.array([p.angle_deg for p in planes])
+    acute = np.array([[acute_between_deg(a, b) for b in theta] for a in theta])
+    with_c = [k for k in range(n) if cands[k]]
+    if len(with_c) < 2:
+        return None
+    # Candidate members of every plane, concatenated: rows of (plane, family, residual, member).
+    rows_plane, rows_fam, rows_res, rows_mem = [], [], [], []
+    for k in with_c:
+        for fi, r in cands[k]:
+            s0, s1 = pt.family_slices[fi]
+            cnt = s1 - s0
+            rows_plane.append(np.full(cnt, k))
+            rows_fam.append(np.full(cnt, fi))
+            rows_res.append(np.full(cnt, r))
+            rows_mem.append(np.arange(s0, s1))
+    c_plane = np.concatenate(rows_plane)
+    c_fam = np.concatenate(rows_fam)
+    c_res = np.concatenate(rows_res)
+    c_mem = np.concatenate(rows_mem)
+    c_hkl = pt.member_hkl[c_mem]
+    c_g = pt.member_g[c_mem]
+    c_forb = pt.family_forbidden[c_fam]
+    c_cost_d = np.square(c_res / tol_d)
+
+    best: PhaseMatch | None = None
+    best_key: tuple | None = None
+    seen: set = set()
+    for a_i, i in enumerate(with_c):
+        for fi, _ri in cands[i]:
+            h_i = pt.member_hkl[pt.family_slices[fi][0]]
+            g_i = pt.rep_g[fi]
+            # Zones from every later plane j whose members meet h_i at the measured acute angle.
+            zones: dict[HKL, np.ndarray] = {}
+            for j in with_c[a_i + 1 :]:
+                sel = c_plane == j
+                gj = c_g[sel]
+                cosang = np.clip(np.abs(gj @ g_i), 0.0, 1.0)
+                ang = np.degrees(np.arccos(cosang))
+                ok = np.abs(ang - acute[i, j]) <= tol_a
+                if not np.any(ok):
+                    continue
+                cross = _cross(h_i[None, :], c_hkl[sel][ok])
+                nonpar = np.any(cross != 0, axis=1)
+                if not np.any(nonpar):
+                    continue
+                nvecs = _cross(g_i[None, :], gj[ok][nonpar])
+                nvecs /= np.linalg.norm(nvecs, axis=1, keepdims=True)
+                for uvw_raw, nvec in zip(cross[nonpar].tolist(), nvecs, strict=True):
+                    key = _reduce(uvw_raw)
+                    if key not in zones:
+                        zones[key] = nvec
+            for uvw, nvec in zones.items():
+                in_zone = (c_hkl @ np.asarray(uvw, dtype=np.int64)) == 0
+                in_zone &= c_plane != i
+                if not np.any(in_zone):
+                    continue
+                e1 = g_i
+                e2 = _cross(nvec, e1)
+                gz = c_g[in_zone]
+                phi = np.degrees(np.arctan2(gz @ e2, gz @ e1))
+                pz = c_plane[in_zone]
+                delta = theta[pz] - theta[i]
+                for sgn in (1.0, -1.0):
+                    dkey = (i, fi, uvw, sgn)
+                    if dkey in seen:
+                        continue
+                    seen.add(dkey)
+                    res_a = np.abs(_wrap90(phi - sgn * delta))
+                    okz = res_a <= tol_a
+                    if not np.any(okz):
+                        continue
+                    idx = np.flatnonzero(in_zone)[okz]
+                    cost = c_cost_d[idx] + np.square(res_a[okz] / tol_a) + 0.5 * c_forb[idx]
+                    order = np.lexsort((c_mem[idx], cost, c_plane[idx]))
+                    # Greedy in plane order; every accepted pair must match its acute angle.
+                    # plane -> (family, member row in the phase table)
+                    chosen = {i: (fi, pt.family_slices[fi][0])}
+                    chosen_g = {i: g_i}
+                    for k in np.unique(c_plane[idx]):
+                        for row in idx[order][c_plane[idx][order] == k]:
+                            gk = c_g[row]
+                            good = True
+                            for l_, gl in chosen_g.items():
+                                th = math.degrees(math.acos(min(1.0, abs(float(gk @ gl)))))
+                                if abs(th - acute[k, l_]) > tol_a:
+                                    good = False
+                                    break
+                            if good:
+                                chosen[int(k)] = (int(c_fam[row]), int(c_mem[row]))
+                                chosen_g[int(k)] = gk
+                                break
+                    if len(chosen) < 2:
+                        continue
+                    match = _build_match(pt, planes, cands, chosen, chosen_g, uvw, acute, tables)
+                    key = match.rank_key
+                    if best_key is None or key > best_key:
+                        best, best_key = match, key
+    return best
+
+
+def _build_match(
+    pt: PhaseTable,
+    planes: Sequence[MeasuredPlane],
+    cands: list[list[tuple[int, float]]],
+    chosen: dict,
+    chosen_g: dict,
+    uvw: HKL,
+    acute: np.ndarray,
+    tables: IndexingTables,
+) -> PhaseMatch:
+    n = len(planes)
+    hkl: list[HKL | None] = [None] * n
+    fams: list[HKL | None] = [None] * n
+    dref: list[float | None] = [None] * n
+    res: list[float | None] = [None] * n
+    forb = [False] * n
+    weight = 0.0
+    qd = 0.0
+    for k, (fam, mem) in chosen.items():
+        res_k = dict(cands[k])[fam]
+        hkl[k] = tuple(int(v) for v in pt.member_hkl[mem])
+        fams[k] = pt.family_hkl[fam]
+        dref[k] = float(pt.family_d_nm[fam])
+        res[k] = float(res_k)
+        forb[k] = bool(pt.family_forbidden[fam])
+        weight += tables.forbidden_weight if forb[k] else 1.0
+        qd += float(_q(res_k / tables.spacing_tol))
+    ks = sorted(chosen)
+    ares = []
+    for a in range(len(ks)):
+        for b in range(a + 1, len(ks)):
+            ga, gb = chosen_g[ks[a]], chosen_g[ks[b]]
+            th = math.degrees(math.acos(min(1.0, abs(float(ga @ gb)))))
+            ares.append(abs(th - float(acute[ks[a], ks[b]])))
+    m = len(chosen)
+    qa = float(np.mean(_q(np.asarray(ares) / tables.angle_tol_deg))) if ares else 1.0
+    score = (weight / n) * (qd / m) * qa * zone_prior(uvw)
+    return PhaseMatch(
+        card_id=pt.card_id,
+        phase_name=pt.name,
+        hkl=tuple(hkl),
+        families=tuple(fams),
+        d_ref_nm=tuple(dref),
+        rel_residuals=tuple(res),
+        forbidden=tuple(forb),
+        zone_axis=uvw,
+        angle_residuals_deg=tuple(float(v) for v in ares),
+        score=float(score),
+        n_explained=m,
+        angle_confirmed=True,
+        weight=weight,
+    )
+
+
+def zone_prior(uvw: Sequence[int]) -> float:
+    """Mild preference for low-index zone axes: ``exp(-ZONE_PRIOR * (|[uvw]| - 1))``.
+
+    ``|[uvw]|`` is the Euclidean norm of the reduced indices: 1 for [001], 1.41 for [110], 2.45 for
+    [112], 12.4 for [7 5 9]. Crossed fringes are seen in low-index zones; a high-index zone that
+    happens to fit two spacings and one angle is usually a coincidence of a large cell.
+    """
+    return float(math.exp(-ZONE_PRIOR * (math.sqrt(sum(int(v) ** 2 for v in uvw)) - 1.0)))
+
+
+def index_window(
+    pairs: Sequence[Any],
+    db: CardDatabase | IndexingTables,
+    *,
+    card_ids: Sequence[str] | None = None,
+    spacing_tol: float = 0.03,
+    angle_tol_deg: float = 2.0,
+    include_forbidden: bool = False,
+    d_min_nm: float = 0.1,
+    ambiguity_margin: float = AMBIGUITY_MARGIN,
+) -> WindowIndex:
+    """Index the planes of one window against the phases of a card database.
+
+    Parameters
+    ----------
+    pairs : sequence of SpotPair
+        The window's Friedel pairs (anything with ``spacing_nm``, ``angle_deg``, ``intensity``).
+    db : CardDatabase or IndexingTables
+        The cards, or tables from :func:`build_tables` (then the keyword options below are
+        ignored: the tables carry them). Pass tables when indexing many windows.
+    card_ids, spacing_tol, angle_tol_deg, include_forbidden, d_min_nm, ambiguity_margin
+        As in :func:`build_tables`.
+
+    Returns
+    -------
+    WindowIndex
+    """
+    if isinstance(db, IndexingTables):
+        tables = db
+    else:
+        tables = build_tables(
+            db,
+            card_ids=card_ids,
+            spacing_tol=spacing_tol,
+            angle_tol_deg=angle_tol_deg,
+            include_forbidden=include_forbidden,
+            d_min_nm=d_min_nm,
+            ambiguity_margin=ambiguity_margin,
+        )
+    planes = measured_planes(pairs, max_planes=tables.max_planes)
+    angles = measured_angles_deg(planes)
+    n = len(planes)
+    if n == 0:
+        return WindowIndex(planes, angles, None, (), STATUS_NO_SPOTS)
+    matches_all = _spacing_matches(tables, planes)
+    per_phase: list[PhaseMatch] = []
+    for pt, cands in zip(tables.phases, matches_all, strict=True):
+        if not any(cands):
+            continue
+        match = _angle_search(pt, planes, cands, tables) if n >= 2 else None
+        if match is None:
+            match = _spacing_only(pt, cands, n, tables)
+        if match is not None:
+            per_phase.append(match)
+    if not per_phase:
+        return WindowIndex(planes, angles, None, (), STATUS_UNMATCHED)
+    order = {cid: i for i, cid in enumerate(tables.card_ids)}
+    per_phase.sort(key=lambda m: (m.rank_key, -order[m.card_id]), reverse=True)
+    best = per_phase[0]
+    if not best.angle_confirmed:
+        # Spacing alone proves little: every phase with a matching spacing stays a candidate.
+        return WindowIndex(planes, angles, best, tuple(per_phase[1:]), STATUS_SPACING_ONLY)
+    floor = best.score * (1.0 - tables.ambiguity_margin)
+    alts = tuple(
+        m
+        for m in per_phase[1:]
+        if m.angle_confirmed and abs(m.weight - best.weight) < 1e-9 and m.score >= floor
+    )
+    status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
+    return WindowIndex(planes, angles, best, alts, status)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers (CSV cells)
+# --------------------------------------------------------------------------------------------
+
+
+def format_hkl(hkl: Sequence[int] | None) -> str:
+    """``(2, -2, 0)`` -> ``"2 -2 0"``; None -> ``""``."""
+    if hkl is None:
+        return ""
+    return " ".join(str(int(v)) for v in hkl)
+
+
+def format_match(match: PhaseMatch) -> str:
+    """One-line description: ``name [card] (hkl;hkl) [uvw] score``."""
+    hk = ";".join(format_hkl(h) if h is not None else "-" for h in match.hkl)
+    zone = f" [{format_hkl(match.zone_axis)}]" if match.zone_axis is not None else ""
+    return f"{match.phase_name} ({match.card_id}) {hk}{zone} score {match.score:.3f}"
+
+
+__all__ = [
+    "AMBIGUITY_MARGIN",
+    "FORBIDDEN_WEIGHT",
+    "MAX_PLANES",
+    "STATUSES",
+    "STATUS_AMBIGUOUS",
+    "STATUS_INDEXED",
+    "STATUS_NO_SPOTS",
+    "STATUS_SPACING_ONLY",
+    "STATUS_UNMATCHED",
+    "IndexingTables",
+    "MeasuredPlane",
+    "PhaseMatch",
+    "PhaseTable",
+    "WindowIndex",
+    "acute_between_deg",
+    "build_tables",
+    "check_tolerances",
+    "format_hkl",
+    "format_match",
+    "index_window",
+    "measured_angles_deg",
+    "measured_planes",
+    "select_phases",
+]

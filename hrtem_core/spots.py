@@ -1,0 +1,1021 @@
+"""Bragg spots in every window: from a spot mask to sub-pixel Friedel pairs, and a classical detector.
+
+Pipeline (Zhu et al., ESI-2; geometry in :mod:`hrtem_core.windows`):
+
+1. A detector marks spots on the 64 x 64 *band grid* (the U-Net, or :func:`classical_masks`).
+2. :func:`pairs_from_mask` labels the connected components of the mask (8-connectivity,
+   ``scipy.ndimage.label``), maps each component back to FFT offsets with
+   :meth:`BandGeometry.from_band`, and finds the integer maximum of the full-resolution FFT
+   magnitude in the component's footprint (one band pixel spans ``1 / scale`` FFT pixels). The
+   maximum must be a local maximum of ``|F|`` (3 x 3), and it must lie at least ``min_l_px`` from
+   the DC.
+3. Components are merged into Friedel pairs: a spot at ``k`` and its mate at ``-k`` (``|F|`` of a
+   real window is exactly centrosymmetric). A pair whose mate component is missing from the mask is
+   still accepted when ``|F|`` at ``-k`` is an equally strong local maximum. Each pair is reported
+   once, in the canonical half plane (``ky < 0``, or ``ky == 0`` and ``kx > 0``).
+4. Sub-pixel position: a parabola through the log-magnitude of the 3 x 3 neighbourhood (row and
+   column sums), corrected for the known bias of that estimator on a Hann-apodized peak (a lookup
+   table built from the Hann window's transform), or -- when the real-space windows are given --
+   a local matrix DFT of the apodized window on a 0.2-pixel grid around that estimate (the
+   zero-padded transform without the zero padding), again with a parabolic fit.
+5. Harmonics: a pair at ``n k`` (n = 2, 3) of a stronger pair ``k`` is supporting evidence for the
+   fundamental (``harmonic_orders``), not a new lattice plane, and is dropped from the result.
+
+Spacing: ``g = (ky / (w p_y), kx / (w p_x))`` [1/nm], ``d = 1 / |g|`` [nm] (ESI-2, eq. 1: q = l / (d
+p) with l the half-distance of the pair). Direction: ``angle_deg = degrees(atan2(-gy, gx)) mod 180``
+(counter-clockwise from +x on screen, y down).
+
+The classical detector (:func:`classical_masks`) subtracts a radial median from the log-magnitude
+of the band (this removes the Thon rings of the amorphous background, which are radial), normalizes
+by a robust noise scale (1.4826 MAD), and keeps local maxima above ``threshold`` robust standard
+deviations; it draws small disks at those maxima on the band grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from hrtem_core.errors import AnalysisParameterError, CalibrationError
+from hrtem_core.windows import (
+    BandGeometry,
+    WindowGrid,
+    band_geometry,
+    band_spectra,
+    crop_band,
+    hann_2d,
+    log_band_from_crop,
+)
+
+#: Orders n of the harmonics n g that count as supporting evidence for a fundamental g.
+HARMONIC_ORDERS: tuple[int, ...] = (2, 3)
+#: Detectors accepted by :func:`detect_pairs`.
+DETECTORS: tuple[str, ...] = ("unet", "classical")
+#: Default threshold of the classical detector [robust standard deviations of the log-magnitude].
+CLASSICAL_THRESHOLD = 6.0
+#: Relative tolerance on |F(-k)| / |F(k)| when a pair's mate is missing from the mask.
+_MATE_RATIO_TOL = 0.25
+#: Largest search half-width around a mask component [FFT px].
+_MAX_SEARCH_HALF_PX = 12
+#: Local background: an (2 * 5 + 1)^2 patch around the peak without its central 5 x 5.
+_BG_HALF_PX = 5
+_BG_INNER_PX = 2
+#: Step of the local DFT grid used for refinement [FFT px].
+_DFT_STEP_PX = 0.2
+
+
+@dataclass(frozen=True)
+class SpotPair:
+    """One Friedel pair of Bragg spots in one window (one set of lattice planes).
+
+    Attributes
+    ----------
+    ky, kx : float
+        Sub-pixel FFT offset [FFT px] of one spot from the DC, ``ky`` down, ``kx`` right; the mate
+        is at ``(-ky, -kx)``. Canonical: ``ky < 0``, or ``ky == 0`` and ``kx > 0``.
+    l_px : float
+        ``|k|`` [FFT px]: the method's half-distance between the two spots.
+    gy_nm_inv, gx_nm_inv : float
+        Spatial frequency ``g = (ky / (w p_y), kx / (w p_x))`` [1/nm].
+    frequency_nm_inv : float
+        ``|g|`` [1/nm].
+    spacing_nm : float
+        Lattice spacing ``d = 1 / |g|`` [nm].
+    angle_deg : float
+        Direction of g, ``degrees(atan2(-gy, gx)) mod 180``, in [0, 180) [deg].
+    intensity : float
+        Peak magnitude ``|F|`` above the local background (median of the 11 x 11 neighbourhood
+        without its central 5 x 5) [same units as the spectrum].
+    snr : float
+        ``intensity`` divided by the local background's robust spread (1.4826 MAD).
+    harmonic_orders : tuple of int
+        Orders n of the harmonics ``n g`` also seen (supporting evidence), e.g. ``(2,)``.
+    """
+
+    ky: float
+    kx: float
+    l_px: float
+    gy_nm_inv: float
+    gx_nm_inv: float
+    frequency_nm_inv: float
+    spacing_nm: float
+    angle_deg: float
+    intensity: float
+    snr: float
+    harmonic_orders: tuple[int, ...] = ()
+
+
+def acute_angle_deg(p1: SpotPair, p2: SpotPair) -> float:
+    """Acute angle between the g vectors (plane normals) of two pairs, in [0, 90] degrees."""
+    dot = abs(p1.gy_nm_inv * p2.gy_nm_inv + p1.gx_nm_inv * p2.gx_nm_inv)
+    cross = abs(p1.gy_nm_inv * p2.gx_nm_inv - p1.gx_nm_inv * p2.gy_nm_inv)
+    if dot == 0 and cross == 0:
+        raise AnalysisParameterError("cannot measure an angle with a zero spatial frequency")
+    return math.degrees(math.atan2(cross, dot))
+
+
+def pair_angles_deg(pairs: Sequence[SpotPair]) -> np.ndarray:
+    """Matrix of acute angles between all pairs of one window, shape (m, m) [deg], in [0, 90]."""
+    if len(pairs) == 0:
+        return np.zeros((0, 0))
+    g = np.array([[p.gy_nm_inv, p.gx_nm_inv] for p in pairs], dtype=float)
+    dot = np.abs(g @ g.T)
+    cross = np.abs(g[:, None, 0] * g[None, :, 1] - g[:, None, 1] * g[None, :, 0])
+    return np.degrees(np.arctan2(cross, dot))
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel sizes and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _pixel_pair(pixel_size_nm: Any) -> tuple[float, float]:
+    """``p`` or ``(p_y, p_x)`` -> ``(p_y, p_x)`` [nm/px], validated positive and finite."""
+    if np.ndim(pixel_size_nm) == 0:
+        vals = (pixel_size_nm, pixel_size_nm)
+    else:
+        vals = tuple(np.asarray(pixel_size_nm, dtype=float).ravel())
+        if len(vals) != 2:
+            raise CalibrationError(
+                f"pixel size must be one number or (y, x) in nm/px, got {pixel_size_nm!r}"
+            )
+    try:
+        py, px = (float(v) for v in vals)
+    except (TypeError, ValueError):
+        raise CalibrationError(
+            f"pixel size must be a positive number in nm/px, got {pixel_size_nm!r}"
+        ) from None
+    if not (math.isfinite(py) and math.isfinite(px) and py > 0 and px > 0):
+        raise CalibrationError(
+            f"pixel size must be a positive number in nm/px, got {pixel_size_nm!r}"
+        )
+    return py, px
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-pixel refinement
+# --------------------------------------------------------------------------------------------
+
+
+def _hann_parabola_table(n: int = 201, w: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Log-parabolic estimate of a Hann-apodized peak's offset vs. the true offset in [-0.5, 0.5].
+
+    The estimate ``e = (L[-1] - L[+1]) / (2 (L[-1] - 2 L[0] + L[+1]))`` on the log-magnitude of
+    the three bins around the maximum is biased (up to 0.016 px) for the Hann window; the table
+    maps ``e`` back to the true offset. The bias hardly depends on w (w = 256 is used).
+    """
+    t = np.linspace(-0.5, 0.5, n)
+    x = np.arange(w)
+    h = hann_2d(w)[w // 2] / hann_2d(w)[w // 2].max()
+    h = h.astype(float)
+    bins = np.array([-1.0, 0.0, 1.0])
+    # |DTFT| of h(x) exp(2 pi i t x / w) at integer bins -1, 0, 1.
+    phase = np.exp(2j * np.pi * (t[:, None, None] - bins[None, :, None]) * x[None, None, :] / w)
+    lm = np.log(np.abs((h[None, None, :] * phase).sum(axis=-1)))
+    est = 0.5 * (lm[:, 0] - lm[:, 2]) / (lm[:, 0] - 2 * lm[:, 1] + lm[:, 2])
+    return est, t
+
+
+_HANN_EST, _HANN_TRUE = _hann_parabola_table()
+
+
+def _parabolic_offset(lm: np.ndarray, *, hann_correct: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel offsets (dy, dx) of the centre of (m, 3, 3) log-magnitude patches, in [-0.5, 0.5].
+
+    Separable parabola through the row sums and column sums of each 3 x 3 patch (a Hann-apodized
+    peak is separable, so the sums keep its shape and average the noise).
+    """
+    ry = lm.sum(axis=2)
+    rx = lm.sum(axis=1)
+
+    def vertex(v: np.ndarray) -> np.ndarray:
+        den = v[:, 0] - 2.0 * v[:, 1] + v[:, 2]
+        num = 0.5 * (v[:, 0] - v[:, 2])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(den < 0, num / den, 0.0)
+        d = np.clip(np.nan_to_num(d, nan=0.0), -0.5, 0.5)
+        if hann_correct:
+            d = np.interp(d, _HANN_EST, _HANN_TRUE)
+        return d
+
+    return vertex(ry), vertex(rx)
+
+
+def _refine_dft(
+    windows: np.ndarray,
+    win_idx: np.ndarray,
+    ky: np.ndarray,
+    kx: np.ndarray,
+    *,
+    step: float = _DFT_STEP_PX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine peak positions with a local matrix DFT of the apodized real-space window.
+
+    For each spot, ``|F|`` is evaluated on a 3 x 3 grid ``k + step * {-1, 0, 1}`` per axis by
+    ``E_y X E_x^T`` (X the mean-subtracted, Hann-apodized window, ``E = exp(-2 pi i k x / w)``),
+    then a parabola through the log-magnitude gives the new position. One matrix product per
+    window serves all its spots.
+
+    Parameters
+    ----------
+    windows : ndarray, shape (n, w, w)
+        Real-space windows as given to :func:`~hrtem_core.windows.window_spectra`.
+    win_idx : ndarray of int, shape (m,)
+        Window of each spot.
+    ky, kx : ndarray, shape (m,)
+        Starting positions [FFT px from the DC].
+
+    Returns
+    -------
+    (ky, kx) : ndarrays, shape (m,)
+        Refined positions [FFT px].
+    """
+    w = windows.shape[-1]
+    hann = hann_2d(w).astype(np.float64)
+    x = np.arange(w, dtype=np.float64)
+    out_y = ky.astype(float).copy()
+    out_x = kx.astype(float).copy()
+    offs = np.array([-step, 0.0, step])
+    order = np.argsort(win_idx, kind="stable")
+    bounds = np.flatnonzero(np.diff(win_idx[order])) + 1
+    for group in np.split(order, bounds):
+        if group.size == 0:
+            continue
+        xw = windows[win_idx[group[0]]].astype(np.float64)
+        xw = (xw - xw.mean()) * hann
+        ty = 2.0 * np.pi * (ky[group][:, None] + offs[None, :])[:, :, None] * x / w  # (c, 3, w)
+        tx = 2.0 * np.pi * (kx[group][:, None] + offs[None, :])[:, :, None] * x / w
+        cy, sy = np.cos(ty), np.sin(ty)
+        cx, sx = np.cos(tx), np.sin(tx)
+        # Rows: sum_y X[y, x] exp(-i ty y) = a_re + i a_im, one real product (einsum: a small
+        # product is much slower through a multi-threaded BLAS on a busy machine).
+        a = np.einsum("ky,yx->kx", np.concatenate([cy, sy], axis=0).reshape(-1, w), xw)
+        a_re = a[: group.size * 3].reshape(group.size, 3, w)
+        a_im = -a[group.size * 3 :].reshape(group.size, 3, w)
+        # Columns: sum_x (a_re + i a_im) exp(-i tx x).
+        f_re = np.einsum("cay,cby->cab", a_re, cx) + np.einsum("cay,cby->cab", a_im, sx)
+        f_im = np.einsum("cay,cby->cab", a_im, cx) - np.einsum("cay,cby->cab", a_re, sx)
+        f = np.hypot(f_re, f_im)
+        lm = np.log(np.maximum(f, 1e-300))
+        dy, dx = _parabolic_offset(lm, hann_correct=False)
+        out_y[group] += dy * step
+        out_x[group] += dx * step
+    return out_y, out_x
+
+
+# --------------------------------------------------------------------------------------------
+# Mask -> pairs
+# --------------------------------------------------------------------------------------------
+
+
+def pairs_from_mask(
+    mask: np.ndarray,
+    magnitude: np.ndarray,
+    geometry: BandGeometry,
+    *,
+    pixel_size_nm: tuple[float, float] | float,
+    window: np.ndarray | None = None,
+    min_l_px: float = 2.0,
+) -> tuple[SpotPair, ...]:
+    """Friedel pairs of Bragg spots in one window, from a spot mask on the band grid.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (S, S)
+        Spot mask on the band grid of ``geometry`` (U-Net output or :func:`classical_masks`).
+    magnitude : ndarray, shape (w, w)
+        Fftshifted ``|F|`` of the window (:func:`~hrtem_core.windows.window_spectra`).
+    geometry : BandGeometry
+        Band geometry of the mask.
+    pixel_size_nm : float or (float, float), keyword-only
+        ``(p_y, p_x)`` [nm/px].
+    window : ndarray, shape (w, w), optional, keyword-only
+        The real-space window; when given, positions are refined by a local DFT (finer than the
+        FFT grid).
+    min_l_px : float, keyword-only
+        Spots closer than this to the DC [FFT px] are ignored (the DC and its leakage).
+
+    Returns
+    -------
+    tuple of SpotPair
+        One per lattice plane set, strongest first; harmonics are folded into
+        ``harmonic_orders`` of their fundamental.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    magnitude = np.asarray(magnitude)
+    if mask.ndim != 2 or magnitude.ndim != 2:
+        raise AnalysisParameterError(
+            f"expected a 2-D mask and a 2-D magnitude, got {mask.shape} and {magnitude.shape}"
+        )
+    windows = None if window is None else np.asarray(window)[None]
+    return pairs_from_masks(
+        mask[None],
+        magnitude[None],
+        geometry,
+        pixel_size_nm=pixel_size_nm,
+        windows=windows,
+        min_l_px=min_l_px,
+    )[0]
+
+
+def pairs_from_masks(
+    masks: np.ndarray,
+    magnitudes: np.ndarray,
+    geometry: BandGeometry,
+    *,
+    pixel_size_nm: tuple[float, float] | float,
+    windows: np.ndarray | None = None,
+    min_l_px: float = 2.0,
+) -> list[tuple[SpotPair, ...]]:
+    """Batched :func:`pairs_from_mask`: one labelling and one vectorized refinement for all windows.
+
+    Parameters
+    ----------
+    masks : ndarray of bool, shape (n, S, S)
+    magnitudes : ndarray, shape (n, w, w) or (n, 2 radius_y + 1, 2 radius_x + 1)
+        Fftshifted ``|F|`` of each window, or its centred band (:func:`band_magnitudes`); the DC
+        is at ``shape // 2``.
+    geometry : BandGeometry
+    pixel_size_nm : float or (float, float), keyword-only
+    windows : ndarray, shape (n, w, w), optional, keyword-only
+        Real-space windows for the local-DFT refinement.
+    min_l_px : float, keyword-only
+
+    Returns
+    -------
+    list of tuple of SpotPair
+        One tuple per window.
+    """
+    py, px = _pixel_pair(pixel_size_nm)
+    masks = np.asarray(masks, dtype=bool)
+    magnitudes = np.asarray(magnitudes)
+    if masks.ndim != 3 or magnitudes.ndim != 3:
+        raise AnalysisParameterError(
+            f"expected masks (n, S, S) and magnitudes (n, w, w), got {masks.shape} and "
+            f"{magnitudes.shape}"
+        )
+    n = magnitudes.shape[0]
+    if masks.shape[0] != n:
+        raise AnalysisParameterError(
+            f"{masks.shape[0]} masks for {n} spectra: one mask per window is expected"
+        )
+    _check_magnitudes(magnitudes, geometry, windows)
+    if masks.shape[1:] != (geometry.size, geometry.size):
+        raise AnalysisParameterError(
+            f"mask of shape {masks.shape[1:]} does not match the {geometry.size} x "
+            f"{geometry.size} band grid"
+        )
+    windows = None if windows is None else np.asarray(windows)
+    min_l = float(min_l_px)
+    if not masks.any():
+        return [() for _ in range(n)]
+
+    # 1. Connected components, never across windows.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    labels, n_comp = ndi.label(masks, structure=structure)
+    wi, rr, cc = np.nonzero(labels)
+    lab = labels[wi, rr, cc] - 1
+    counts = np.bincount(lab, minlength=n_comp).astype(float)
+    cen_r = np.bincount(lab, rr, minlength=n_comp) / counts
+    cen_c = np.bincount(lab, cc, minlength=n_comp) / counts
+    comp_win = np.zeros(n_comp, dtype=np.intp)
+    comp_win[lab] = wi
+    rmin = np.full(n_comp, np.iinfo(np.intp).max)
+    rmax = np.full(n_comp, -1)
+    cmin = np.full(n_comp, np.iinfo(np.intp).max)
+    cmax = np.full(n_comp, -1)
+    np.minimum.at(rmin, lab, rr)
+    np.maximum.at(rmax, lab, rr)
+    np.minimum.at(cmin, lab, cc)
+    np.maximum.at(cmax, lab, cc)
+
+    # 2. Back to FFT offsets; search box covering the component's footprint plus one pixel.
+    ky0, kx0 = geometry.from_band(cen_r, cen_c)
+    hy = np.ceil(((rmax - rmin) / 2.0 + 0.5) / geometry.scale_y + 1.0).astype(np.intp)
+    hx = np.ceil(((cmax - cmin) / 2.0 + 0.5) / geometry.scale_x + 1.0).astype(np.intp)
+    hy = np.clip(hy, 1, _MAX_SEARCH_HALF_PX)
+    hx = np.clip(hx, 1, _MAX_SEARCH_HALF_PX)
+    iy0 = np.rint(ky0).astype(np.intp)
+    ix0 = np.rint(kx0).astype(np.intp)
+    return _pairs_from_seeds(
+        magnitudes, geometry, (py, px), comp_win, iy0, ix0, hy, hx, windows=windows, min_l=min_l
+    )
+
+
+def pairs_from_peaks(
+    peaks: np.ndarray,
+    magnitudes: np.ndarray,
+    geometry: BandGeometry,
+    *,
+    pixel_size_nm: tuple[float, float] | float,
+    windows: np.ndarray | None = None,
+    min_l_px: float = 2.0,
+) -> list[tuple[SpotPair, ...]]:
+    """Like :func:`pairs_from_masks`, from integer peak positions instead of mask components.
+
+    Used by the classical detector (its peaks are known at FFT resolution, so two spots closer
+    than a band pixel stay apart). Each peak seeds a search of +-1 FFT px.
+
+    Parameters
+    ----------
+    peaks : ndarray of int, shape (P, 3)
+        ``[window, ky, kx]`` (FFT px from the DC), e.g. from ``classical_masks(...,
+        return_peaks=True)``.
+    magnitudes, geometry, pixel_size_nm, windows, min_l_px
+        As for :func:`pairs_from_masks`.
+    """
+    py, px = _pixel_pair(pixel_size_nm)
+    magnitudes = np.asarray(magnitudes)
+    _check_magnitudes(magnitudes, geometry, windows)
+    peaks = np.asarray(peaks, dtype=np.intp).reshape(-1, 3)
+    if peaks.size and (peaks[:, 0].min() < 0 or peaks[:, 0].max() >= magnitudes.shape[0]):
+        raise AnalysisParameterError("peak window index out of range of the spectra")
+    ones = np.ones(len(peaks), dtype=np.intp)
+    return _pairs_from_seeds(
+        magnitudes,
+        geometry,
+        (py, px),
+        peaks[:, 0],
+        peaks[:, 1],
+        peaks[:, 2],
+        ones,
+        ones,
+        windows=None if windows is None else np.asarray(windows),
+        min_l=float(min_l_px),
+    )
+
+
+def _check_magnitudes(
+    magnitudes: np.ndarray, geometry: BandGeometry, windows: np.ndarray | None
+) -> None:
+    """Validate (n, w, w) spectra or (n, 2 ry + 1, 2 rx + 1) bands, and optional windows."""
+    w = geometry.window_px
+    band_shape = (2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1)
+    if magnitudes.ndim != 3 or magnitudes.shape[1:] not in ((w, w), band_shape):
+        raise AnalysisParameterError(
+            f"spectra of shape {magnitudes.shape[1:]} match neither a {w} px window nor its "
+            f"{band_shape[0]} x {band_shape[1]} px band"
+        )
+    if windows is not None and np.shape(windows) != (magnitudes.shape[0], w, w):
+        raise AnalysisParameterError(
+            f"windows of shape {np.shape(windows)} do not match {magnitudes.shape[0]} spectra "
+            f"of a {w} px window"
+        )
+
+
+def _pairs_from_seeds(
+    magnitudes: np.ndarray,
+    geometry: BandGeometry,
+    pixel_size_nm: tuple[float, float],
+    comp_win: np.ndarray,
+    iy0: np.ndarray,
+    ix0: np.ndarray,
+    hy: np.ndarray,
+    hx: np.ndarray,
+    *,
+    windows: np.ndarray | None,
+    min_l: float,
+) -> list[tuple[SpotPair, ...]]:
+    """Search boxes (window, centre iy0/ix0 [FFT px from the DC], half-widths hy/hx) -> pairs."""
+    py, px = pixel_size_nm
+    n = magnitudes.shape[0]
+    w = geometry.window_px
+    ny, nx = magnitudes.shape[1:]
+    cy, cx = ny // 2, nx // 2
+    result: list[tuple[SpotPair, ...]] = [() for _ in range(n)]
+    n_comp = comp_win.size
+    if n_comp == 0:
+        return result
+    h = int(max(hy.max(), hx.max()))
+    o = np.arange(-h, h + 1)
+    yy = cy + iy0[:, None] + o[None, :]  # (m, 2h+1) spectrum rows
+    xx = cx + ix0[:, None] + o[None, :]
+    ok_y = (np.abs(o)[None, :] <= hy[:, None]) & (yy >= 0) & (yy < ny)
+    ok_x = (np.abs(o)[None, :] <= hx[:, None]) & (xx >= 0) & (xx < nx)
+    patch = magnitudes[
+        comp_win[:, None, None],
+        np.clip(yy, 0, ny - 1)[:, :, None],
+        np.clip(xx, 0, nx - 1)[:, None, :],
+    ].astype(np.float64)
+    dist2 = (yy - cy)[:, :, None] ** 2 + (xx - cx)[:, None, :] ** 2
+    valid = ok_y[:, :, None] & ok_x[:, None, :] & (dist2 >= min_l * min_l)
+    patch = np.where(valid, patch, -np.inf)
+    flat = patch.reshape(n_comp, -1)
+    best = np.argmax(flat, axis=1)
+    has_peak = np.isfinite(flat[np.arange(n_comp), best])
+    side = 2 * h + 1
+    pky = iy0 + o[best // side]  # integer peak offsets from the DC
+    pkx = ix0 + o[best % side]
+
+    # 3. The maximum must be a local maximum of |F| (3 x 3), not a slope.
+    is_max = has_peak & _is_local_max(magnitudes, comp_win, cy + pky, cx + pkx)
+    comp_win, pky, pkx = comp_win[is_max], pky[is_max], pkx[is_max]
+    if comp_win.size == 0:
+        return result
+
+    # 4. Friedel pairs: canonical half plane, one candidate per (window, peak).
+    flip = (pky > 0) | ((pky == 0) & (pkx < 0))
+    cky = np.where(flip, -pky, pky)
+    ckx = np.where(flip, -pkx, pkx)
+    key = (comp_win.astype(np.int64) * ny + (cky + cy)) * nx + (ckx + cx)
+    ukey, inv = np.unique(key, return_inverse=True)
+    n_cand = ukey.size
+    seen_pos = np.bincount(inv, weights=(~flip).astype(float), minlength=n_cand) > 0
+    seen_neg = np.bincount(inv, weights=flip.astype(float), minlength=n_cand) > 0
+    cand_win = (ukey // (ny * nx)).astype(np.intp)
+    cand_ky = (ukey // nx % ny - cy).astype(np.intp)
+    cand_kx = (ukey % nx - cx).astype(np.intp)
+    both = seen_pos & seen_neg
+    # A missing mate is accepted if |F(-k)| is an equally strong local maximum.
+    m_plus = magnitudes[cand_win, cy + cand_ky, cx + cand_kx].astype(np.float64)
+    in_range = (cy - cand_ky >= 0) & (cy - cand_ky < ny) & (cx - cand_kx >= 0) & (cx - cand_kx < nx)
+    mate_y = np.clip(cy - cand_ky, 0, ny - 1)
+    mate_x = np.clip(cx - cand_kx, 0, nx - 1)
+    m_minus = magnitudes[cand_win, mate_y, mate_x].astype(np.float64)
+    ratio_ok = np.abs(m_minus - m_plus) <= _MATE_RATIO_TOL * np.maximum(m_plus, 1e-30)
+    mate_ok = in_range & ratio_ok & _is_local_max(magnitudes, cand_win, mate_y, mate_x)
+    keep = both | mate_ok
+    cand_win, cand_ky, cand_kx, m_plus = (
+        cand_win[keep],
+        cand_ky[keep],
+        cand_kx[keep],
+        m_plus[keep],
+    )
+    if cand_win.size == 0:
+        return result
+
+    # 5. Sub-pixel refinement.
+    lm = np.log(np.maximum(_gather(magnitudes, cand_win, cy + cand_ky, cx + cand_kx, 1), 1e-30))
+    dy, dx = _parabolic_offset(lm, hann_correct=True)
+    ky = cand_ky + dy
+    kx = cand_kx + dx
+    if windows is not None:
+        ky, kx = _refine_dft(windows, cand_win, ky, kx)
+    # Canonical orientation after refinement (only pairs on the ky = 0 axis can flip).
+    flip = (ky > 0) | ((ky == 0) & (kx < 0))
+    ky = np.where(flip, -ky, ky)
+    kx = np.where(flip, -kx, kx)
+    l_px = np.hypot(ky, kx)
+    keep = l_px >= min_l
+    if not keep.all():
+        cand_win, cand_ky, cand_kx, m_plus = (
+            cand_win[keep],
+            cand_ky[keep],
+            cand_kx[keep],
+            m_plus[keep],
+        )
+        ky, kx, l_px = ky[keep], kx[keep], l_px[keep]
+    if cand_win.size == 0:
+        return result
+
+    # 6. Local background and SNR.
+    bg_patch = _gather(magnitudes, cand_win, cy + cand_ky, cx + cand_kx, _BG_HALF_PX)
+    ring = np.ones((2 * _BG_HALF_PX + 1,) * 2, dtype=bool)
+    inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
+    ring[inner, inner] = False
+    ring_vals = bg_patch[:, ring]
+    bg = np.median(ring_vals, axis=1)
+    spread = 1.4826 * np.median(np.abs(ring_vals - bg[:, None]), axis=1)
+    intensity = m_plus - bg
+    snr = intensity / np.maximum(spread, 1e-12 * np.maximum(np.abs(bg), 1e-30))
+
+    # 7. Physical quantities.
+    gy = ky / (w * py)
+    gx = kx / (w * px)
+    freq = np.hypot(gy, gx)
+    angle = np.degrees(np.arctan2(-gy, gx)) % 180.0
+    angle = np.where(angle >= 180.0, 0.0, angle)
+
+    # 8. Per window: harmonics, order, SpotPair objects.
+    order = np.lexsort((angle, l_px, -intensity, cand_win))
+    bounds = np.flatnonzero(np.diff(cand_win[order])) + 1
+    for group in np.split(order, bounds):
+        harmonic_of = _harmonics(ky[group], kx[group], l_px[group], intensity[group])
+        orders: dict[int, list[int]] = {}
+        for i, n_ord in harmonic_of:
+            if i >= 0:
+                orders.setdefault(i, []).append(n_ord)
+        pairs = []
+        for j, idx in enumerate(group):
+            if harmonic_of[j][0] >= 0:
+                continue
+            pairs.append(
+                SpotPair(
+                    ky=float(ky[idx]),
+                    kx=float(kx[idx]),
+                    l_px=float(l_px[idx]),
+                    gy_nm_inv=float(gy[idx]),
+                    gx_nm_inv=float(gx[idx]),
+                    frequency_nm_inv=float(freq[idx]),
+                    spacing_nm=float(1.0 / freq[idx]),
+                    angle_deg=float(angle[idx]),
+                    intensity=float(intensity[idx]),
+                    snr=float(snr[idx]),
+                    harmonic_orders=tuple(sorted(set(orders.get(j, ())))),
+                )
+            )
+        result[int(cand_win[group[0]])] = tuple(pairs)
+    return result
+
+
+def _gather(
+    stack: np.ndarray, win: np.ndarray, y: np.ndarray, x: np.ndarray, half: int
+) -> np.ndarray:
+    """(m, 2 half + 1, 2 half + 1) float64 patches of ``stack[win]`` around (y, x), edge-clamped."""
+    o = np.arange(-half, half + 1)
+    n_y, n_x = stack.shape[-2:]
+    yy = np.clip(y[:, None] + o[None, :], 0, n_y - 1)
+    xx = np.clip(x[:, None] + o[None, :], 0, n_x - 1)
+    return stack[win[:, None, None], yy[:, :, None], xx[:, None, :]].astype(np.float64)
+
+
+def _is_local_max(stack: np.ndarray, win: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """True where ``stack[win, y, x]`` is >= its 8 neighbours (neighbours outside are ignored)."""
+    o = np.array([-1, 0, 1])
+    n_y, n_x = stack.shape[-2:]
+    yy = y[:, None] + o[None, :]
+    xx = x[:, None] + o[None, :]
+    inside = ((yy >= 0) & (yy < n_y))[:, :, None] & ((xx >= 0) & (xx < n_x))[:, None, :]
+    vals = stack[
+        win[:, None, None], np.clip(yy, 0, n_y - 1)[:, :, None], np.clip(xx, 0, n_x - 1)[:, None, :]
+    ]
+    vals = np.where(inside, vals, -np.inf)
+    return vals[:, 1, 1] >= vals.reshape(len(win), -1).max(axis=1)
+
+
+def _harmonics(
+    ky: np.ndarray, kx: np.ndarray, l_px: np.ndarray, intensity: np.ndarray
+) -> list[tuple[int, int]]:
+    """For each pair of one window, ``(fundamental index, order)`` if it is a harmonic, else (-1, 0).
+
+    Pair j is the harmonic n of pair i when ``|k_j - n k_i| <= 0.5 + 0.015 n l_i`` FFT px and pair
+    i is stronger. Both are canonical, so ``n k_i`` is canonical as well. The strongest
+    fundamental claims first; a harmonic never claims further harmonics.
+    """
+    m = ky.size
+    out = [(-1, 0)] * m
+    if m < 2:
+        return out
+    for i in np.argsort(-intensity, kind="stable"):
+        if out[i][0] >= 0:
+            continue
+        for n_ord in HARMONIC_ORDERS:
+            tol = 0.5 + 0.015 * n_ord * l_px[i]
+            d = np.hypot(ky - n_ord * ky[i], kx - n_ord * kx[i])
+            for j in np.flatnonzero((d <= tol) & (intensity < intensity[i])):
+                if out[j][0] < 0 and j != i:
+                    out[j] = (int(i), n_ord)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Classical detector
+# --------------------------------------------------------------------------------------------
+
+
+def _radial_bins(geometry: BandGeometry, pixel_size_nm: tuple[float, float]) -> np.ndarray:
+    """Integer radius [FFT px along y] of each band pixel, shape (2 ry + 1, 2 rx + 1).
+
+    Radius in physical frequency, ``|g| w p_y = sqrt(ky^2 + (kx p_y / p_x)^2)``, so the rings of an
+    isotropic background fall in one bin even with non-square pixels.
+    """
+    py, px = pixel_size_nm
+    ky = np.arange(-geometry.radius_y, geometry.radius_y + 1, dtype=float)
+    kx = np.arange(-geometry.radius_x, geometry.radius_x + 1, dtype=float) * (py / px)
+    return np.rint(np.hypot(ky[:, None], kx[None, :])).astype(np.intp)
+
+
+def classical_masks(
+    spectra: np.ndarray,
+    geometry: BandGeometry,
+    *,
+    pixel_size_nm: tuple[float, float] | float | None = None,
+    threshold: float = CLASSICAL_THRESHOLD,
+    min_l_px: float = 2.0,
+    disk_radius_px: float = 1.0,
+    smooth_px: int = 3,
+    return_peaks: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Classical spot detector: peaks of the background-subtracted log-spectrum, as band masks.
+
+    For each window: ``L = log |F|`` over the band; the background is the median of L over rings
+    of equal spatial frequency (this removes the Thon rings of amorphous carbon and the smooth
+    fall-off of the spectrum); the residual is divided by its robust spread (1.4826 MAD over the
+    band); local maxima (3 x 3, ``skimage.feature.peak_local_max`` on the whole stack) above
+    ``threshold`` are spots. The spread of ``log |F|`` of speckle (noise, amorphous) is fixed
+    (log-Rayleigh) with a light upper tail, so a fixed threshold gives no spots on noise.
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n, w, w) or (n, 2 radius_y + 1, 2 radius_x + 1)
+        Fftshifted ``|F|`` from :func:`~hrtem_core.windows.window_spectra`, or only its band
+        (:func:`~hrtem_core.windows.band_spectra`).
+    geometry : BandGeometry
+        Band geometry (the mask grid).
+    pixel_size_nm : float or (float, float) or None, keyword-only
+        ``(p_y, p_x)`` [nm/px]; only the ratio matters (rings with non-square pixels). Default:
+        square pixels.
+    threshold : float, keyword-only
+        Detection threshold [robust standard deviations of the residual log-magnitude].
+    min_l_px : float, keyword-only
+        No spots closer than this to the DC [FFT px].
+    disk_radius_px : float, keyword-only
+        Radius of the disk drawn at each peak [band px].
+    smooth_px : int, keyword-only
+        Side of the box over which the power ``|F|^2`` is summed before the log (default 3: a
+        Hann-apodized spot spreads over about 3 x 3 FFT pixels, noise is averaged); 1 = none.
+    return_peaks : bool, keyword-only
+        Also return the peaks, (P, 3) int ``[window, ky, kx]`` (FFT px from the DC).
+
+    Returns
+    -------
+    ndarray of bool, shape (n, S, S)
+        Spot masks on the band grid; with ``return_peaks`` a tuple ``(masks, peaks)``.
+    """
+    spectra = np.asarray(spectra)
+    w = geometry.window_px
+    band_shape = (2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1)
+    if spectra.ndim != 3 or spectra.shape[1:] not in ((w, w), band_shape):
+        raise AnalysisParameterError(
+            f"spectra of shape {spectra.shape} match neither (n, {w}, {w}) spectra nor their "
+            f"(n, {band_shape[0]}, {band_shape[1]}) band"
+        )
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise AnalysisParameterError(f"detection threshold must be > 0, got {threshold!r}")
+    p = (1.0, 1.0) if pixel_size_nm is None else _pixel_pair(pixel_size_nm)
+    n = spectra.shape[0]
+    size = geometry.size
+    masks = np.zeros((n, size, size), dtype=bool)
+    peaks = np.zeros((0, 3), dtype=np.intp)
+    if n == 0:
+        return (masks, peaks) if return_peaks else masks
+
+    ry, rx = geometry.radius_y, geometry.radius_x
+    band = spectra if spectra.shape[1:] == band_shape else crop_band(spectra, geometry)
+    band = band.astype(np.float32, copy=True)
+    if smooth_px > 1:
+        # Local power: a Hann-apodized spot spreads over about 3 x 3 FFT pixels.
+        band = np.square(band, out=band)
+        band = ndi.uniform_filter(band, size=(1, int(smooth_px), int(smooth_px)), mode="nearest")
+        band = np.sqrt(np.maximum(band, 0.0, out=band), out=band)
+    rbin = _radial_bins(geometry, p)
+    ky = np.arange(-ry, ry + 1, dtype=float)[:, None]
+    kx = np.arange(-rx, rx + 1, dtype=float)[None, :]
+    r_max = min(ry, rx * p[0] / p[1])
+    usable = ((ky**2 + kx**2) >= float(min_l_px) ** 2) & (rbin <= r_max)
+    uidx = np.flatnonzero(usable.ravel())
+    if uidx.size == 0:
+        return (masks, peaks) if return_peaks else masks
+    # Work on the usable pixels only: (n, U).
+    logu = np.log(np.maximum(band.reshape(n, -1)[:, uidx], np.float32(1e-30)))
+    ubin = rbin.ravel()[uidx]
+    _, ubin = np.unique(ubin, return_inverse=True)
+    ring = np.zeros((uidx.size, int(ubin.max()) + 1), dtype=np.float32)
+    ring[np.arange(uidx.size), ubin] = 1.0
+    # Radial background: mean of log |F| over each ring of equal |g| (one matrix product for all
+    # windows), recomputed without the outliers (spots) of the first pass.
+    ring_mean = (logu @ ring) / ring.sum(axis=0)
+    resid = logu - ring_mean[:, ubin]
+    med, mad = _robust_spread(resid)
+    keep = ((resid - med[:, None]) <= 3.0 * mad[:, None]).astype(np.float32)
+    count = keep @ ring
+    ring_mean = np.where(count > 0, ((logu * keep) @ ring) / np.maximum(count, 1.0), ring_mean)
+    resid = logu - ring_mean[:, ubin]
+    med, mad = _robust_spread(resid)
+    z = (resid - med[:, None]) / mad[:, None]
+    # Local maxima (3 x 3) above the threshold, as skimage.feature.peak_local_max(z_band,
+    # footprint=3 x 3, threshold_abs=threshold, exclude_border=False) per window, but checked only
+    # at the few pixels above the threshold.
+    cw, cu = np.nonzero(z > threshold)
+    if cw.size == 0:
+        return (masks, peaks) if return_peaks else masks
+    cz = z[cw, cu]
+    lookup = np.full(usable.size, -1, dtype=np.intp)
+    lookup[uidx] = np.arange(uidx.size)
+    hy, hx = band_shape
+    crow, ccol = np.divmod(uidx[cu], hx)
+    is_peak = np.ones(cw.size, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            nr, nc = crow + dy, ccol + dx
+            inside = (nr >= 0) & (nr < hy) & (nc >= 0) & (nc < hx)
+            nu = lookup[np.where(inside, nr * hx + nc, 0)]
+            nz = np.where(inside & (nu >= 0), z[cw, np.maximum(nu, 0)], -np.inf)
+            is_peak &= cz >= nz
+    found = np.stack([cw[is_peak], crow[is_peak], ccol[is_peak]], axis=1)
+    if found.size == 0:
+        return (masks, peaks) if return_peaks else masks
+    found = found[np.lexsort((found[:, 2], found[:, 1], found[:, 0]))]
+    pw = found[:, 0].astype(np.intp)
+    pky = found[:, 1] - ry
+    pkx = found[:, 2] - rx
+    peaks = np.stack([pw, pky, pkx], axis=1).astype(np.intp)
+    draw_disks(masks, pw, *geometry.to_band(pky, pkx), radius_px=disk_radius_px)
+    return (masks, peaks) if return_peaks else masks
+
+
+def _robust_spread(x: np.ndarray, *, step: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row median and 1.4826 MAD of (n, U) values, from every ``step``-th value (fast)."""
+    sample = x[:, ::step] if x.shape[1] >= 64 * step else x
+    med = np.median(sample, axis=1)
+    mad = 1.4826 * np.median(np.abs(sample - med[:, None]), axis=1)
+    return med, np.maximum(mad, 1e-6)
+
+
+def draw_disks(
+    masks: np.ndarray,
+    win: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    *,
+    radius_px: float = 1.5,
+) -> np.ndarray:
+    """Set disks of ``radius_px`` band pixels around sub-pixel (row, col) in ``masks[win]``.
+
+    At least the nearest pixel is always set. Modifies and returns ``masks`` (n, S, S) bool.
+    """
+    win = np.asarray(win, dtype=np.intp)
+    row = np.asarray(row, dtype=float)
+    col = np.asarray(col, dtype=float)
+    size_y, size_x = masks.shape[-2:]
+    r = max(float(radius_px), 0.0)
+    hr = math.ceil(r) + 1
+    o = np.arange(-hr, hr + 1)
+    r0 = np.rint(row).astype(np.intp)
+    c0 = np.rint(col).astype(np.intp)
+    yy = r0[:, None, None] + o[None, :, None]
+    xx = c0[:, None, None] + o[None, None, :]
+    inside = (yy - row[:, None, None]) ** 2 + (xx - col[:, None, None]) ** 2 <= r * r
+    inside |= (o[:, None] == 0) & (o[None, :] == 0)
+    inside &= (yy >= 0) & (yy < size_y) & (xx >= 0) & (xx < size_x)
+    ww = np.broadcast_to(win[:, None, None], inside.shape)
+    yb = np.broadcast_to(yy, inside.shape)
+    xb = np.broadcast_to(xx, inside.shape)
+    masks[ww[inside], yb[inside], xb[inside]] = True
+    return masks
+
+
+# --------------------------------------------------------------------------------------------
+# Batched detection
+# --------------------------------------------------------------------------------------------
+
+
+def detect_pairs(
+    windows: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float] | float,
+    detector: str = "unet",
+    model: Any = None,
+    d_min_nm: float = 0.1,
+    spectra: np.ndarray | None = None,
+    refine: str = "parabolic",
+    min_l_px: float = 2.0,
+    threshold: float = CLASSICAL_THRESHOLD,
+    batch_size: int = 32,
+) -> list[tuple[SpotPair, ...]]:
+    """Bragg-spot pairs of every window, batched.
+
+    The band of each window's spectrum (:func:`~hrtem_core.windows.band_spectra`, in batches of
+    ``batch_size`` windows; or ``crop_band(spectra)`` when full spectra are given) with
+    ``geometry = band_geometry(w, p, d_min_nm=d_min_nm)``; masks from the detector
+    (:func:`classical_masks`, or the U-Net's ``predict_masks`` applied to the log band, the same
+    input as :func:`~hrtem_core.windows.log_band`); then :func:`pairs_from_masks`.
+
+    Parameters
+    ----------
+    windows : ndarray, shape (n, w, w)
+        Real-space windows (:func:`~hrtem_core.windows.extract_windows`, or a strided view).
+    pixel_size_nm : float or (float, float), keyword-only
+        ``(p_y, p_x)`` [nm/px].
+    detector : {"unet", "classical"}, keyword-only
+    model : SpotModel or None, keyword-only
+        For ``"unet"``; default: ``hrtem_core.unet.load.load_model()`` (default weights).
+    d_min_nm : float, keyword-only
+        Smallest spacing of interest [nm] (sets the band).
+    spectra : ndarray, shape (n, w, w), optional, keyword-only
+        Precomputed :func:`~hrtem_core.windows.window_spectra` of ``windows``.
+    refine : {"parabolic", "dft"}, keyword-only
+        Sub-pixel refinement: Hann-corrected parabola on the FFT magnitude (default), or a local
+        DFT of the real-space windows.
+    min_l_px : float, keyword-only
+        Spots closer than this to the DC are ignored [FFT px].
+    threshold : float, keyword-only
+        Threshold of the classical detector [robust standard deviations].
+    batch_size : int, keyword-only
+        Windows per FFT batch (bounds the memory; small batches stay in cache).
+
+    Returns
+    -------
+    list of tuple of SpotPair
+        One tuple per window (strongest pair first).
+    """
+    if detector not in DETECTORS:
+        raise AnalysisParameterError(
+            f"unknown spot detector {detector!r}: choose one of {', '.join(DETECTORS)}"
+        )
+    if refine not in ("parabolic", "dft"):
+        raise AnalysisParameterError(f"unknown refinement {refine!r}: choose 'parabolic' or 'dft'")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AnalysisParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+    p = _pixel_pair(pixel_size_nm)
+    windows = np.asarray(windows)
+    if windows.ndim != 3 or windows.shape[1] != windows.shape[2]:
+        raise AnalysisParameterError(f"expected windows of shape (n, w, w), got {windows.shape}")
+    n, w = windows.shape[0], windows.shape[-1]
+    geometry = band_geometry(w, p, d_min_nm=d_min_nm)
+    if spectra is not None:
+        spectra = np.asarray(spectra)
+        if spectra.shape != windows.shape:
+            raise AnalysisParameterError(
+                f"spectra of shape {spectra.shape} do not match the windows {windows.shape}"
+            )
+        band = np.ascontiguousarray(crop_band(spectra, geometry), dtype=np.float32)
+    else:
+        band = np.empty((n, 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1), np.float32)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            band[start:stop] = band_spectra(windows[start:stop], geometry)
+    if detector == "classical":
+        # The peaks are known at FFT resolution: seed the refinement with them directly (two
+        # spots closer than a band pixel would merge into one mask component).
+        _, peaks = classical_masks(
+            band,
+            geometry,
+            pixel_size_nm=p,
+            threshold=threshold,
+            min_l_px=min_l_px,
+            return_peaks=True,
+        )
+        return pairs_from_peaks(
+            peaks,
+            band,
+            geometry,
+            pixel_size_nm=p,
+            windows=windows if refine == "dft" else None,
+            min_l_px=min_l_px,
+        )
+    else:
+        from hrtem_core.unet.load import load_model, predict_masks
+
+        if model is None:
+            model = load_model()
+        masks = np.asarray(predict_masks(model, log_band_from_crop(band, geometry)), dtype=bool)
+    return pairs_from_masks(
+        masks,
+        band,
+        geometry,
+        pixel_size_nm=p,
+        windows=windows if refine == "dft" else None,
+        min_l_px=min_l_px,
+    )
+
+
+def detect_pairs_in_image(
+    image: np.ndarray,
+    grid: WindowGrid,
+    **kwargs: Any,
+) -> list[tuple[SpotPair, ...]]:
+    """:func:`detect_pairs` over every window of ``grid`` without copying the windows out first.
+
+    The windows are a strided view of ``image`` (float32); each FFT batch copies only its own
+    windows. Keyword arguments are those of :func:`detect_pairs` (``pixel_size_nm`` required).
+
+    Returns
+    -------
+    list of tuple of SpotPair
+        One tuple per window, row-major (window ``i = r * n_cols + c``).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != grid.image_shape:
+        raise AnalysisParameterError(
+            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
+        )
+    w, s = grid.window_px, grid.stride_px
+    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
+    view = view[: grid.n_rows, : grid.n_cols].reshape(grid.n_windows, w, w)
+    return detect_pairs(view, **kwargs)
+
+
+__all__ = [
+    "CLASSICAL_THRESHOLD",
+    "DETECTORS",
+    "HARMONIC_ORDERS",
+    "SpotPair",
+    "acute_angle_deg",
+    "classical_masks",
+    "detect_pairs",
+    "detect_pairs_in_image",
+    "draw_disks",
+    "pair_angles_deg",
+    "pairs_from_mask",
+    "pairs_from_masks",
+    "pairs_from_peaks",
+]

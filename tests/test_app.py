@@ -1,0 +1,394 @@
+"""The Streamlit dashboard under streamlit.testing (AppTest): every page, bad uploads, card edits.
+
+The pages run in this process against the bundled example (data/examples) and a temporary copy of
+the card database (HRTEM_CARDS_PATH); the shipped data/pdf_cards.xlsx is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from hrtem_core.errors import ReadError
+from ui import common
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TIMEOUT = 120
+SHIPPED_CARDS = REPO / "data" / "pdf_cards.xlsx"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cards_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary copy of the card database, made the app's database via HRTEM_CARDS_PATH."""
+    dest = tmp_path / "pdf_cards.xlsx"
+    shutil.copyfile(SHIPPED_CARDS, dest)
+    monkeypatch.setenv(common.CARDS_ENV, str(dest))
+    return dest
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _plotly_charts(at: AppTest) -> list:
+    return list(at.get("plotly_chart"))
+
+
+def _tif(array: np.ndarray, *, unit: str = "nm", pixel_nm: float = 0.02) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    res = 1.0 / pixel_nm
+    tifffile.imwrite(buf, array, imagej=True, resolution=(res, res), metadata={"unit": unit})
+    return buf.getvalue()
+
+
+def _submit(at: AppTest, prefix: str, **values: object) -> AppTest:
+    """Set sidebar-form parameters (``window``, ``stride``, ``detector``, ...) and press Analyze."""
+    for name, value in values.items():
+        key = f"{prefix}_{name}"
+        widget = next(w for w in at.sidebar if getattr(w, "key", None) == key)
+        widget.set_value(value)
+    button = next(b for b in at.sidebar.button if b.label == "Analyze")
+    return button.click().run()
+
+
+# ------------------------------------------------------------------------------ unit level
+def test_make_upload_refuses_unknown_type_and_empty_files():
+    with pytest.raises(ReadError, match="unsupported file type"):
+        common.make_upload("notes.txt", b"hello")
+    with pytest.raises(ReadError, match="empty"):
+        common.make_upload("image.dm3", b"")
+    up = common.make_upload("a.tif", b"123")
+    assert up.digest == common.make_upload("b.tif", b"123").digest
+    assert up.digest != common.make_upload("a.tif", b"124").digest
+
+
+def test_group_uploads_pairs_ser_with_its_emi():
+    files = [("scan_1.ser", b"s"), ("scan.emi", b"e"), ("lonely.emi", b"x"), ("img.png", b"p")]
+    uploads, problems = common.group_uploads(files)
+    assert [u.name for u in uploads] == ["scan_1.ser", "img.png"]
+    assert uploads[0].companion == ("scan.emi", b"e")
+    assert uploads[1].companion is None
+    assert len(problems) == 1 and "lonely.emi" in problems[0]
+
+
+def test_result_store_is_bounded():
+    lru = common._LRU(3)
+    for i in range(5):
+        lru.put(i, str(i))
+    assert len(lru) == 3
+    assert lru.get(0) is None and lru.get(4) == "4"
+
+
+# ------------------------------------------------------------------------------- pages
+def test_analyze_opens_on_the_bundled_example_with_map_and_table():
+    at = _app().run()
+    assert not at.exception, at.exception
+    assert not _errors(at), _errors(at)
+    assert [t.value for t in at.title] == ["Analyze an image"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Windows"].startswith("49 ")  # 1024 px, w=256, s=128: 7 x 7 windows
+    assert float(metrics["Crystallinity"].rstrip(" %")) > 0.0
+    # The plane map, the window's FFT and mask; the windows table with one row per window.
+    assert len(_plotly_charts(at)) >= 3
+    tables = [d.value for d in at.dataframe]
+    assert any(len(t) == 49 and "spacings_nm" in t.columns for t in tables)
+    # Downloads are offered.
+    labels = {b.label for b in at.get("download_button")}
+    assert {
+        "Windows (CSV)",
+        "All tables (XLSX)",
+        "Summary (JSON)",
+        "Map (HTML)",
+        "Map (PNG)",
+    } <= labels
+    # The first load used the U-Net when a trained model is installed (once in this file).
+    from ui.analyze_ui import model_available
+
+    expected = "unet" if model_available() else "classical"
+    assert at.radio(key="analyze_detector").value == (
+        "U-Net" if expected == "unet" else "Classical"
+    )
+    assert metrics["Time"] and f"detector: {expected}" in next(
+        m.proto.help for m in at.metric if m.label == "Time"
+    )
+
+
+def test_analyze_window_selection_and_parameters():
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical", window=128, stride=128)
+    assert not at.exception and not _errors(at), _errors(at)
+    assert {m.label: m.value for m in at.metric}["Windows"].startswith("64 ")  # 8 x 8
+    sel = at.selectbox(key="analyze_selected_window")
+    sel.set_value(5).run()
+    assert not at.exception and not _errors(at)
+    assert at.selectbox(key="analyze_selected_window").value == 5
+
+
+def test_analyze_window_larger_than_image_is_an_error_not_an_exception():
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical", window=2048)
+    assert not at.exception
+    assert any("smaller than one" in e for e in _errors(at)), _errors(at)
+    # The page stays usable: a valid window analyses again.
+    at = _submit(at, "analyze", window=256)
+    assert not at.exception and not _errors(at)
+
+
+BAD_UPLOADS = {
+    "empty file": ("empty.dm3", b"", "empty"),
+    "random bytes .dm3": ("random.dm3", np.random.default_rng(0).bytes(4096), "DigitalMicrograph"),
+    "text file": ("notes.txt", b"just some text\n", "unsupported file type"),
+    "text renamed .tif": ("notes.tif", b"just some text\n", "notes.tif"),
+    "reciprocal units": (
+        "fft.tif",
+        _tif(np.random.default_rng(1).random((64, 64)).astype(np.float32), unit="1/nm"),
+        "reciprocal",
+    ),
+    "2x2 image": ("tiny.tif", _tif(np.ones((2, 2), np.float32)), "smaller than one"),
+    "1x1 image": ("dot.tif", _tif(np.ones((1, 1), np.float32)), "not an image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_shows_an_error_and_the_page_stays_usable(case):
+    name, data, expected = BAD_UPLOADS[case]
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical")
+    at.radio(key="analyze_source").set_value("Upload").run()
+    at.file_uploader(key="analyze_upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    errors = _errors(at)
+    assert errors and any(expected.lower() in e.lower() for e in errors), errors
+    assert all("Traceback" not in e for e in errors)
+    # Still usable: back to the example, which analyses.
+    at.radio(key="analyze_source").set_value("Bundled example").run()
+    assert not at.exception and not _errors(at)
+    assert len(_plotly_charts(at)) >= 1
+
+
+def test_upload_of_a_calibrated_image_and_pixel_size_override():
+    rng = np.random.default_rng(3)
+    xx = np.mgrid[0:256, 0:256][1]
+    fringes = np.cos(2 * np.pi * xx * 0.02 / 0.25) + 0.3 * rng.standard_normal((256, 256))
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical", window=128, stride=64)
+    at.radio(key="analyze_source").set_value("Upload").run()
+    at.file_uploader(key="analyze_upload").set_value(
+        ("fringes.tif", _tif((1000 + 100 * fringes).astype(np.float32)), "image/tiff")
+    )
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    px = next(n for n in at.number_input if n.label == "Pixel size (nm/px)")
+    assert px.value == pytest.approx(0.02)
+    # 0.25 nm fringes: the table's spacings say so with the file's calibration ...
+    table = next(d.value for d in at.dataframe if "spacings_nm" in d.value.columns)
+    first = [float(s.split(";")[0]) for s in table["spacings_nm"] if s]
+    assert first and np.median(first) == pytest.approx(0.25, rel=0.02)
+    # ... and twice that with a pixel size twice as large (user override, passed to io).
+    px.set_value(0.04).run()
+    assert not at.exception and not _errors(at), _errors(at)
+    table = next(d.value for d in at.dataframe if "spacings_nm" in d.value.columns)
+    first = [float(s.split(";")[0]) for s in table["spacings_nm"] if s]
+    assert np.median(first) == pytest.approx(0.5, rel=0.02)
+    assert any("differs from the file" in w.value for w in at.warning)
+
+
+def test_series_page_produces_the_profile():
+    at = _app()
+    at.switch_page("app_pages/series.py").run()
+    assert not at.exception, at.exception
+    at = _submit(at, "series", detector="Classical")
+    assert not at.exception and not _errors(at), _errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    n_images = int(metrics["Images"])
+    assert n_images >= 3
+    assert metrics["Best focus"].endswith(" nm")
+    # Profile + phase fractions + one small map per image.
+    assert len(_plotly_charts(at)) == 2 + n_images
+    profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    assert len(profile) == n_images
+    assert profile["defocus_nm"].is_monotonic_increasing
+    assert profile["crystallinity"].between(0, 1).all()
+    # Editing a defocus re-labels the profile (results are cached per image: no re-analysis).
+    editor = at.data_editor[0]
+    at.session_state[editor.key] = {
+        "edited_rows": {0: {"defocus_nm": -99.0}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert not at.exception and not _errors(at)
+    profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    assert profile["defocus_nm"].iloc[0] == -99.0
+    # A missing defocus is an error that names the file.
+    at.session_state[editor.key] = {
+        "edited_rows": {0: {"defocus_nm": None}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert not at.exception
+    assert any("defocus is unknown" in e for e in _errors(at)), _errors(at)
+
+
+def test_cards_edit_is_validated_and_saved_to_the_copy(cards_copy: Path):
+    shipped = _sha(SHIPPED_CARDS)
+    before = _sha(cards_copy)
+    at = _app()
+    at.switch_page("app_pages/cards.py").run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert str(cards_copy) in at.caption[0].value
+    key = at.data_editor[0].key
+    # An invalid edit: a negative cell length -> inline error naming sheet, row and column.
+    at.session_state[key] = {"edited_rows": {0: {"a": -8.0}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    assert any("'phases'" in e and "row 2" in e and "'a'" in e for e in _errors(at)), _errors(at)
+    assert at.button(key="cards_save").disabled
+    # A valid edit -> saved to the copy (with a backup), the shipped file untouched.
+    at.session_state[key] = {
+        "edited_rows": {0: {"notes": "edited by test_app"}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert not at.button(key="cards_save").disabled
+    at.button(key="cards_save").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert _sha(cards_copy) != before
+    assert cards_copy.with_name(cards_copy.name + ".bak").is_file()
+    assert _sha(SHIPPED_CARDS) == shipped
+    from hrtem_core.cards import load_cards
+
+    assert load_cards(cards_copy).phases[0].notes == "edited by test_app"
+    assert any("Saved" in s.value for s in at.success)
+
+
+def test_cards_concurrent_edit_asks_to_reload(cards_copy: Path):
+    from hrtem_core.cards import load_cards, save_cards
+
+    at = _app()
+    at.switch_page("app_pages/cards.py").run()
+    key = at.data_editor[0].key
+    # Another session saves meanwhile.
+    other = load_cards(cards_copy)
+    save_cards(other.without_phase(other.phases[-1].card_id), cards_copy)
+    at.session_state[key] = {
+        "edited_rows": {0: {"notes": "mine"}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert not at.exception
+    assert any("changed on disk" in e for e in _errors(at)), _errors(at)
+    assert at.button(key="cards_save").disabled
+    at.button(key="cards_reload").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert len(at.data_editor[0].value) == len(other.phases) - 1
+
+
+def test_cards_import_validates_the_uploaded_workbook(cards_copy: Path):
+    at = _app()
+    at.switch_page("app_pages/cards.py").run()
+    at.file_uploader(key="cards_upload").set_value(("broken.xlsx", b"not a workbook", "x"))
+    at.run()
+    assert not at.exception
+    assert any("broken.xlsx" in e or "xlsx" in e for e in _errors(at)), _errors(at)
+    # A valid workbook (the copy itself, one phase fewer) replaces the database on request.
+    from hrtem_core.cards import load_cards, save_cards
+
+    db = load_cards(cards_copy)
+    smaller = cards_copy.with_name("smaller.xlsx")
+    save_cards(db.without_phase(db.phases[-1].card_id), smaller)
+    at.file_uploader(key="cards_upload").set_value(("smaller.xlsx", smaller.read_bytes(), "x"))
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    at.button(key="cards_replace").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert len(load_cards(cards_copy).phases) == len(db.phases) - 1
+
+
+def test_cards_calculator_and_computed_reflections(cards_copy: Path):
+    at = _app()
+    at.switch_page("app_pages/cards.py").run()
+    assert not at.exception
+    calc = next(d.value for d in at.dataframe if "quantity" in d.value.columns)
+    # Maghemite (cubic, a = 8.3515 A): d(111) = a / sqrt(3), angle (111)^(220) = 35.26 deg.
+    d111 = float(calc["value"].iloc[0].split()[0])
+    assert d111 == pytest.approx(0.83515 / np.sqrt(3), rel=1e-4)
+    assert calc["value"].iloc[2].startswith("35.26")
+    computed = next(d.value for d in at.dataframe if "multiplicity" in d.value.columns)
+    assert computed["d (nm)"].is_monotonic_decreasing
+    assert not computed["forbidden"].any()
+    at.button(key="cards_use_computed").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any("Unsaved changes" in s.value for s in at.success)
+
+
+def test_about_page_loads():
+    at = _app()
+    at.switch_page("app_pages/about.py").run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["About this tool"]
+    text = " ".join(m.value for m in at.markdown)
+    assert "negative = underfocus" in text and "Friedel pair" in text
+
+
+def test_no_pages_folder_beside_app_py():
+    # Streamlit falls back to its old multipage mode when a pages/ folder sits beside app.py:
+    # a visitor opening a page URL first would bypass st.navigation (the pages live in app_pages/).
+    assert not (REPO / "pages").exists()
+    assert (REPO / "app_pages" / "analyze.py").is_file()
+
+
+@pytest.mark.shared
+def test_ser_and_its_emi_in_one_upload_form_one_image(fixtures_dir: Path):
+    names = ("128x128-TEM_search_1.ser", "128x128-TEM_search.emi")
+    files = [(n, (fixtures_dir / n).read_bytes()) for n in names]
+    uploads, problems = common.group_uploads(files)
+    assert not problems and [u.name for u in uploads] == [names[0]]
+    m = common.micrograph_from_upload(uploads[0])
+    assert m.pixel_size_nm == pytest.approx((5.2612, 5.2612), rel=1e-4)
+    assert m.metadata["emi"] is True
+    # The .ser alone still reads (its calibration is in the .ser), without the microscope data.
+    alone = common.micrograph_from_upload(common.make_upload(*files[0]))
+    assert alone.metadata["emi"] is False
+    assert any(".emi" in w for w in alone.warnings)
+
+
+@pytest.mark.shared
+def test_stack_upload_offers_a_frame_choice(fixtures_dir: Path):
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical", window=64, stride=64)
+    at.radio(key="analyze_source").set_value("Upload").run()
+    data = (fixtures_dir / "temp.mrc").read_bytes()
+    at.file_uploader(key="analyze_upload").set_value(("temp.mrc", data, "application/octet-stream"))
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    frame = next(s for s in at.selectbox if s.label.startswith("Frame"))
+    assert frame.options[:2] == ["sum of all frames", "frame 0"] and len(frame.options) == 4
+    assert {m.label: m.value for m in at.metric}["Windows"].startswith("4 ")
+    frame.set_value("sum").run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert {m.label: m.value for m in at.metric}["Windows"].startswith("4 ")

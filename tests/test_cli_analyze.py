@@ -1,0 +1,217 @@
+"""The ``analyze`` and ``series`` commands: every file they write is read back; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from hrtem_core import __version__
+from hrtem_core.cards import load_cards
+from hrtem_core.cli import main
+from tests.lattice_images import lattice_image
+
+REPO = Path(__file__).resolve().parents[1]
+OPTS = ["--pixel-size-nm", "0.02", "--window", "128", "--stride", "64", "--detector", "classical"]
+WINDOW_FIELDS = [
+    "row", "col", "y_px", "x_px", "crystalline", "n_pairs", "spacings_nm", "angles_deg",
+    "phase_card", "phase_name", "hkl", "zone_axis", "score", "alternatives", "status",
+]  # fmt: skip
+SUMMARY_FIELDS = [
+    "file", "pixel_size_nm", "window_px", "stride_px", "n_windows", "n_crystalline",
+    "crystallinity", "crystalline_area_fraction", "phases", "defocus_nm", "elapsed_s", "version",
+]  # fmt: skip
+# Goethite (orthorhombic, a card of the default database) seen down [001].
+GOETHITE = ("29-0713", (0, 0, 1), [(0, 2, 0), (1, 1, 0), (1, -1, 0), (2, 0, 0)])
+
+
+def write_tif(path: Path, *, crystal_fraction: float = 0.5, seed: int = 0) -> Path:
+    card, zone, hkls = GOETHITE
+    region = np.zeros((384, 384), bool)
+    region[:, : int(384 * crystal_fraction)] = True
+    image, _ = lattice_image(
+        load_cards().phase(card), zone, hkls, rotation_deg=12.0, noise=0.1, shape=(384, 384),
+        region=region, seed=seed,
+    )  # fmt: skip
+    tifffile.imwrite(path, image)
+    return path
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_analyze_writes_every_file(tmp_path, capsys) -> None:
+    img = write_tif(tmp_path / "goethite_-8nm.tif")
+    out = tmp_path / "out"
+    assert main(["analyze", str(img), *OPTS, "--out", str(out), "--phases", "29-0713", "33-0664"]) == 0
+    captured = capsys.readouterr()
+    assert "goethite_-8nm.tif: crystallinity" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "plane_map.html", "plane_map.png", "results.xlsx", "summary.json", "windows.csv",
+    ]  # fmt: skip
+
+    win = pd.read_csv(out / "windows.csv", keep_default_na=False)
+    assert set(WINDOW_FIELDS) <= set(win.columns)
+    assert len(win) == 25  # (384 - 128) // 64 + 1 = 5 per axis
+    assert set(win["crystalline"]) <= {0, 1}
+    inside = win[win["x_px"] + 64 <= 192]  # windows entirely in the crystal (left half)
+    assert (inside["crystalline"] == 1).all() and (inside["phase_card"] == "29-0713").all()
+    assert (inside["zone_axis"] == "0 0 1").all()
+    outside = win[win["x_px"] - 63.5 >= 192]
+    assert (outside["crystalline"] == 0).all() and (outside["status"] == "no-spots").all()
+    row = inside.iloc[0]
+    spacings = [float(v) for v in row["spacings_nm"].split(";")]
+    assert spacings == sorted(spacings, reverse=True) and len(spacings) == row["n_pairs"]
+    assert len(row["hkl"].split(";")) == len(spacings)
+    assert all(len(h.split()) == 3 for h in row["hkl"].split(";"))
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert set(SUMMARY_FIELDS) <= set(summary)
+    assert summary["file"] == "goethite_-8nm.tif"
+    assert summary["pixel_size_nm"] == [0.02, 0.02]
+    assert summary["window_px"] == 128 and summary["stride_px"] == 64
+    assert summary["n_windows"] == 25 and summary["n_crystalline"] == int(win["crystalline"].sum())
+    assert summary["crystallinity"] == pytest.approx(win["crystalline"].mean())
+    assert summary["defocus_nm"] == -8.0  # from the file name
+    assert summary["version"] == __version__ and summary["elapsed_s"] > 0
+    assert [p["card_id"] for p in summary["phases"]] == ["29-0713", "33-0664"]
+    goe = summary["phases"][0]
+    assert goe["name"] == "goethite" and goe["n_windows"] == int((win["phase_card"] == "29-0713").sum())
+    assert goe["fraction"] == pytest.approx(goe["n_windows"] / 25)
+
+    book = pd.read_excel(out / "results.xlsx", sheet_name=None)
+    assert {"windows", "phases", "families", "summary", "parameters"} <= set(book)
+    assert len(book["windows"]) == 25
+    params = dict(zip(book["parameters"]["key"], book["parameters"]["value"], strict=True))
+    assert params["version"] == __version__ and params["param.spacing_tol"] == 0.03
+    html = (out / "plane_map.html").read_text(encoding="utf-8")
+    assert "goethite {" in html and "zone axis: [0 0 1]" in html
+    with Image.open(out / "plane_map.png") as png:
+        assert png.format == "PNG"
+
+
+def test_analyze_tolerances_reach_the_analysis(tmp_path, capsys) -> None:
+    img = write_tif(tmp_path / "g.tif")
+    out = tmp_path / "o"
+    args = ["analyze", str(img), *OPTS, "--spacing-tol", "0.05", "--angle-tol-deg", "1.5"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["parameters"]["spacing_tol"] == 0.05
+    assert summary["parameters"]["angle_tol_deg"] == 1.5
+    assert summary["defocus_nm"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--window", "1024"], "smaller than one"),
+        (["--phases", "00-0000"], "00-0000"),
+        (["--spacing-tol", "0"], "--spacing-tol"),
+        (["--angle-tol-deg", "abc"], "--angle-tol-deg"),
+        (["--detector", "magic"], "invalid choice"),
+        (["--pixel-size-nm", "-0.02"], "pixel"),
+        (["--cards", "/nonexistent/cards.xlsx"], "cards.xlsx"),
+    ],
+)
+def test_analyze_bad_input_is_one_line(tmp_path, capsys, extra, match) -> None:
+    img = write_tif(tmp_path / "g.tif")
+    with pytest.raises(SystemExit) as exc:
+        code = main(["analyze", str(img), *OPTS, *extra, "--out", str(tmp_path / "o")])
+        raise SystemExit(code)
+    assert exc.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert match in line
+
+
+def test_analyze_missing_file(tmp_path, capsys) -> None:
+    assert main(["analyze", str(tmp_path / "nope.tif"), *OPTS]) == 2
+    assert "nope.tif" in one_error_line(capsys.readouterr().err)
+
+
+def test_series_writes_profile_and_folders(tmp_path, capsys) -> None:
+    names = {"s_-8nm.tif": 0.25, "s_+4nm.tif": 0.75, "s_-2nm.tif": 0.5}
+    paths = [write_tif(tmp_path / n, crystal_fraction=f, seed=i) for i, (n, f) in enumerate(names.items())]
+    out = tmp_path / "series"
+    code = main(["series", *map(str, paths), *OPTS, "--phases", "29-0713", "--out", str(out)])
+    assert code == 0
+    assert "best focus 4 nm" in capsys.readouterr().out
+    prof = pd.read_csv(out / "profile.csv")
+    assert list(prof.columns[:6]) == [
+        "file", "defocus_nm", "crystallinity", "crystalline_area_fraction", "n_windows",
+        "n_crystalline",
+    ]  # fmt: skip
+    assert "fraction_29-0713" in prof.columns
+    assert list(prof["defocus_nm"]) == [-8.0, -2.0, 4.0]
+    assert prof["crystallinity"].is_monotonic_increasing
+    assert (prof["n_windows"] == 25).all()
+    for stem in ("s_-8nm", "s_+4nm", "s_-2nm"):
+        sub = out / stem
+        assert sorted(p.name for p in sub.iterdir()) == [
+            "plane_map.html", "plane_map.png", "results.xlsx", "summary.json", "windows.csv",
+        ]  # fmt: skip
+        summ = json.loads((sub / "summary.json").read_text(encoding="utf-8"))
+        assert summ["defocus_nm"] == float(stem[2:-2])
+        row = prof[prof["file"] == f"{stem}.tif"].iloc[0]
+        assert row["crystallinity"] == pytest.approx(summ["crystallinity"])
+    info = json.loads((out / "series.json").read_text(encoding="utf-8"))
+    assert info["best_focus_nm"] == 4.0 and info["failures"] == []
+    assert "best focus 4 nm" in (out / "profile.html").read_text(encoding="utf-8")
+    with Image.open(out / "profile.png") as png:
+        assert png.format == "PNG"
+
+
+def test_series_explicit_defocus_and_failures(tmp_path, capsys) -> None:
+    good = write_tif(tmp_path / "a.tif", seed=1)
+    nodf = write_tif(tmp_path / "b.tif", seed=2)
+    out = tmp_path / "s"
+    # Defocus given: both work.
+    assert main(["series", str(good), str(nodf), *OPTS, "--defocus-nm", "-6,6", "--out", str(out)]) == 0
+    assert list(pd.read_csv(out / "profile.csv")["defocus_nm"]) == [-6.0, 6.0]
+    capsys.readouterr()
+    # No defocus for b.tif, and a missing file: a.tif is still written, exit code 2.
+    named = write_tif(tmp_path / "c_-3nm.tif", seed=3)
+    out2 = tmp_path / "s2"
+    code = main(["series", str(named), str(nodf), str(tmp_path / "gone.tif"), *OPTS, "--out", str(out2)])
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "2 of 3 images failed" in line and "b.tif" in line and "defocus is unknown" in line
+    assert "gone.tif" in line
+    assert (out2 / "c_-3nm" / "windows.csv").is_file()
+    prof = pd.read_csv(out2 / "profile.csv")
+    assert list(prof["file"]) == ["c_-3nm.tif"]
+    info = json.loads((out2 / "series.json").read_text(encoding="utf-8"))
+    assert {Path(f["file"]).name for f in info["failures"]} == {"b.tif", "gone.tif"}
+
+
+def test_series_defocus_count_mismatch(tmp_path, capsys) -> None:
+    a = write_tif(tmp_path / "a.tif")
+    assert main(["series", str(a), *OPTS, "--defocus-nm", "1", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "one per image" in one_error_line(capsys.readouterr().err)
+
+
+def test_module_entry_point_subprocess(tmp_path) -> None:
+    """``python -m hrtem_core analyze`` in a fresh interpreter: exit codes and stderr."""
+    img = write_tif(tmp_path / "g.tif")
+    ok = subprocess.run(
+        [sys.executable, "-m", "hrtem_core", "analyze", str(img), *OPTS, "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "o" / "windows.csv").is_file()
+    bad = subprocess.run(
+        [sys.executable, "-m", "hrtem_core", "analyze", str(img), *OPTS, "--window", "4096"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    one_error_line(bad.stderr)

@@ -1,0 +1,222 @@
+"""The spot U-Net: shapes, save/load round trip, batched prediction, errors, shipped weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hrtem_core.errors import AnalysisParameterError, HRTEMError, ReadError
+from hrtem_core.unet import (
+    DEFAULT_WEIGHTS,
+    UNet,
+    count_parameters,
+    load_model,
+    predict_logits,
+    predict_masks,
+)
+from hrtem_core.windows import band_geometry, log_band, window_spectra
+
+
+def _save_tiny(tmp_path, *, base_channels: int = 4, depth: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    net = UNet(base_channels=base_channels, depth=depth)
+    # Move the batch-norm statistics off their defaults so the round trip checks them too.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        net.head.bias.fill_(0.0)
+    net.eval()
+    path = tmp_path / "tiny.pt"
+    torch.save(net.state_dict(), path)
+    settings = {"architecture": {**net.architecture(), "input_px": 64}}
+    path.with_suffix(".json").write_text(json.dumps(settings), encoding="utf-8")
+    return net, path
+
+
+@pytest.mark.parametrize(("base", "depth"), [(4, 1), (4, 2), (4, 3), (8, 4)])
+def test_unet_output_shape(base, depth):
+    net = UNet(base_channels=base, depth=depth).eval()
+    x = torch.randn(3, 1, 64, 64)
+    with torch.inference_mode():
+        y = net(x)
+    assert y.shape == (3, 1, 64, 64)
+    assert y.dtype == torch.float32
+
+
+def test_parameter_count_formula():
+    # depth 1: two 3x3 convs (1->4, 4->4, no bias) + 2 batch norms + 1x1 head.
+    net = UNet(base_channels=4, depth=1)
+    expected = 1 * 4 * 9 + 4 * 4 * 9 + 2 * (2 * 4) + (4 + 1)
+    assert count_parameters(net) == expected
+    assert count_parameters(UNet(base_channels=8, depth=4)) < 300_000
+
+
+def test_forward_is_deterministic(rng):
+    net = UNet(base_channels=4, depth=2).eval()
+    x = torch.from_numpy(rng.standard_normal((4, 1, 64, 64)).astype(np.float32))
+    with torch.inference_mode():
+        a = net(x).numpy()
+        b = net(x).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    net, path = _save_tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    assert model.device.type == "cpu"
+    assert model.input_px == 64
+    assert not model.module.training
+    state = model.module.state_dict()
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    bands = rng.standard_normal((5, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(bands[:, None]))[:, 0].numpy()
+    np.testing.assert_allclose(predict_logits(model, bands), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_masks_threshold_and_dtype(tmp_path, rng):
+    _, path = _save_tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    bands = rng.standard_normal((7, 64, 64)).astype(np.float32)
+    logits = predict_logits(model, bands)
+    for thr in (0.2, 0.5, 0.8):
+        masks = predict_masks(model, bands, threshold=thr)
+        assert masks.dtype == bool and masks.shape == (7, 64, 64)
+        np.testing.assert_array_equal(masks, logits > math.log(thr / (1 - thr)))
+    # A higher threshold never adds pixels.
+    assert (
+        predict_masks(model, bands, threshold=0.8) <= predict_masks(model, bands, threshold=0.2)
+    ).all()
+    # The random net is neither all-on nor all-off at 0.5 (the comparison is meaningful).
+    m = predict_masks(model, bands)
+    assert 0 < m.mean() < 1
+
+
+def test_predict_masks_batching_equivalence(tmp_path, rng):
+    _, path = _save_tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    bands = rng.standard_normal((70, 64, 64)).astype(np.float32)
+    one = predict_masks(model, bands, batch_size=1)
+    many = predict_masks(model, bands, batch_size=64)
+    np.testing.assert_array_equal(one, many)
+    assert predict_masks(model, bands[:0]).shape == (0, 64, 64)
+
+
+def test_predict_masks_rejects_bad_input(tmp_path):
+    _, path = _save_tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    with pytest.raises(AnalysisParameterError, match="shape"):
+        predict_masks(model, np.zeros((2, 32, 32), np.float32))
+    with pytest.raises(AnalysisParameterError, match="threshold"):
+        predict_masks(model, np.zeros((1, 64, 64), np.float32), threshold=1.0)
+    with pytest.raises(AnalysisParameterError, match="batch size"):
+        predict_masks(model, np.zeros((1, 64, 64), np.float32), batch_size=0)
+
+
+def test_load_model_missing_file(tmp_path):
+    with pytest.raises(ReadError, match="not found"):
+        load_model(tmp_path / "nothing.pt")
+
+
+def test_load_model_missing_settings(tmp_path):
+    _, path = _save_tiny(tmp_path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ReadError, match="settings"):
+        load_model(path)
+
+
+def test_load_model_corrupt_weights(tmp_path):
+    _, path = _save_tiny(tmp_path)
+    path.write_bytes(b"this is not a torch file")
+    with pytest.raises(ReadError, match="corrupt") as info:
+        load_model(path)
+    assert isinstance(info.value, HRTEMError)
+    assert "\n" not in str(info.value)
+
+
+def test_load_model_wrong_architecture(tmp_path):
+    _, path = _save_tiny(tmp_path)
+    js = path.with_suffix(".json")
+    js.write_text(json.dumps({"architecture": {"base_channels": 8, "depth": 2}}))
+    with pytest.raises(ReadError, match="do not fit"):
+        load_model(path)
+
+
+def test_load_model_bad_settings_json(tmp_path):
+    _, path = _save_tiny(tmp_path)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ReadError, match="not valid"):
+        load_model(path)
+
+
+# ------------------------------------------------------------------------------------------
+# The shipped weights
+# ------------------------------------------------------------------------------------------
+
+
+def test_shipped_settings_describe_the_weights():
+    settings = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    arch = settings["architecture"]
+    assert arch["parameters"] == count_parameters(
+        UNet(base_channels=arch["base_channels"], depth=arch["depth"])
+    )
+    assert arch["parameters"] < 500_000
+    assert settings["generator"]["version"]
+    assert settings["training"]["seed"] == 0
+    assert DEFAULT_WEIGHTS.stat().st_size < 5_000_000
+    state = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+
+
+@pytest.mark.slow
+def test_shipped_model_recovers_spacing_end_to_end():
+    from hrtem_core.spots import pairs_from_mask
+    from hrtem_core.synthetic import synthetic_example
+
+    model = load_model(device="cpu")
+    w, p = 256, (0.02, 0.02)
+    spacing = 0.235  # nm, e.g. Au(111)
+    ex = synthetic_example(
+        np.random.default_rng(3),
+        window_px=w,
+        pixel_size_nm=p,
+        crystal=True,
+        n_lattices=1,
+        spacing_nm=spacing,
+        angle_deg=30.0,
+        one_dimensional=True,
+        full_cover=True,
+        amplitude=0.1,
+        amorphous_rms=0.1,
+        dose_e_per_px=100.0,
+        artefacts=False,
+    )
+    geometry = band_geometry(w, p, d_min_nm=0.1)
+    spectra = window_spectra(ex.window[None])
+    mask = predict_masks(model, log_band(spectra, geometry))[0]
+    pairs = pairs_from_mask(mask, spectra[0], geometry, pixel_size_nm=p)
+    assert pairs, "no spot pair found on a clear lattice"
+    best = min(pairs, key=lambda q: abs(q.spacing_nm - spacing))
+    assert abs(best.spacing_nm - spacing) / spacing < 0.01
+    assert abs(((best.angle_deg - 30.0) + 90) % 180 - 90) < 1.0
+
+    # An amorphous window (same noise, no crystal) gives no pair.
+    amorphous = synthetic_example(
+        np.random.default_rng(4),
+        window_px=w,
+        pixel_size_nm=p,
+        crystal=False,
+        amorphous_rms=0.1,
+        dose_e_per_px=100.0,
+        artefacts=False,
+    )
+    spectra = window_spectra(amorphous.window[None])
+    mask = predict_masks(model, log_band(spectra, geometry))[0]
+    assert pairs_from_mask(mask, spectra[0], geometry, pixel_size_nm=p) == ()

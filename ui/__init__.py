@@ -1,0 +1,1 @@
+"""Shared helpers of the Streamlit dashboard (app.py, pages/). Never imported by hrtem_core."""

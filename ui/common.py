@@ -1,0 +1,455 @@
+"""Shared helpers of the Streamlit pages: paths, caches, uploads, error display.
+
+The pages stay thin (widgets, one call into :mod:`hrtem_core`, a figure); everything they share
+lives here. Nothing here computes physics: loading is :func:`hrtem_core.io.load_image`, analysis
+is :func:`hrtem_core.analysis.analyze_image` / ``analyze_series``.
+
+Caching
+-------
+* The U-Net loads once per process (:func:`get_model`, ``st.cache_resource``).
+* The card database is re-read only when its file changes (key: path, mtime, size).
+* Decoded images are kept by upload digest (sha256 of the bytes) + pixel-size override + frame.
+* Analysis results are kept by image key + parameters + card-database digest in a bounded LRU
+  (:class:`ResultStore`, shared by all sessions of the process). ``st.cache_data`` cannot be used
+  there because the analysis reports progress into a ``st.progress`` element created outside the
+  cached function, which ``st.cache_data``'s element replay refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from hrtem_core.errors import HRTEMError, ReadError
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO / "data" / "examples"
+#: The bundled single image the Analyze page opens on.
+EXAMPLE_IMAGE = EXAMPLES_DIR / "maghemite_particle.tif"
+#: The bundled focal series the Defocus-series page offers.
+FOCAL_SERIES_DIR = EXAMPLES_DIR / "focal_series"
+MODEL_SETTINGS = REPO / "models" / "unet_spots.json"
+
+#: Environment variable that overrides the card database path (tests point it at a copy).
+CARDS_ENV = "HRTEM_CARDS_PATH"
+
+#: File types the uploaders accept (extension without the dot).
+IMAGE_TYPES: tuple[str, ...] = (
+    "dm3",
+    "dm4",
+    "ser",
+    "emi",
+    "emd",
+    "mrc",
+    "tif",
+    "tiff",
+    "png",
+    "jpg",
+    "jpeg",
+)
+#: Largest upload [MB]; keep equal to server.maxUploadSize in .streamlit/config.toml.
+MAX_UPLOAD_MB = 500
+
+#: Bounded caches (entries).
+MAX_IMAGES = 8
+MAX_RESULTS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+def show_error(exc: BaseException) -> None:
+    """One ``st.error`` line for an exception: the core's message, or type + message."""
+    if isinstance(exc, HRTEMError):
+        st.error(exc.message)
+    else:
+        text = " ".join(str(exc).split()) or "no message"
+        st.error(f"Unexpected error ({type(exc).__name__}): {text}")
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Show any exception raised in the block as one ``st.error`` line; the page goes on.
+
+    ``st.stop``/``st.rerun`` and friends (control-flow exceptions of Streamlit) pass through.
+    """
+    try:
+        yield
+    except HRTEMError as exc:
+        show_error(exc)
+    except Exception as exc:
+        if _is_streamlit_control_flow(exc):
+            raise
+        show_error(exc)
+
+
+def _is_streamlit_control_flow(exc: BaseException) -> bool:
+    """StopException / RerunException must reach Streamlit's script runner untouched."""
+    return type(exc).__module__.startswith("streamlit.runtime.scriptrunner")
+
+
+# --------------------------------------------------------------------------------------------
+# Card database and model
+# --------------------------------------------------------------------------------------------
+def cards_path() -> Path:
+    """Path of the card database: ``$HRTEM_CARDS_PATH`` or ``data/pdf_cards.xlsx``."""
+    env = os.environ.get(CARDS_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    from hrtem_core.cards import DEFAULT_CARDS_PATH
+
+    return Path(DEFAULT_CARDS_PATH)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_cards_cached(path: str, mtime_ns: int, size: int) -> Any:
+    from hrtem_core.cards import load_cards
+
+    return load_cards(path)
+
+
+def load_card_db(path: Path | None = None) -> Any:
+    """The card database at ``path`` (default :func:`cards_path`), re-read when the file changes.
+
+    Raises
+    ------
+    CardDatabaseError
+        The file is missing or invalid (message names sheet, row and column).
+    """
+    path = cards_path() if path is None else Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        from hrtem_core.errors import CardDatabaseError
+
+        raise CardDatabaseError(
+            f"card database {path} not found (set {CARDS_ENV} or restore data/pdf_cards.xlsx)"
+        ) from None
+    return _load_cards_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def clear_cards_cache() -> None:
+    """Forget cached card databases (after a save)."""
+    _load_cards_cached.clear()
+
+
+@st.cache_resource(show_spinner="Loading the U-Net ...")
+def _load_model_cached() -> Any:
+    from hrtem_core.unet.load import load_model
+
+    return load_model()
+
+
+def get_model() -> Any:
+    """The U-Net spot detector, loaded once per process (CPU unless a GPU is present)."""
+    return _load_model_cached()
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads -> Micrograph
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """One image file received from the browser (or read from the bundled examples).
+
+    Attributes
+    ----------
+    name : str
+        File name as the user gave it (only used for the extension, messages and defocus parsing).
+    data : bytes
+        File contents.
+    digest : str
+        sha256 of ``data`` (plus the companion's), the cache key.
+    companion : tuple of (str, bytes), optional
+        The ``.emi`` of a ``.ser`` file (its microscope metadata), when it was uploaded too.
+    """
+
+    name: str
+    data: bytes
+    digest: str
+    companion: tuple[str, bytes] | None = None
+
+
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(hashlib.sha256(chunk).digest())
+    return h.hexdigest()
+
+
+def extension(name: str) -> str:
+    """Lower-case extension of a file name without the dot ('' when none)."""
+    return Path(name).suffix.lower().lstrip(".")
+
+
+def make_upload(name: str, data: bytes, companion: tuple[str, bytes] | None = None) -> Upload:
+    """Check one received file (type, size, not empty) and wrap it in an :class:`Upload`.
+
+    Raises
+    ------
+    ReadError
+        Unknown extension, empty file, or larger than :data:`MAX_UPLOAD_MB`.
+    """
+    name = Path(str(name)).name or "upload"
+    ext = extension(name)
+    if ext not in IMAGE_TYPES:
+        raise ReadError(
+            f"{name}: unsupported file type '.{ext or '?'}' "
+            f"(expected one of {', '.join('.' + t for t in IMAGE_TYPES)})"
+        )
+    if len(data) == 0:
+        raise ReadError(f"{name}: the file is empty (0 bytes)")
+    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ReadError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_MB} MB limit")
+    chunks = (data,) if companion is None else (data, companion[1])
+    return Upload(name=name, data=bytes(data), digest=_digest(*chunks), companion=companion)
+
+
+_SER_INDEX = re.compile(r"_\d+$")
+
+
+def group_uploads(files: Sequence[tuple[str, bytes]]) -> tuple[list[Upload], list[str]]:
+    """Turn received ``(name, bytes)`` files into images, pairing each ``.ser`` with its ``.emi``.
+
+    A TIA series ``name_1.ser`` keeps its microscope metadata (voltage, defocus, ...) in
+    ``name.emi``: when both are uploaded together they form one image. An ``.emi`` without its
+    ``.ser`` is not an image.
+
+    Returns
+    -------
+    uploads : list of Upload
+        One per image, in the order received.
+    problems : list of str
+        One line per file that was refused (type, size, empty, lone ``.emi``).
+    """
+    emis = {Path(n).stem.lower(): (n, d) for n, d in files if extension(n) == "emi"}
+    used_emi: set[str] = set()
+    uploads: list[Upload] = []
+    problems: list[str] = []
+    for name, data in files:
+        ext = extension(name)
+        if ext == "emi":
+            continue
+        companion = None
+        if ext == "ser":
+            stem = _SER_INDEX.sub("", Path(name).stem).lower()
+            if stem in emis:
+                companion = emis[stem]
+                used_emi.add(stem)
+        try:
+            uploads.append(make_upload(name, data, companion))
+        except HRTEMError as exc:
+            problems.append(exc.message)
+    for stem, (name, _) in emis.items():
+        if stem not in used_emi:
+            problems.append(
+                f"{name}: an .emi file only holds the metadata of its .ser series; "
+                "upload it together with the matching .ser file"
+            )
+    return uploads, problems
+
+
+def upload_from_path(path: Path) -> Upload:
+    """A bundled example file as an :class:`Upload` (server-side files only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReadError(f"bundled example {path.name} is missing from {path.parent}")
+    return make_upload(path.name, path.read_bytes())
+
+
+def _safe_name(name: str, fallback: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".")
+    return stem or fallback
+
+
+def _load_upload(upload: Upload, pixel_size_nm: float | None, frame: int | str | None) -> Any:
+    from hrtem_core.io import load_image
+
+    if upload.companion is None:
+        return load_image(upload.data, name=upload.name, pixel_size_nm=pixel_size_nm, frame=frame)
+    # A .ser needs its .emi beside it: both go into a private temporary folder (our own names,
+    # never a path from the user) that is deleted right after reading.
+    with tempfile.TemporaryDirectory(prefix="hrtem-upload-") as tmp:
+        ser = Path(tmp) / _safe_name(upload.name, "image_1.ser")
+        emi = Path(tmp) / _safe_name(upload.companion[0], "image.emi")
+        ser.write_bytes(upload.data)
+        emi.write_bytes(upload.companion[1])
+        return load_image(ser, name=upload.name, pixel_size_nm=pixel_size_nm, frame=frame)
+
+
+class _LRU:
+    """A small thread-safe LRU mapping, shared by all sessions of the process."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = int(max_entries)
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+@st.cache_resource
+def _image_store() -> _LRU:
+    return _LRU(MAX_IMAGES)
+
+
+@st.cache_resource
+def result_store() -> _LRU:
+    """The process-wide bounded store of analysis results (see module docstring)."""
+    return _LRU(MAX_RESULTS)
+
+
+def micrograph_from_upload(
+    upload: Upload,
+    *,
+    pixel_size_nm: float | None = None,
+    frame: int | str | None = None,
+) -> Any:
+    """Decode an upload into a :class:`hrtem_core.io.Micrograph` (cached by digest).
+
+    Parameters
+    ----------
+    upload : Upload
+        From :func:`make_upload` / :func:`group_uploads` / :func:`upload_from_path`.
+    pixel_size_nm : float, optional, keyword-only
+        User override of the calibration [nm/px]; None keeps the file's metadata.
+    frame : int or "sum" or None, keyword-only
+        Frame of a stack (None: the reader's default).
+
+    Raises
+    ------
+    ReadError, CalibrationError
+        From :func:`hrtem_core.io.load_image`, with a one-line message.
+    """
+    key = (upload.digest, upload.name, pixel_size_nm, frame)
+    store = _image_store()
+    cached = store.get(key)
+    if cached is not None:
+        return cached
+    micrograph = _load_upload(upload, pixel_size_nm, frame)
+    store.put(key, micrograph)
+    return micrograph
+
+
+def image_key(upload: Upload, micrograph: Any) -> tuple:
+    """Cache key of a decoded image: digest + calibration + frame actually used."""
+    return (
+        upload.digest,
+        upload.name,
+        tuple(float(v) for v in micrograph.pixel_size_nm),
+        micrograph.data.shape,
+        str((micrograph.metadata or {}).get("frame")),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis with progress
+# --------------------------------------------------------------------------------------------
+def progress_reporter(bar: Any, *, start: float = 0.0, span: float = 1.0) -> Callable:
+    """A :data:`hrtem_core.analysis.ProgressCallback` that drives a ``st.progress`` element."""
+
+    def report(fraction: float, message: str = "") -> None:
+        f = min(max(float(fraction), 0.0), 1.0)
+        bar.progress(min(start + span * f, 1.0), text=str(message) or None)
+
+    return report
+
+
+def params_key(params: Any) -> tuple:
+    """Hashable key of an :class:`AnalysisParams` (a frozen dataclass)."""
+    from dataclasses import astuple
+
+    return ("params", *astuple(params))
+
+
+def analyze_cached(
+    micrograph: Any,
+    key: tuple,
+    params: Any,
+    *,
+    cards: Any,
+    progress: Callable | None = None,
+) -> Any:
+    """:func:`hrtem_core.analysis.analyze_image`, memoised by image key + params + cards digest."""
+    from hrtem_core.analysis import analyze_image
+
+    full_key = ("image", key, params_key(params), getattr(cards, "digest", None))
+    store = result_store()
+    cached = store.get(full_key)
+    if cached is not None:
+        if progress is not None:
+            progress(1.0, "done (cached)")
+        return cached
+    model = get_model() if params.detector == "unet" else None
+    result = analyze_image(micrograph, params=params, cards=cards, model=model, progress=progress)
+    store.put(full_key, result)
+    return result
+
+
+def analyze_series_cached(
+    micrographs: Sequence[Any],
+    keys: Sequence[tuple],
+    defocus_nm: Sequence[float | None],
+    params: Any,
+    *,
+    cards: Any,
+    progress: Callable | None = None,
+) -> Any:
+    """:func:`hrtem_core.analysis.analyze_series`, memoised like :func:`analyze_cached`."""
+    from hrtem_core.analysis import analyze_series
+
+    defocus = tuple(None if d is None else float(d) for d in defocus_nm)
+    full_key = ("series", tuple(keys), defocus, params_key(params), getattr(cards, "digest", None))
+    store = result_store()
+    cached = store.get(full_key)
+    if cached is not None:
+        if progress is not None:
+            progress(1.0, "done (cached)")
+        return cached
+    model = get_model() if params.detector == "unet" else None
+    result = analyze_series(
+        list(micrographs),
+        defocus_nm=list(defocus),
+        params=params,
+        cards=cards,
+        model=model,
+        progress=progress,
+    )
+    store.put(full_key, result)
+    return result
+
+
+def phase_label(phase: Any) -> str:
+    """``card_id — name (formula)`` for selection widgets."""
+    return f"{phase.card_id} — {phase.name} ({phase.formula})"

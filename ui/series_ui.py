@@ -1,0 +1,270 @@
+"""Helpers of the Defocus-series page: bundled series, defocus table, per-image cached runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from hrtem_core.errors import AnalysisParameterError, CalibrationError, HRTEMError
+from ui.common import (
+    IMAGE_TYPES,
+    Upload,
+    analyze_cached,
+    image_key,
+    micrograph_from_upload,
+    progress_reporter,
+    upload_from_path,
+)
+from ui.results_ui import _bytes_via
+
+#: Images per row in the side-by-side view.
+MULTIPLES_PER_ROW = 4
+#: Largest side of each small image in the browser [px].
+MULTIPLE_DISPLAY_PX = 256
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file of the series: its upload, the image decoded with its own calibration (or why not)."""
+
+    upload: Upload
+    micrograph: Any | None
+    error: str | None
+    needs_pixel_size: bool = False
+
+
+def bundled_series(folder: Path) -> list[Upload]:
+    """The bundled focal series (server-side files), ordered by the defocus in their names."""
+    from hrtem_core.io import defocus_from_name
+
+    folder = Path(folder)
+    files = [
+        p for p in folder.glob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_TYPES
+    ]
+    if not files:
+        raise HRTEMError(f"the bundled focal series is missing ({folder} holds no image)")
+
+    def order(p: Path) -> tuple[float, str]:
+        d = defocus_from_name(p.name)
+        return (d if d is not None else math.inf, p.name)
+
+    return [upload_from_path(p) for p in sorted(files, key=order)]
+
+
+def decode_all(uploads: list[Upload]) -> list[Item]:
+    """Decode every file with its metadata calibration (errors kept per file), by defocus."""
+    items = []
+    for u in uploads:
+        try:
+            items.append(Item(u, micrograph_from_upload(u), None))
+        except CalibrationError as exc:
+            items.append(Item(u, None, exc.message, needs_pixel_size=True))
+        except HRTEMError as exc:
+            items.append(Item(u, None, exc.message))
+
+    def order(it: Item) -> float:
+        m = it.micrograph
+        return math.inf if m is None or m.defocus_nm is None else float(m.defocus_nm)
+
+    return sorted(items, key=order)  # stable: files without a defocus keep their order, last
+
+
+def _signature(items: list[Item]) -> str:
+    import hashlib
+
+    h = hashlib.sha256("".join(it.upload.digest for it in items).encode())
+    return h.hexdigest()[:16]
+
+
+def defocus_editor(items: list[Item], *, key: str) -> pd.DataFrame:
+    """Editable table: use, defocus [nm] and pixel size [nm/px] of each file (pre-filled)."""
+    rows = []
+    for it in items:
+        m = it.micrograph
+        rows.append(
+            {
+                "use": it.error is None or it.needs_pixel_size,
+                "file": it.upload.name,
+                "defocus_nm": None if m is None or m.defocus_nm is None else float(m.defocus_nm),
+                "pixel_size_nm": None if m is None else float(m.pixel_size_nm[1]),
+                "size_px": "" if m is None else "{1} x {0}".format(*m.data.shape),
+                "from": "" if m is None else str(m.metadata.get("defocus_source", "")),
+                "note": it.error or "; ".join(m.warnings if m is not None else ()),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    for problem in (it for it in items if it.error and not it.needs_pixel_size):
+        st.error(problem.error)
+    st.markdown(
+        "**Defocus of each image** (nm, negative = underfocus; pre-filled from the metadata or "
+        "the file name, edit to correct). Give the pixel size of uncalibrated files."
+    )
+    return st.data_editor(
+        frame,
+        key=f"{key}_table_{_signature(items)}",
+        hide_index=True,
+        width="stretch",
+        disabled=["file", "size_px", "from", "note"],
+        column_config={
+            "use": st.column_config.CheckboxColumn("use", help="Include this image"),
+            "defocus_nm": st.column_config.NumberColumn(
+                "defocus (nm)", format="%.2f", help="negative = underfocus"
+            ),
+            "pixel_size_nm": st.column_config.NumberColumn(
+                "pixel size (nm/px)", format="%.6f", min_value=0.0
+            ),
+            "size_px": st.column_config.TextColumn("size (px)"),
+            "from": st.column_config.TextColumn("defocus from"),
+            "note": st.column_config.TextColumn("reader notes", width="large"),
+        },
+    )
+
+
+def selection(
+    items: list[Item], table: pd.DataFrame
+) -> tuple[list[tuple[Upload, Any]], list[float]]:
+    """The chosen images (re-read with the user's pixel size where it was changed) and defocus.
+
+    Raises
+    ------
+    AnalysisParameterError
+        No image chosen, a chosen image without a defocus or a usable pixel size.
+    """
+    chosen: list[tuple[Upload, Any]] = []
+    defocus: list[float] = []
+    for it, row in zip(items, table.to_dict("records"), strict=True):
+        if not bool(row.get("use")):
+            continue
+        name = it.upload.name
+        df = _number(row.get("defocus_nm"))
+        px = _number(row.get("pixel_size_nm"))
+        if it.error is not None and not it.needs_pixel_size:
+            raise AnalysisParameterError(f"{name}: {it.error} (untick 'use' to leave it out)")
+        if px is None or px <= 0:
+            raise AnalysisParameterError(
+                f"{name}: give its pixel size in nm/px in the table (the file has none)"
+            )
+        if df is None:
+            raise AnalysisParameterError(
+                f"{name}: the defocus is unknown: enter it in the table (nm, negative = underfocus)"
+            )
+        m = it.micrograph
+        if m is None or not math.isclose(px, float(m.pixel_size_nm[1]), rel_tol=1e-9):
+            m = micrograph_from_upload(it.upload, pixel_size_nm=px)
+        chosen.append((it.upload, m))
+        defocus.append(df)
+    if not chosen:
+        raise AnalysisParameterError("no image chosen: tick 'use' for at least one image")
+    return chosen, defocus
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def run_series(
+    chosen: list[tuple[Upload, Any]],
+    defocus: list[float],
+    params: Any,
+    *,
+    cards: Any,
+    bar: Any,
+) -> Any:
+    """Analyse every image (each cached on its own, so editing a defocus is instant) and assemble
+    the :class:`~hrtem_core.analysis.SeriesResult`."""
+    from hrtem_core.analysis import series_from_results
+
+    n = len(chosen)
+    results = []
+    for i, (upload, m) in enumerate(chosen):
+        report = progress_reporter(bar, start=i / n, span=1.0 / n)
+        results.append(
+            analyze_cached(m, image_key(upload, m), params, cards=cards, progress=report)
+        )
+    return series_from_results(results, defocus)
+
+
+def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> None:
+    """Profile, phase fractions, small multiples with overlays, table and downloads."""
+    from hrtem_core import export, figures
+
+    prof = series.profile
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Images", len(series.results))
+    c2.metric(
+        "Best focus",
+        "-" if series.best_focus_nm is None else f"{series.best_focus_nm:+.1f} nm",
+        help="Defocus of maximum crystallinity.",
+    )
+    c3.metric("Max crystallinity", f"{100 * float(prof['crystallinity'].max()):.1f} %")
+
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(figures.profile_figure(series), key=f"{key}_profile")
+    with right:
+        st.plotly_chart(figures.phase_fraction_figure(series), key=f"{key}_fractions")
+
+    st.subheader("Images side by side")
+    results = list(series.results)
+    by_name = {m.name: m for _, m in chosen}
+    for start in range(0, len(results), MULTIPLES_PER_ROW):
+        cols = st.columns(MULTIPLES_PER_ROW)
+        for col, r in zip(cols, results[start : start + MULTIPLES_PER_ROW], strict=False):
+            m = by_name.get(r.name)
+            if m is None:
+                continue
+            fig = figures.plane_map_figure(r, m.data, max_display_px=MULTIPLE_DISPLAY_PX)
+            _compact(fig, f"{r.defocus_nm:+.1f} nm · {100 * r.summary['crystallinity']:.0f} %")
+            col.plotly_chart(fig, key=f"{key}_multiple_{start}_{r.name}")
+
+    st.subheader("Profile")
+    st.dataframe(prof, hide_index=True, width="stretch")
+    d1, d2 = st.columns(2)
+    d1.download_button(
+        "Profile (CSV)",
+        data=_bytes_via(lambda p: export.write_csv(prof, p), "profile.csv"),
+        file_name="crystallinity_profile.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key=f"{key}_dl_csv",
+    )
+    d2.download_button(
+        "Profile and summary (XLSX)",
+        data=_series_xlsx(series),
+        file_name="defocus_series.xlsx",
+        mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        on_click="ignore",
+        key=f"{key}_dl_xlsx",
+    )
+
+
+def _series_xlsx(series: Any) -> Any:
+    """Deferred download of ``series.xlsx`` as :func:`hrtem_core.export.export_series` writes it."""
+    import tempfile
+
+    def make() -> bytes:
+        from hrtem_core import export
+
+        with tempfile.TemporaryDirectory(prefix="hrtem-dl-") as tmp:
+            paths = export.export_series(series, tmp, figures=False)
+            return Path(paths["series_xlsx"]).read_bytes()
+
+    return make
+
+
+def _compact(fig: Any, title: str) -> None:
+    fig.update_layout(
+        title={"text": title, "font": {"size": 13}},
+        height=300,
+        margin={"l": 5, "r": 5, "t": 32, "b": 5},
+        showlegend=False,
+    )
