@@ -17,6 +17,10 @@ Formats (one reader function per family, all returning the same :class:`_RawImag
 Every failure inside a third-party reader is caught at the reader boundary and re-raised as
 :class:`~hrtem_core.errors.ReadError` naming the file and the format; calibration problems raise
 :class:`~hrtem_core.errors.CalibrationError`. Defocus is in nm, negative = underfocus.
+
+Memory: each data set's declared shape is checked against :data:`MAX_IMAGE_PIXELS` (per frame)
+and :data:`MAX_DATA_VALUES` (whole data set, for readers that load it whole) before any pixel is
+read. DM, MRC and EMD stacks are read frame by frame (memory map / HDF5 slicing).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -47,6 +52,14 @@ NON_SQUARE_REL_TOL = 0.005
 USER_OVERRIDE_REL_TOL = 0.01
 #: Plausible HRTEM pixel sizes [nm/px]; outside, a warning (not an error).
 PLAUSIBLE_PIXEL_NM = (0.001, 1.0)
+#: Largest 2-D image (one frame) accepted, in pixels: 8192 x 8192 (256 MiB as float32), twice
+#: the side of the common 4k cameras. Larger images (e.g. 16384 x 16384) are refused before their
+#: pixels are read, so memory stays bounded; bin or crop them in the acquisition software.
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: Largest data set (all frames of a stack together) that a reader loads whole, in values:
+#: 2**28 (e.g. 16 frames of 4096 x 4096); applies to TIFF, SER and imageio stacks. DM, MRC and
+#: EMD stacks are read frame by frame and need only the per-image limit. Checked from the header.
+MAX_DATA_VALUES = 2**28
 
 FrameChoice = int | Literal["sum"] | None
 
@@ -69,6 +82,9 @@ _FAMILY_BY_SUFFIX: dict[str, str] = {
     ".bmp": "imageio",
     ".gif": "imageio",
 }
+
+#: Every file suffix :func:`load_image` reads (lower case, with the dot).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(sorted(_FAMILY_BY_SUFFIX))
 
 #: Known microscope suffixes without a reader here, with what to do instead.
 _UNSUPPORTED: dict[str, str] = {
@@ -146,6 +162,8 @@ class _RawImage:
     metadata: dict = field(default_factory=dict)
     defocus_nm: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # Called after the image is built: closes a file kept open for frame-by-frame reading.
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,10 +342,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+#: Serialises :func:`_quiet`: redirecting sys.stdout/stderr and the warning filters is process
+#: wide, and two overlapping redirections in server threads would leave stdout pointing at a
+#: discarded buffer. Reads are short next to an analysis, so one at a time costs little.
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Silence third-party prints and warnings (ncempy prints to stdout on errors)."""
+    """Silence third-party prints and warnings (ncempy prints to stdout on errors); thread-safe."""
     with (
+        _QUIET_LOCK,
         contextlib.redirect_stdout(_stdio.StringIO()),
         contextlib.redirect_stderr(_stdio.StringIO()),
         warnings.catch_warnings(),
@@ -346,6 +371,52 @@ def _defocus_with_unit(value: Any, unit: str) -> float | None:
         return None
 
 
+def _check_declared_size(
+    shape: Any, name: str, *, frame_axis: int | None = None, lazy: bool = False
+) -> None:
+    """Refuse a data set whose declared shape exceeds the size limits, before reading it.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The data set's shape as the file header declares it.
+    name : str
+        File name for the message.
+    frame_axis : int, optional
+        Axis of the frames in a stack (excluded from the per-image count); default: all axes
+        but the last two are frame axes.
+    lazy : bool
+        True when the reader reads one frame at a time (memory map or HDF5 slicing): then only
+        the per-image limit applies, not the whole-data-set one.
+    """
+    dims = [int(s) for s in shape]
+    if not dims:
+        return
+    if min(dims) < 1:
+        shown = "x".join(str(d) for d in dims)
+        raise ReadError(
+            f"{name}: the header declares an impossible data shape {shown} "
+            "(corrupt, truncated or not this format)"
+        )
+    total = math.prod(dims)
+    if frame_axis is not None and len(dims) == 3:
+        image_dims = [d for i, d in enumerate(dims) if i != frame_axis]
+    else:
+        image_dims = dims[-2:]
+    image = math.prod(image_dims)
+    shown = "x".join(str(d) for d in dims)
+    if image > MAX_IMAGE_PIXELS:
+        raise ReadError(
+            f"{name}: image of {shown} pixels is larger than the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels (8192 x 8192); bin or crop it before analysis"
+        )
+    if total > MAX_DATA_VALUES and not lazy:
+        raise ReadError(
+            f"{name}: data set of {shown} values is larger than the limit of "
+            f"{MAX_DATA_VALUES:,} values; export the frame(s) you need as a separate file"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Readers: one per format family
 # --------------------------------------------------------------------------------------------
@@ -356,40 +427,57 @@ _DM_COMPLEX_TYPES = frozenset({3, 13, 27})
 
 
 def _read_dm(path: Path) -> _RawImage:
-    """Gatan .dm3/.dm4 via ncempy: the first dataset with two image axes."""
+    """Gatan .dm3/.dm4 via ncempy: the first dataset with two image axes.
+
+    The choice is made from the header sizes, without reading pixels. A 3-D stack is memory-mapped,
+    so only the frame(s) used are read (any number of frames in bounded memory).
+    """
     from ncempy.io import dm
 
-    with dm.fileDM(path) as handle:
+    with dm.fileDM(path, on_memory=False) as handle:  # no mmap left open on errors
         n_sets = handle.numObjects - (1 if handle.thumbnail else 0)
         if n_sets <= 0:
             raise ReadError(f"{path.name}: the DigitalMicrograph file holds no data set")
-        chosen = None
-        first = None
-        shapes = []
         offset = 1 if handle.thumbnail else 0
+
+        def dims_of(index: int) -> list[int]:
+            ii = index + offset
+            declared = [handle.zSize2[ii], handle.zSize[ii], handle.ySize[ii], handle.xSize[ii]]
+            return [int(d) for d in declared if int(d) > 1] or [1]
+
+        chosen = None
         for index in range(n_sets):
-            if int(handle.dataType[index + offset]) in _DM_COMPLEX_TYPES:
+            code = int(handle.dataType[index + offset])
+            if code in _DM_COMPLEX_TYPES:
                 raise ReadError(
-                    f"{path.name}: complex data (DM data type "
-                    f"{int(handle.dataType[index + offset])}, an FFT?) is not an image; "
+                    f"{path.name}: complex data (DM data type {code}, an FFT?) is not an image; "
                     "save the real-space image instead"
                 )
-            dataset = handle.getDataset(index)
-            array = np.asarray(dataset["data"])
-            shapes.append(array.shape)
-            if first is None:
-                first = (index, dataset)
-            if sum(s > 1 for s in array.shape) >= 2:
-                chosen = (index, dataset)
+            if len(dims_of(index)) >= 2:
+                chosen = index
                 break
-        index, dataset = chosen if chosen is not None else first
+        index = chosen if chosen is not None else 0
+        ii = index + offset
+        dims = dims_of(index)
+        stack = len(dims) == 3 and int(handle.zSize[ii]) > 1 and int(handle.zSize2[ii]) == 1
+        _check_declared_size(dims, path.name, frame_axis=0 if stack else None, lazy=stack)
+        if stack:
+            data = handle.getMemmap(index)  # frames are read on demand
+            start = sum(int(n) for n in handle.dataShape[0:ii])
+            count = int(handle.dataShape[ii])
+            sizes = list(handle.scale[start : start + count])[::-1]  # C order, as getDataset
+            units = [_text(u) for u in handle.scaleUnit[start : start + count]][::-1]
+            if tuple(data.shape) != tuple(dims):
+                raise ReadError(f"{path.name}: stack header and data do not agree (corrupt?)")
+        else:
+            dataset = handle.getDataset(index)
+            data = np.asarray(dataset["data"])
+            sizes = list(dataset.get("pixelSize", []))
+            units = [_text(u) for u in dataset.get("pixelUnit", [])]
         try:
             tags = handle.getMetadata(index)
         except Exception:  # metadata is a bonus: never fail a read on it
             tags = {}
-    data = np.asarray(dataset["data"])
-    sizes = list(dataset.get("pixelSize", []))
-    units = [_text(u) for u in dataset.get("pixelUnit", [])]
     raw = _RawImage(data=data, reader="ncempy-dm")
     if chosen is not None and n_sets > 1 and index > 0:
         raw.warnings.append(f"file holds {n_sets} data sets; read data set {index} (2-D image)")
@@ -477,8 +565,11 @@ def _read_ser(path: Path) -> _RawImage:
             )
         frames = []
         calibration = None
-        for index in range(head["ValidNumberElements"]):
+        n_elements = int(head["ValidNumberElements"])
+        for index in range(n_elements):
             array, meta = handle.getDataset(index)
+            if index == 0:
+                _check_declared_size((n_elements, *np.shape(array)), path.name, frame_axis=0)
             frames.append(np.asarray(array))
             if calibration is None:
                 calibration = meta.get("Calibration", [])
@@ -551,16 +642,14 @@ def _read_velox(path: Path) -> _RawImage:
         if not handle.list_data:
             raise ReadError(f"{path.name}: Velox EMD holds no image data set")
         group = handle.list_data[0]
-        data = np.asarray(group["Data"][...])  # (ny, nx, n_frames)
+        shape = tuple(group["Data"].shape)  # (ny, nx, n_frames)
+        _check_declared_size(shape, path.name, frame_axis=2 if len(shape) == 3 else None, lazy=True)
+        data_path = group["Data"].name
         handle.parseMetaData(group)
         meta = handle.metaDataJSON or {}
         n_sets = len(handle.list_data)
-    raw = _RawImage(data=data, reader="ncempy-velox")
-    if data.ndim == 3:
-        if data.shape[2] == 1:
-            raw.data = data[:, :, 0]
-        else:
-            raw.frame_axis = 2
+    raw = _RawImage(data=np.empty(0), reader="ncempy-velox")
+    _attach_hdf5(raw, path, data_path, frame_axis=2)
     if n_sets > 1:
         raw.warnings.append(f"Velox file holds {n_sets} images; read the first")
     binary = meta.get("BinaryResult", {})
@@ -618,6 +707,33 @@ def _fei_optics_metadata(meta: dict, raw: _RawImage) -> None:
         md["defocus_source"] = "Optics/Defocus (m)"
 
 
+def _attach_hdf5(raw: _RawImage, path: Path, data_path: str, *, frame_axis: int | None) -> None:
+    """Set ``raw.data`` from an HDF5 data set: 3-D stacks stay on disk and are read frame by frame.
+
+    For a stack with more than one frame the file stays open (closed by ``raw.closers`` after the
+    image is built); otherwise the data set is read at once and the file closed.
+    """
+    import h5py
+
+    handle = h5py.File(path, "r")
+    try:
+        dataset = handle[data_path]
+        shape = tuple(dataset.shape)
+        if len(shape) == 3 and frame_axis is not None and shape[frame_axis] > 1:
+            raw.data = dataset  # h5py slicing reads one frame at a time
+            raw.frame_axis = frame_axis
+            raw.closers.append(handle.close)
+            return
+        data = np.asarray(dataset[...])
+        if len(shape) == 3 and frame_axis is not None:  # a single frame
+            data = np.take(data, 0, axis=frame_axis)
+        raw.data = data
+    except BaseException:
+        handle.close()
+        raise
+    handle.close()
+
+
 def _read_berkeley(path: Path) -> _RawImage:
     from ncempy.io import emd
 
@@ -631,23 +747,25 @@ def _read_berkeley(path: Path) -> _RawImage:
                 break
         if chosen is None:
             chosen = groups[0]
-        data = np.asarray(chosen["data"][...])
+        shape = tuple(chosen["data"].shape)
+        _check_declared_size(shape, path.name, lazy=len(shape) == 3)
         dims = handle.get_emddims(chosen)
         microscope = dict(handle.microscope.attrs) if handle.microscope is not None else {}
         group_name = chosen.name
-    raw = _RawImage(data=data, reader="ncempy-emd")
+    raw = _RawImage(data=np.empty(0), reader="ncempy-emd")
     steps: list[float | None] = []
     units: list[str] = []
     for vector, _name, unit in dims:
         vec = np.asarray(vector, dtype=float).reshape(-1)
         steps.append(float(vec[1] - vec[0]) if vec.size > 1 else None)
         units.append(_text(unit))
-    spatial = [i for i in range(data.ndim) if data.shape[i] > 1]
-    if data.ndim == 3:
+    spatial = [i for i in range(len(shape)) if shape[i] > 1]
+    frame_axis = None
+    if len(shape) == 3:
         lengths = [i for i in range(3) if _is_length_unit(units[i])]
         frame_axis = ({0, 1, 2} - set(lengths)).pop() if len(lengths) == 2 else 0
-        raw.frame_axis = frame_axis
         spatial = [i for i in range(3) if i != frame_axis]
+    _attach_hdf5(raw, path, f"{group_name}/data", frame_axis=frame_axis)
     if len(spatial) >= 2:
         ay, ax = spatial[-2], spatial[-1]
         if steps[ay] is not None and steps[ax] is not None:
@@ -682,14 +800,16 @@ def _is_length_unit(unit: str) -> bool:
 
 
 def _read_mrc(path: Path) -> _RawImage:
-    """MRC via ncempy: voxel size in Å, stacks are (n_frames, ny, nx)."""
+    """MRC via ncempy: voxel size in Å, stacks are (n_frames, ny, nx), memory-mapped."""
     from ncempy.io import mrc
 
-    result = mrc.mrcReader(path)
-    data = np.asarray(result["data"])
+    with mrc.fileMRC(path) as handle:
+        dims = [int(d) for d in handle.dataSize]
+        _check_declared_size(dims, path.name, frame_axis=0 if len(dims) == 3 else None, lazy=True)
+        sizes = [float(s) for s in np.ravel(handle.voxelSize)]
+        data = handle.getMemmap()  # memory-mapped: only the frame(s) used are read
+    unit = "A"  # the MRC format stores the voxel size in Angstrom
     raw = _RawImage(data=data, reader="ncempy-mrc")
-    sizes = [float(s) for s in np.ravel(result.get("pixelSize", []))]
-    unit = _text(result.get("pixelUnit", "A"))
     if data.ndim == 3:
         raw.frame_axis = 0
     if len(sizes) >= 2 and all(s > 0 for s in sizes[-2:]):
@@ -717,8 +837,12 @@ def _read_tiff(path: Path) -> _RawImage:
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
-            raise ReadError(f"{path.name}: the TIFF file holds no image")
+            raise ReadError(f"{path.name}: the TIFF file holds no image (corrupt or truncated?)")
         series = tif.series[0]
+        declared = list(series.shape)
+        if series.axes.endswith("S"):
+            declared = declared[:-1]
+        _check_declared_size(declared, path.name)
         data = np.asarray(series.asarray())
         axes = series.axes
         page = tif.pages[0]
@@ -757,6 +881,10 @@ def _read_tiff(path: Path) -> _RawImage:
         system = fei.get("System", {}) or {}
         if system.get("SystemType"):
             md["microscope"] = _text(system["SystemType"])
+        user = fei.get("User", {}) or {}
+        stamp = " ".join(_text(user[k]) for k in ("Date", "Time") if user.get(k))
+        if stamp:
+            md["acquisition_time"] = stamp
     titan = tags.get(34683)
     if isinstance(titan, str) and titan.lstrip().startswith("<"):
         try:
@@ -767,6 +895,15 @@ def _read_tiff(path: Path) -> _RawImage:
             _fei_optics_metadata(tree, raw)
             if raw.reader == "tifffile":
                 raw.reader = "tifffile-fei"
+            # Velox-exported TIFF: the same BinaryResult/PixelSize as in a Velox EMD.
+            binary = tree.get("BinaryResult", {}) if isinstance(tree, dict) else {}
+            size = binary.get("PixelSize", {}) if isinstance(binary, dict) else {}
+            if raw.scale_x is None and isinstance(size, dict):
+                width = _to_float(size.get("width"))
+                height = _to_float(size.get("height"))
+                if width and height:
+                    raw.scale_x = (width, _text(binary.get("PixelUnitX", "m")) or "m")
+                    raw.scale_y = (height, _text(binary.get("PixelUnitY", "m")) or "m")
     # 2) DigitalMicrograph private tags: 65003/65009 x unit/scale, 65004/65010 y unit/scale.
     if raw.scale_x is None and 65009 in tags and 65010 in tags:
         unit_x = _text(tags.get(65003, "")).strip("\x00 ")
@@ -805,6 +942,11 @@ def _read_imageio(path: Path) -> _RawImage:
     """PNG/JPEG/BMP/GIF via imageio: never calibrated."""
     import imageio.v3 as iio
 
+    props = iio.improps(path)
+    declared = list(props.shape)
+    if len(declared) >= 3 and declared[-1] in (3, 4):
+        declared = declared[:-1]
+    _check_declared_size(declared, path.name)
     data = np.asarray(iio.imread(path))
     raw = _RawImage(data=data, reader="imageio")
     if data.ndim == 3 and data.shape[-1] in (3, 4):
@@ -862,11 +1004,19 @@ def _select_frame(
             raise ReadError(f"{name}: frame {frame} requested but the file holds a single image")
         info["n_frames"] = 1
         return data, info, warns
-    stack = np.moveaxis(data, raw.frame_axis, 0)
-    n_frames = int(stack.shape[0])
+    axis = raw.frame_axis
+    n_frames = int(data.shape[axis])
     info["n_frames"] = n_frames
+
+    def take(index: int) -> np.ndarray:
+        # Index the frame axis directly: works for arrays, memory maps and HDF5 data sets, and
+        # reads only that frame from disk for the latter two.
+        key: list[Any] = [slice(None)] * data.ndim
+        key[axis] = index
+        return np.asarray(data[tuple(key)])
+
     if frame is None:
-        image = stack[0]
+        image = take(0)
         info["frame"] = 0
         if n_frames > 1:
             warns.append(
@@ -874,7 +1024,9 @@ def _select_frame(
                 "(choose a frame number 0..{0} or 'sum')".format(n_frames - 1)
             )
     elif frame == "sum":
-        image = stack.astype(np.float64).sum(axis=0)
+        image = take(0).astype(np.float64)
+        for index in range(1, n_frames):  # frame by frame: one frame in memory at a time
+            image += take(index)
         info["frame"] = "sum"
     else:
         index = int(frame)
@@ -883,7 +1035,7 @@ def _select_frame(
                 f"{name}: frame {index} is out of range: the stack has {n_frames} frames "
                 f"(0..{n_frames - 1})"
             )
-        image = stack[index]
+        image = take(index)
         info["frame"] = index
     return image, info, warns
 
@@ -975,6 +1127,12 @@ def _finalise(
         image = np.where(finite, image, np.float32(median)).astype(np.float32)
         warns.append(f"{n_bad} NaN/infinite pixels replaced by the median {median:g}")
     image = np.ascontiguousarray(image)
+    low_value, high_value = float(image.min()), float(image.max())
+    if low_value == high_value:
+        warns.append(
+            f"every pixel has the same value ({low_value:g}): the image has no contrast, "
+            "so no lattice fringes can be found"
+        )
 
     metadata = dict(raw.metadata)
     metadata.update(frame_info)
@@ -986,17 +1144,19 @@ def _finalise(
     if pixel_size_nm is not None:
         size, size_warns = validate_pixel_size(pixel_size_nm)
         source = "user"
+        for axis, scale in (("y", raw.scale_y), ("x", raw.scale_x)):
+            if scale is not None and is_reciprocal_unit(scale[1]):
+                # A diffraction pattern stays one whatever pixel size is typed in.
+                raise CalibrationError(
+                    f"{name}: {axis} axis is calibrated in {scale[1]!r}, a reciprocal-space unit "
+                    "(a diffraction pattern or FFT?); real-space lattice analysis needs an image, "
+                    "so a typed-in pixel size cannot be applied to it"
+                )
         try:
             meta_size = _calibration_nm(raw, name)
         except CalibrationError as exc:
             meta_size = None
-            if raw.scale_x is not None and is_reciprocal_unit(raw.scale_x[1]):
-                warns.append(
-                    f"the file is calibrated in {raw.scale_x[1]!r} (reciprocal space: a "
-                    "diffraction pattern?); using the given pixel size as a real-space scale"
-                )
-            else:
-                warns.append(f"metadata calibration not usable ({exc}); using the given pixel size")
+            warns.append(f"metadata calibration not usable ({exc}); using the given pixel size")
         if meta_size is not None:
             metadata["metadata_pixel_size_nm"] = list(meta_size)
             rel = max(abs(u - m) / m for u, m in zip(size, meta_size, strict=True))
@@ -1131,6 +1291,13 @@ def load_image(
         try:
             with _quiet():
                 raw = reader(path)
+                try:  # stacks may still be read here, frame by frame
+                    return _finalise(
+                        raw, name=display, family=family, pixel_size_nm=pixel_size_nm, frame=frame
+                    )
+                finally:
+                    for close in raw.closers:
+                        close()
         except HRTEMError:
             raise
         except Exception as exc:  # the reader boundary: no library exception escapes
@@ -1141,15 +1308,17 @@ def load_image(
                 f"{display}: cannot be read as {_FAMILY_LABEL[family]} (corrupt, truncated or "
                 f"not this format): {reason}"
             ) from None
-        return _finalise(raw, name=display, family=family, pixel_size_nm=pixel_size_nm, frame=frame)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 __all__ = [
+    "MAX_DATA_VALUES",
+    "MAX_IMAGE_PIXELS",
     "NON_SQUARE_REL_TOL",
     "PLAUSIBLE_PIXEL_NM",
+    "SUPPORTED_EXTENSIONS",
     "USER_OVERRIDE_REL_TOL",
     "Micrograph",
     "defocus_from_name",

@@ -55,14 +55,14 @@ def test_unit_to_nm_known(unit: str, nm: float) -> None:
     "unit", ["1/nm", "1/m", "1/A", "1/\u00c5", "nm^-1", "nm-1", "1 / nm", "per nm", "\u00c5^-1"]
 )
 def test_reciprocal_units_refused_with_reason(unit: str) -> None:
-    with pytest.raises(CalibrationError, match="reciprocal-space unit .*diffraction pattern"):
+    with pytest.raises(CalibrationError, match=r"reciprocal-space unit .*diffraction pattern"):
         unit_to_nm(unit)
     assert is_reciprocal_unit(unit)
 
 
 @pytest.mark.parametrize("unit", ["eV", "keV"])
 def test_energy_units_refused(unit: str) -> None:
-    with pytest.raises(CalibrationError, match="energy unit .*not a length per pixel"):
+    with pytest.raises(CalibrationError, match=r"energy unit .*not a length per pixel"):
         unit_to_nm(unit)
 
 
@@ -74,7 +74,7 @@ def test_other_non_length_units_refused(unit: str) -> None:
 
 @pytest.mark.parametrize("unit", ["", "pixel", "px", "Pixels", "  "])
 def test_uncalibrated_units_ask_for_pixel_size(unit: str) -> None:
-    with pytest.raises(CalibrationError, match="not calibrated .*give the pixel size in nm/px"):
+    with pytest.raises(CalibrationError, match=r"not calibrated .*give the pixel size in nm/px"):
         unit_to_nm(unit)
 
 
@@ -284,3 +284,40 @@ def test_defocus_round_trip_angstrom(value, template) -> None:
 )
 def test_dates_and_frame_numbers_never_match(y, m, d, f, template) -> None:
     assert defocus_from_name(template.format(y=y, m=m, d=d, f=f)) is None
+
+
+# ------------------------------------------------------------------------------------------
+# Robustness properties: arbitrary text never crashes the parsers
+# ------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_unit_to_nm_any_text_gives_a_factor_or_calibration_error(text: str) -> None:
+    try:
+        factor = unit_to_nm(text)
+    except CalibrationError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert factor in {1e9, 1e7, 1e6, 1e3, 1.0, 0.1, 1e-3}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_defocus_from_name_any_text_never_raises(text: str) -> None:
+    value = defocus_from_name(text)
+    assert value is None or (isinstance(value, float) and math.isfinite(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)))
+def test_validate_pixel_size_property(value) -> None:
+    from hrtem_core.io import validate_pixel_size
+
+    if math.isfinite(value) and value > 0:
+        size, warns = validate_pixel_size(value)
+        assert size == (float(value), float(value))
+        assert bool(warns) == (not 0.001 <= value <= 1.0)
+    else:
+        with pytest.raises(CalibrationError, match="pixel size"):
+            validate_pixel_size(value)
