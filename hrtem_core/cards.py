@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import math
 import numbers
 import os
 import re
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -375,17 +377,20 @@ def load_cards(path: str | os.PathLike = DEFAULT_CARDS_PATH) -> CardDatabase:
         ) from None
     digest = hashlib.sha256(data).hexdigest()
     key = (digest, p.name)
-    db = _LOAD_CACHE.get(key)
+    with _LOAD_CACHE_LOCK:
+        db = _LOAD_CACHE.get(key)
     if db is None:
         db = _load_bytes(data, p.name)
-        if len(_LOAD_CACHE) >= 16:
-            _LOAD_CACHE.pop(next(iter(_LOAD_CACHE)), None)
-        _LOAD_CACHE[key] = db
+        with _LOAD_CACHE_LOCK:
+            while len(_LOAD_CACHE) >= 16:
+                _LOAD_CACHE.pop(next(iter(_LOAD_CACHE)))
+            _LOAD_CACHE[key] = db
     return dataclasses.replace(db, path=p, digest=digest)
 
 
 #: Validated databases by (sha256, file name): identical bytes need not be parsed twice.
 _LOAD_CACHE: dict[tuple[str, str], CardDatabase] = {}
+_LOAD_CACHE_LOCK = threading.Lock()
 
 
 def save_cards(
@@ -415,7 +420,9 @@ def save_cards(
     Steps, under an exclusive lock on ``<path>.lock``: check the digest; write
     ``<path>.<random>.tmp`` in the same folder; read it back and validate that it loads to the
     same phases; copy the current file to ``<path>.bak``; ``os.replace`` the temporary file onto
-    ``path``. Any failure leaves the previous file intact and removes the temporary file.
+    ``path``. Any failure leaves the previous file intact and removes the temporary file; a
+    writer that was killed part-way leaves at most a ``.<name>.*.tmp`` file, which the next save
+    removes (the flock dies with its process, so the lock is never stuck).
     """
     dest = Path(path)
     if expected_digest is None and db.digest is not None and db.path is not None:
@@ -426,6 +433,7 @@ def save_cards(
     if not folder.is_dir():
         raise CardDatabaseError(f"cannot save the card database: folder {folder} does not exist")
     with _file_lock(dest, timeout_s=lock_timeout_s):
+        _remove_stale_temporaries(dest)
         if expected_digest is not None:
             current = file_digest(dest) if dest.exists() else None
             if current != expected_digest:
@@ -455,6 +463,11 @@ def save_cards(
         except OSError as exc:
             raise CardDatabaseError(
                 f"cannot save the card database to {dest}: {exc.strerror or exc} "
+                "(the previous file is unchanged)"
+            ) from None
+        except Exception as exc:  # a writer bug must not become a traceback or a torn file
+            raise CardDatabaseError(
+                f"cannot save the card database to {dest}: {type(exc).__name__}: {exc} "
                 "(the previous file is unchanged)"
             ) from None
         finally:
@@ -1087,6 +1100,17 @@ def _cell_value(v: Any) -> Any:
         # never write a formula: a leading apostrophe-free text cell is kept as text
         raise CardDatabaseError(f"cannot save text {s[:20]!r}: it would be read as a formula")
     return s
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Delete ``.<name>.*.tmp`` files left by a save that crashed (the caller holds the lock).
+
+    Every temporary file of a save (the new workbook and the backup copy) is created while the
+    lock is held, so under the lock any such file belongs to a writer that died.
+    """
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _backup(dest: Path) -> None:
