@@ -6,7 +6,7 @@ U-Net or classical detector) in batches, and the indexing of every window's plan
 (:mod:`hrtem_core.indexing`). The result holds one row per window (the CLI's ``windows.csv``) and a
 summary (``summary.json``).
 
-Definitions (see ``docs/readme/analysis.md``):
+Definitions (see ``docs/readme/analysis-cli.md``):
 
 * a window is **crystalline** when it holds at least one Friedel pair of spots that passes the
   detector;
@@ -138,7 +138,8 @@ class AnalysisParams:
     phases : tuple of str or None
         Card ids to index against; None: the enabled phases of the card database.
     include_forbidden : bool
-        Also match kinematically forbidden reflections (with a lower weight).
+        Also match forbidden reflections that double diffraction in the zone does not explain
+        (with a lower weight); those it explains are always matched.
     ambiguity_margin : float
         Relative score margin within which other phases are listed as alternatives (default 0.15).
     batch_size : int
@@ -922,6 +923,7 @@ def analyze_series(
     cards: CardDatabase | None = None,
     model: SpotModel | None = None,
     progress: ProgressCallback | None = None,
+    workers: int = 1,
 ) -> SeriesResult:
     """Analyse a defocus series: crystallinity and phase fractions vs defocus, best focus.
 
@@ -934,6 +936,9 @@ def analyze_series(
         As in :func:`analyze_image` (cards, tables and model are loaded once).
     progress : callable, optional, keyword-only
         ``progress(fraction_done, message)`` over the whole series.
+    workers : int, keyword-only
+        Images analysed at once in separate processes (default 1: in this process). Each worker
+        gets ``cpu_count // workers`` BLAS/torch threads; the result does not depend on it.
 
     Returns
     -------
@@ -956,12 +961,29 @@ def analyze_series(
         for i, m in enumerate(micrographs)
     ]
     params.validate()
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
+        raise AnalysisParameterError(f"workers must be a positive integer, got {workers!r}")
     if cards is None:
         cards = _load_default_cards()
     tables = make_tables(cards, params)
+    n = len(micrographs)
+    if workers > 1 and n > 1:
+        return series_from_results(
+            _analyze_parallel(
+                [
+                    dataclasses.replace(m, defocus_nm=df)
+                    for m, df in zip(micrographs, dfs, strict=True)
+                ],
+                params=params,
+                tables=tables,
+                model=model,
+                progress=progress,
+                workers=min(int(workers), n),
+            ),
+            dfs,
+        )
     model = load_spot_model(model, params.detector)
     results = []
-    n = len(micrographs)
     for i, (m, df) in enumerate(zip(micrographs, dfs, strict=True)):
 
         def sub(frac: float, msg: str, i: int = i) -> None:
@@ -973,6 +995,70 @@ def analyze_series(
             analyze_image(m, params=params, cards=cards, model=model, progress=sub, tables=tables)
         )
     return series_from_results(results, dfs)
+
+
+def _worker_init(threads: int) -> None:
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import sys
+
+    torch = sys.modules.get("torch")  # only when already imported: importing it costs seconds
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+_WORKER_MODEL: dict = {}
+
+
+def _worker_analyze(job: tuple) -> AnalysisResult:
+    micrograph, params, tables, model = job
+    if model is None and params.detector == "unet":
+        # Loaded once per worker process, not once per image.
+        if "model" not in _WORKER_MODEL:
+            _WORKER_MODEL["model"] = load_spot_model(None, params.detector)
+        model = _WORKER_MODEL["model"]
+    return analyze_image(micrograph, params=params, model=model, tables=tables)
+
+
+def _analyze_parallel(
+    micrographs: list,
+    *,
+    params: AnalysisParams,
+    tables: IndexingTables,
+    model: SpotModel | None,
+    progress: ProgressCallback | None,
+    workers: int,
+) -> list[AnalysisResult]:
+    """Analyse images in ``workers`` processes; results in input order."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if params.detector == "unet" and model is None:
+        load_spot_model(None, params.detector)  # fail here, with one clear message, not in a worker
+    # fork is fast (no re-import) and safe for the classical detector; with the U-Net the
+    # parent may have run torch's thread pools, which must not be forked: spawn.
+    fork_ok = params.detector == "classical" and "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
+    out: list[AnalysisResult | None] = [None] * len(micrographs)
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futs = {
+            pool.submit(_worker_analyze, (m, params, tables, model)): i
+            for i, m in enumerate(micrographs)
+        }
+        done = 0
+        for fut in as_completed(futs):
+            i = futs[fut]
+            out[i] = fut.result()
+            done += 1
+            if progress is not None:
+                progress(done / len(micrographs), f"{micrographs[i].name}: done")
+    return [r for r in out if r is not None]
 
 
 __all__ = [

@@ -21,10 +21,17 @@ Method (Zhu et al., ESI-1 and ESI-3, generalised to every crystal system):
    the explained planes (``w = 1``, or ``forbidden_weight`` for a kinematically forbidden
    reflection), ``q_d = mean exp(-(r_k / tol_d)^2 / 2)`` over the relative spacing residuals,
    ``q_a = mean exp(-(dbeta / tol_a)^2 / 2)`` over all pairs of explained planes, and a mild
-   preference for low-index zone axes ``q_z = exp(-0.03 (|[uvw]| - 1))``. Phases are
+   preference for zone axes with a short period along the beam, ``q_z = exp(-0.1 t / nm)`` with
+   ``t = |u a + v b + w c|`` [nm] (:func:`zone_prior`). Phases are
    ranked by (angle-confirmed, weighted number of explained planes, score). Other phases whose
    score is within ``ambiguity_margin`` (relative) of the best, at the same rank, are kept as
    alternatives and the window is "ambiguous" (near-twins such as maghemite / magnetite).
+
+6. **Forbidden reflections.** A kinematically forbidden reflection (screw axis / glide plane) is
+   matched in a zone where double diffraction produces it, i.e. where it is the sum of two allowed
+   reflections of the same zone (e.g. (002) = (1-11) + (-111) in a spinel's [110] zone; see
+   :func:`_dd_ok`); there it counts fully. Other forbidden reflections are matched only with
+   ``include_forbidden`` and then weigh ``forbidden_weight`` (0.5) in the coverage.
 
 A window with a single plane (or whose planes no phase explains with a matching angle) gets
 spacing-only candidates and the status ``"spacing-only"``: the best by spacing residual, and every
@@ -69,8 +76,10 @@ STATUSES = (
 FORBIDDEN_WEIGHT = 0.5
 #: Default relative margin under the best score within which other phases are kept as alternatives.
 AMBIGUITY_MARGIN = 0.15
-#: Strength of the low-index zone-axis preference (:func:`zone_prior`).
+#: Strength of the low-index zone-axis preference on the index norm (:func:`zone_prior` without a cell).
 ZONE_PRIOR = 0.03
+#: Strength of the short-period zone-axis preference [1/nm] (:func:`zone_prior` with a cell).
+ZONE_PRIOR_PER_NM = 0.1
 #: At most this many planes (the strongest) of one window enter the combinatorial search.
 MAX_PLANES = 8
 
@@ -179,6 +188,10 @@ class PhaseTable:
         Rows of ``member_*`` that belong to each family.
     rep_g : ndarray, shape (n_f, 3)
         Unit Cartesian g of each family representative.
+    allowed_pm : ndarray of int, shape (n_a, 3)
+        Every kinematically allowed member, both signs (for the double-diffraction rule).
+    allowed_set : frozenset of (h, k, l)
+        The same as a set.
     """
 
     card_id: str
@@ -194,6 +207,9 @@ class PhaseTable:
     member_g: np.ndarray
     family_slices: tuple[tuple[int, int], ...]
     rep_g: np.ndarray
+    allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    allowed_set: frozenset = frozenset()
+    _dd_cache: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,8 +257,8 @@ def _phase_table(
     start = 0
     d_floor = d_min_nm * (1.0 - spacing_tol)
     for ref in phase.reflections:
-        if ref.forbidden and not include_forbidden:
-            continue
+        # Forbidden families are always tabulated: they are matched when the user includes them,
+        # or when double diffraction in the window's zone makes them appear (_dd_ok).
         if not (ref.d_nm >= d_floor):
             continue
         rep = tuple(int(v) for v in ref.hkl)
@@ -274,6 +290,9 @@ def _phase_table(
         member_family = np.zeros(0, dtype=np.int64)
         g = np.zeros((0, 3))
     rep_g = g[[s for s, _ in slices]] if slices else np.zeros((0, 3))
+    forb_arr = np.asarray(forb, dtype=bool)
+    allowed = member_hkl[~forb_arr[member_family]] if len(member_hkl) else member_hkl
+    allowed_pm = np.vstack([allowed, -allowed]) if len(allowed) else np.zeros((0, 3), np.int64)
     return PhaseTable(
         card_id=phase.card_id,
         name=phase.name,
@@ -288,6 +307,8 @@ def _phase_table(
         member_g=g,
         family_slices=tuple(slices),
         rep_g=rep_g,
+        allowed_pm=allowed_pm,
+        allowed_set=frozenset(map(tuple, allowed_pm.tolist())),
     )
 
 
@@ -344,7 +365,8 @@ def build_tables(
     angle_tol_deg : float, keyword-only
         Interplanar-angle tolerance [deg] (default 2).
     include_forbidden : bool, keyword-only
-        Also match kinematically forbidden reflections (weighted ``forbidden_weight``).
+        Also match kinematically forbidden reflections that the zone does not produce by double
+        diffraction (weighted ``forbidden_weight``); those it produces are always matched.
     d_min_nm : float, keyword-only
         Smallest spacing of interest [nm].
     ambiguity_margin : float, keyword-only
@@ -506,27 +528,25 @@ def _spacing_matches(
 ) -> list[list[list[tuple[int, float]]]]:
     """Per phase, per plane: candidate ``(family index, rel. residual)`` sorted by |residual|.
 
-    Uses :func:`hrtem_core.cards.spacing_candidates` (the single spacing rule of the project).
+    The rule of :func:`hrtem_core.cards.spacing_candidates` (``|d - d_ref| / d_ref <= tol``, the
+    single spacing rule of the project), vectorised over the precomputed family spacings; ties are
+    ordered as there (then by hkl). Forbidden families are always returned (see ``_dd_ok``).
     """
-    from hrtem_core.cards import spacing_candidates
-
-    out = [[[] for _ in planes] for _ in tables.phases]
-    for k, plane in enumerate(planes):
-        cands = spacing_candidates(
-            tables.db,
-            plane.spacing_nm,
-            rel_tol=tables.spacing_tol,
-            card_ids=tables.card_ids,
-            include_forbidden=tables.include_forbidden,
-        )
-        for c in cands:
-            pi = tables._phase_pos.get(c.card_id)
-            if pi is None:
-                continue
-            fi = tables.phases[pi].family_index.get(tuple(int(v) for v in c.hkl))
-            if fi is None:
-                continue
-            out[pi][k].append((fi, float(c.rel_residual)))
+    d = np.array([p.spacing_nm for p in planes], dtype=float)
+    tol = tables.spacing_tol
+    out = []
+    for pt in tables.phases:
+        per_plane: list[list[tuple[int, float]]] = []
+        if len(pt.family_d_nm) == 0:
+            out.append([[] for _ in planes])
+            continue
+        res = (d[:, None] - pt.family_d_nm[None, :]) / pt.family_d_nm[None, :]
+        for k in range(len(planes)):
+            hit = np.flatnonzero(np.abs(res[k]) <= tol)
+            items = [(int(f), float(res[k, f])) for f in hit]
+            items.sort(key=lambda c: (abs(c[1]), tuple(-x for x in pt.family_hkl[c[0]])))
+            per_plane.append(items)
+        out.append(per_plane)
     return out
 
 
@@ -545,9 +565,13 @@ def _spacing_only(
     qsum = 0.0
     m = 0
     for k in range(n):
-        if not cands[k]:
+        ck = cands[k]
+        if not tables.include_forbidden:
+            # No zone is known, so double diffraction cannot be invoked: allowed families only.
+            ck = [c for c in ck if not pt.family_forbidden[c[0]]]
+        if not ck:
             continue
-        fi, r = min(cands[k], key=lambda c: (bool(pt.family_forbidden[c[0]]), abs(c[1]), c[0]))
+        fi, r = min(ck, key=lambda c: (bool(pt.family_forbidden[c[0]]), abs(c[1]), c[0]))
         hkl[k] = pt.family_hkl[fi]
         dref[k] = float(pt.family_d_nm[fi])
         res[k] = r
@@ -593,6 +617,33 @@ def _reduce(uvw: Sequence[int]) -> HKL:
     return (u, v, w)
 
 
+def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) -> bool:
+    """Can double diffraction in zone ``[uvw]`` produce the (kinematically forbidden) ``hkl``?
+
+    True when ``hkl = g1 + g2`` with ``g1`` and ``g2`` kinematically allowed reflections of the
+    phase that both lie in the zone (``g . [uvw] = 0``): e.g. (002) = (1 -1 1) + (-1 1 1) in the
+    [110] zone of a spinel, or (600) = (3 1 -1) + (3 -1 1) in [011]. Screw-axis and glide-plane
+    extinctions are filled in this way in zone-axis images (and by the non-linear interference of
+    the two beams in the HRTEM image); lattice-centring extinctions never are (the sum of two
+    centring-allowed reflections is allowed). Only the tabulated reflections (``d >= d_min``) are
+    used as ``g1`` and ``g2``.
+    """
+    h = tuple(int(v) for v in hkl)
+    z = tuple(int(v) for v in uvw)
+    key = (h, z)
+    hit = pt._dd_cache.get(key)
+    if hit is None:
+        hit = False
+        if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
+            g1 = pt.allowed_pm[(pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0]
+            for g in (np.asarray(h, dtype=np.int64)[None, :] - g1).tolist():
+                if tuple(g) in pt.allowed_set:
+                    hit = True
+                    break
+        pt._dd_cache[key] = hit
+    return hit
+
+
 def _angle_search(
     pt: PhaseTable,
     planes: Sequence[MeasuredPlane],
@@ -604,24 +655,26 @@ def _angle_search(
     tol_a = tables.angle_tol_deg
     tol_d = tables.spacing_tol
     theta = np.array([p.angle_deg for p in planes])
-    acute = np.array([[acute_between_deg(a, b) for b in theta] for a in theta])
+    diff = np.abs(theta[:, None] - theta[None, :]) % 180.0
+    acute = np.minimum(diff, 180.0 - diff)  # acute_between_deg, vectorised
     with_c = [k for k in range(n) if cands[k]]
     if len(with_c) < 2:
         return None
     # Candidate members of every plane, concatenated: rows of (plane, family, residual, member).
-    rows_plane, rows_fam, rows_res, rows_mem = [], [], [], []
-    for k in with_c:
-        for fi, r in cands[k]:
-            s0, s1 = pt.family_slices[fi]
-            cnt = s1 - s0
-            rows_plane.append(np.full(cnt, k))
-            rows_fam.append(np.full(cnt, fi))
-            rows_res.append(np.full(cnt, r))
-            rows_mem.append(np.arange(s0, s1))
-    c_plane = np.concatenate(rows_plane)
-    c_fam = np.concatenate(rows_fam)
-    c_res = np.concatenate(rows_res)
-    c_mem = np.concatenate(rows_mem)
+    flat = [(k, fi, r) for k in with_c for fi, r in cands[k]]
+    f_plane = np.array([x[0] for x in flat], dtype=np.int64)
+    f_fam = np.array([x[1] for x in flat], dtype=np.int64)
+    f_res = np.array([x[2] for x in flat], dtype=float)
+    f_start = np.array([pt.family_slices[fi][0] for fi in f_fam.tolist()], dtype=np.int64)
+    f_cnt = np.array([pt.family_slices[fi][1] for fi in f_fam.tolist()], dtype=np.int64) - f_start
+    c_plane = np.repeat(f_plane, f_cnt)
+    c_fam = np.repeat(f_fam, f_cnt)
+    c_res = np.repeat(f_res, f_cnt)
+    c_mem = (
+        np.arange(int(f_cnt.sum()), dtype=np.int64)
+        - np.repeat(np.cumsum(f_cnt) - f_cnt, f_cnt)
+        + np.repeat(f_start, f_cnt)
+    )
     c_hkl = pt.member_hkl[c_mem]
     c_g = pt.member_g[c_mem]
     c_forb = pt.family_forbidden[c_fam]
@@ -630,33 +683,38 @@ def _angle_search(
     best: PhaseMatch | None = None
     best_key: tuple | None = None
     seen: set = set()
-    for a_i, i in enumerate(with_c):
+    built: set = set()
+    for i in with_c:
         for fi, _ri in cands[i]:
             h_i = pt.member_hkl[pt.family_slices[fi][0]]
             g_i = pt.rep_g[fi]
             # Zones from every later plane j whose members meet h_i at the measured acute angle.
             zones: dict[HKL, np.ndarray] = {}
-            for j in with_c[a_i + 1 :]:
-                sel = c_plane == j
-                gj = c_g[sel]
-                cosang = np.clip(np.abs(gj @ g_i), 0.0, 1.0)
+            rows = np.flatnonzero(c_plane > i)  # rows are in plane order, as the loop over j was
+            if rows.size:
+                cosang = np.clip(np.abs(c_g[rows] @ g_i), 0.0, 1.0)
                 ang = np.degrees(np.arccos(cosang))
-                ok = np.abs(ang - acute[i, j]) <= tol_a
-                if not np.any(ok):
-                    continue
-                cross = _cross(h_i[None, :], c_hkl[sel][ok])
-                nonpar = np.any(cross != 0, axis=1)
-                if not np.any(nonpar):
-                    continue
-                nvecs = _cross(g_i[None, :], gj[ok][nonpar])
-                nvecs /= np.linalg.norm(nvecs, axis=1, keepdims=True)
-                for uvw_raw, nvec in zip(cross[nonpar].tolist(), nvecs, strict=True):
-                    key = _reduce(uvw_raw)
-                    if key not in zones:
-                        zones[key] = nvec
+                r_ok = rows[np.abs(ang - acute[i, c_plane[rows]]) <= tol_a]
+                if r_ok.size:
+                    cross = _cross(h_i[None, :], c_hkl[r_ok])
+                    nonpar = np.any(cross != 0, axis=1)
+                    if np.any(nonpar):
+                        nvecs = _cross(g_i[None, :], c_g[r_ok[nonpar]])
+                        nvecs /= np.linalg.norm(nvecs, axis=1, keepdims=True)
+                        for uvw_raw, nvec in zip(cross[nonpar].tolist(), nvecs, strict=True):
+                            key = _reduce(uvw_raw)
+                            if key not in zones:
+                                zones[key] = nvec
             for uvw, nvec in zones.items():
+                if not tables.include_forbidden and pt.family_forbidden[fi]:
+                    if not _dd_ok(pt, h_i, uvw):
+                        continue
                 in_zone = (c_hkl @ np.asarray(uvw, dtype=np.int64)) == 0
                 in_zone &= c_plane != i
+                if not tables.include_forbidden:
+                    for row in np.flatnonzero(in_zone & c_forb):
+                        if not _dd_ok(pt, c_hkl[row], uvw):
+                            in_zone[row] = False
                 if not np.any(in_zone):
                     continue
                 e1 = g_i
@@ -696,6 +754,24 @@ def _angle_search(
                                 break
                     if len(chosen) < 2:
                         continue
+                    # The same assignment is reached from several reference planes and signs:
+                    # build it once. An assignment whose weight is below the best one's cannot
+                    # win (the rank key compares weights first): skip it (exact pruning).
+                    akey = (uvw, tuple(sorted((k, m) for k, (_f, m) in chosen.items())))
+                    if akey in built:
+                        continue
+                    built.add(akey)
+                    if best_key is not None:
+                        wsum = 0.0
+                        for _f, m in chosen.values():
+                            forb_m = bool(pt.family_forbidden[_f])
+                            wsum += (
+                                tables.forbidden_weight
+                                if forb_m and not _dd_ok(pt, pt.member_hkl[m], uvw)
+                                else 1.0
+                            )
+                        if round(wsum, 6) < best_key[1]:
+                            continue
                     match = _build_match(pt, planes, cands, chosen, chosen_g, uvw, acute, tables)
                     key = match.rank_key
                     if best_key is None or key > best_key:
@@ -728,7 +804,10 @@ def _build_match(
         dref[k] = float(pt.family_d_nm[fam])
         res[k] = float(res_k)
         forb[k] = bool(pt.family_forbidden[fam])
-        weight += tables.forbidden_weight if forb[k] else 1.0
+        if forb[k] and not _dd_ok(pt, pt.member_hkl[mem], uvw):
+            weight += tables.forbidden_weight
+        else:  # allowed, or forbidden but produced by double diffraction in this zone
+            weight += 1.0
         qd += float(_q(res_k / tables.spacing_tol))
     ks = sorted(chosen)
     ares = []
@@ -739,7 +818,10 @@ def _build_match(
             ares.append(abs(th - float(acute[ks[a], ks[b]])))
     m = len(chosen)
     qa = float(np.mean(_q(np.asarray(ares) / tables.angle_tol_deg))) if ares else 1.0
-    score = (weight / n) * (qd / m) * qa * zone_prior(uvw)
+    zp = pt._dd_cache.get(("zone_prior", uvw))
+    if zp is None:
+        zp = pt._dd_cache[("zone_prior", uvw)] = zone_prior(uvw, cell=pt.cell)
+    score = (weight / n) * (qd / m) * qa * zp
     return PhaseMatch(
         card_id=pt.card_id,
         phase_name=pt.name,
@@ -757,13 +839,23 @@ def _build_match(
     )
 
 
-def zone_prior(uvw: Sequence[int]) -> float:
-    """Mild preference for low-index zone axes: ``exp(-ZONE_PRIOR * (|[uvw]| - 1))``.
+def zone_prior(uvw: Sequence[int], *, cell: Any = None) -> float:
+    """Preference for zone axes with a short repeat along the beam, in [0, 1].
 
-    ``|[uvw]|`` is the Euclidean norm of the reduced indices: 1 for [001], 1.41 for [110], 2.45 for
-    [112], 12.4 for [7 5 9]. Crossed fringes are seen in low-index zones; a high-index zone that
-    happens to fit two spacings and one angle is usually a coincidence of a large cell.
+    With ``cell`` (a :class:`~hrtem_core.crystallography.UnitCell`): ``exp(-ZONE_PRIOR_PER_NM * t)``
+    where ``t = |u a + v b + w c| = sqrt([uvw]^T G [uvw])`` [nm] is the period of the atom
+    columns along the zone axis (``G`` the real metric tensor): 0.39 nm for SrTiO3 [001], 1.18 nm
+    for maghemite [110], 1.87 nm for maghemite [012], 10.4 nm for maghemite [7 5 9]. Crossed
+    fringes are seen where the projected columns are short-period; two spacings and one angle that
+    fit a long-period zone are usually a coincidence of a large cell with many reflections, so the
+    period is measured in nm (not in indices) to compare phases of different cell sizes fairly.
+
+    Without ``cell`` (back-compatible): ``exp(-ZONE_PRIOR * (|[uvw]| - 1))`` on the Euclidean norm
+    of the reduced indices.
     """
+    if cell is not None:
+        t_nm = float(np.linalg.norm(cell.direct_cartesian(np.asarray(uvw, dtype=float))))
+        return float(math.exp(-ZONE_PRIOR_PER_NM * t_nm))
     return float(math.exp(-ZONE_PRIOR * (math.sqrt(sum(int(v) ** 2 for v in uvw)) - 1.0)))
 
 
@@ -868,6 +960,8 @@ __all__ = [
     "STATUS_NO_SPOTS",
     "STATUS_SPACING_ONLY",
     "STATUS_UNMATCHED",
+    "ZONE_PRIOR",
+    "ZONE_PRIOR_PER_NM",
     "IndexingTables",
     "MeasuredPlane",
     "PhaseMatch",
@@ -882,4 +976,5 @@ __all__ = [
     "measured_angles_deg",
     "measured_planes",
     "select_phases",
+    "zone_prior",
 ]

@@ -54,7 +54,9 @@ def one_error_line(err: str) -> str:
 def test_analyze_writes_every_file(tmp_path, capsys) -> None:
     img = write_tif(tmp_path / "goethite_-8nm.tif")
     out = tmp_path / "out"
-    assert main(["analyze", str(img), *OPTS, "--out", str(out), "--phases", "29-0713", "33-0664"]) == 0
+    assert (
+        main(["analyze", str(img), *OPTS, "--out", str(out), "--phases", "29-0713", "33-0664"]) == 0
+    )
     captured = capsys.readouterr()
     assert "goethite_-8nm.tif: crystallinity" in captured.out
     assert sorted(p.name for p in out.iterdir()) == [
@@ -87,7 +89,9 @@ def test_analyze_writes_every_file(tmp_path, capsys) -> None:
     assert summary["version"] == __version__ and summary["elapsed_s"] > 0
     assert [p["card_id"] for p in summary["phases"]] == ["29-0713", "33-0664"]
     goe = summary["phases"][0]
-    assert goe["name"] == "goethite" and goe["n_windows"] == int((win["phase_card"] == "29-0713").sum())
+    assert goe["name"] == "goethite" and goe["n_windows"] == int(
+        (win["phase_card"] == "29-0713").sum()
+    )
     assert goe["fraction"] == pytest.approx(goe["n_windows"] / 25)
 
     book = pd.read_excel(out / "results.xlsx", sheet_name=None)
@@ -141,7 +145,10 @@ def test_analyze_missing_file(tmp_path, capsys) -> None:
 
 def test_series_writes_profile_and_folders(tmp_path, capsys) -> None:
     names = {"s_-8nm.tif": 0.25, "s_+4nm.tif": 0.75, "s_-2nm.tif": 0.5}
-    paths = [write_tif(tmp_path / n, crystal_fraction=f, seed=i) for i, (n, f) in enumerate(names.items())]
+    paths = [
+        write_tif(tmp_path / n, crystal_fraction=f, seed=i)
+        for i, (n, f) in enumerate(names.items())
+    ]
     out = tmp_path / "series"
     code = main(["series", *map(str, paths), *OPTS, "--phases", "29-0713", "--out", str(out)])
     assert code == 0
@@ -169,6 +176,26 @@ def test_series_writes_profile_and_folders(tmp_path, capsys) -> None:
     assert "best focus 4 nm" in (out / "profile.html").read_text(encoding="utf-8")
     with Image.open(out / "profile.png") as png:
         assert png.format == "PNG"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "phase_fractions.html", "profile.csv", "profile.html", "profile.png", "series.json",
+        "series.xlsx",
+    ]  # fmt: skip
+    assert "goethite" in (out / "phase_fractions.html").read_text(encoding="utf-8")
+    book = pd.read_excel(out / "series.xlsx", sheet_name=None)
+    assert set(book) == {"profile", "summary", "parameters"}
+    pd.testing.assert_frame_equal(book["profile"], prof, check_dtype=False)
+    params = dict(zip(book["parameters"]["key"], book["parameters"]["value"], strict=True))
+    assert params["version"] == __version__ and params["param.window_px"] == 128
+    assert info["version"] == __version__ and len(info["files"]) == 3
+    for stem in ("s_-8nm", "s_+4nm", "s_-2nm"):  # every per-image file reads back
+        sub = out / stem
+        win = pd.read_csv(sub / "windows.csv", keep_default_na=False)
+        assert len(win) == 25 and set(WINDOW_FIELDS) <= set(win.columns)
+        sheets = pd.read_excel(sub / "results.xlsx", sheet_name=None)
+        assert len(sheets["windows"]) == 25
+        assert "goethite" in (sub / "plane_map.html").read_text(encoding="utf-8")
+        with Image.open(sub / "plane_map.png") as png:
+            assert png.format == "PNG"
 
 
 def test_series_explicit_defocus_and_failures(tmp_path, capsys) -> None:
@@ -176,13 +203,18 @@ def test_series_explicit_defocus_and_failures(tmp_path, capsys) -> None:
     nodf = write_tif(tmp_path / "b.tif", seed=2)
     out = tmp_path / "s"
     # Defocus given: both work.
-    assert main(["series", str(good), str(nodf), *OPTS, "--defocus-nm", "-6,6", "--out", str(out)]) == 0
+    assert (
+        main(["series", str(good), str(nodf), *OPTS, "--defocus-nm", "-6,6", "--out", str(out)])
+        == 0
+    )
     assert list(pd.read_csv(out / "profile.csv")["defocus_nm"]) == [-6.0, 6.0]
     capsys.readouterr()
     # No defocus for b.tif, and a missing file: a.tif is still written, exit code 2.
     named = write_tif(tmp_path / "c_-3nm.tif", seed=3)
     out2 = tmp_path / "s2"
-    code = main(["series", str(named), str(nodf), str(tmp_path / "gone.tif"), *OPTS, "--out", str(out2)])
+    code = main(
+        ["series", str(named), str(nodf), str(tmp_path / "gone.tif"), *OPTS, "--out", str(out2)]
+    )
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert "2 of 3 images failed" in line and "b.tif" in line and "defocus is unknown" in line
@@ -196,7 +228,9 @@ def test_series_explicit_defocus_and_failures(tmp_path, capsys) -> None:
 
 def test_series_defocus_count_mismatch(tmp_path, capsys) -> None:
     a = write_tif(tmp_path / "a.tif")
-    assert main(["series", str(a), *OPTS, "--defocus-nm", "1", "2", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["series", str(a), *OPTS, "--defocus-nm", "1", "2", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "one per image" in one_error_line(capsys.readouterr().err)
 
 
@@ -215,3 +249,107 @@ def test_module_entry_point_subprocess(tmp_path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2
     one_error_line(bad.stderr)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--defocus-nm", "-6,6"], [-6.0, 6.0]),
+        (["--defocus-nm=-6,6"], [-6.0, 6.0]),
+        (["--defocus-nm", "-6", "6"], [-6.0, 6.0]),
+        (["--defocus-nm", "-6.5", "+1e1"], [-6.5, 10.0]),
+        (["--defocus-nm", "-18,-14"], [-18.0, -14.0]),
+    ],
+)
+def test_series_negative_defocus_forms(argv, expected) -> None:
+    """Negative defocus values are values, not options, in every documented spelling."""
+    from hrtem_core.cli import build_parser
+    from hrtem_core.commands.series import _defocus_values
+
+    args = build_parser().parse_args(["series", "a.tif", "b.tif", *argv, "--out", "o"])
+    assert args.images == ["a.tif", "b.tif"]
+    assert _defocus_values(args.defocus_nm) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--stride", "0"], "--stride must be at least 1"),
+        (["--stride", "-5"], "--stride must be at least 1"),
+        (["--window", "0"], "--window must be at least 1"),
+        (["--window", "12.5"], "--window must be a whole number"),
+        (["--window", "512"], "smaller than one"),  # 384 x 384 image, window larger than it
+    ],
+)
+def test_bad_window_and_stride(tmp_path, capsys, extra, match) -> None:
+    """Issue 9 rows: stride 0 or negative, window 0 or not an integer, window larger than image."""
+    img = write_tif(tmp_path / "g.tif")
+    with pytest.raises(SystemExit) as exc:  # usage errors exit from argparse, others return 2
+        raise SystemExit(main(["analyze", str(img), *OPTS, *extra, "--out", str(tmp_path / "o")]))
+    assert exc.value.code == 2
+    assert match in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o" / "windows.csv").exists()
+
+
+def test_image_smaller_than_the_window(tmp_path, capsys) -> None:
+    """A 100 x 100 image with the default 256-px window: one line naming both sizes."""
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.random.default_rng(0).normal(size=(100, 100)).astype(np.float32))
+    assert main(["analyze", str(small), "--pixel-size-nm", "0.02", "--detector", "classical"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "100" in line and "256" in line
+
+
+def test_window_not_a_power_of_two_is_allowed(tmp_path, capsys) -> None:
+    """Windows need not be powers of two (slower FFTs): a 96-px window runs and is recorded."""
+    img = write_tif(tmp_path / "g.tif")
+    out = tmp_path / "o"
+    opts = [
+        "--pixel-size-nm",
+        "0.02",
+        "--window",
+        "96",
+        "--stride",
+        "96",
+        "--detector",
+        "classical",
+    ]
+    assert main(["analyze", str(img), *opts, "--phases", "29-0713", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["window_px"] == 96 and summary["n_windows"] == 16
+    win = pd.read_csv(out / "windows.csv", keep_default_na=False)
+    inside = win[win["x_px"] + 48 <= 192]
+    assert (inside["crystalline"] == 1).all() and (inside["phase_card"] == "29-0713").all()
+
+
+def test_progress_bar_on_stderr_of_a_terminal(tmp_path, monkeypatch) -> None:
+    """The bar goes to stderr when stderr is a terminal, and stays off stdout; off otherwise."""
+    import io
+
+    from hrtem_core.commands._options import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err, out = Tty(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", out)
+    img = write_tif(tmp_path / "g.tif")
+    assert main(["analyze", str(img), *OPTS, "--out", str(tmp_path / "o")]) == 0
+    assert "%|" in err.getvalue() and "g.tif" in err.getvalue()  # tqdm bar (refreshed per 0.1 s)
+    assert "%|" not in out.getvalue() and "crystallinity" in out.getvalue()
+    err2 = Tty()
+    monkeypatch.setattr(sys, "stderr", err2)
+    assert main(["analyze", str(img), *OPTS, "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert "%|" not in err2.getvalue()
+    plain = io.StringIO()  # not a terminal: no bar
+    monkeypatch.setattr(sys, "stderr", plain)
+    with ProgressBar(total=1.0, desc="x", unit="image") as bar:
+        bar(1.0, "done")
+    assert plain.getvalue() == ""
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    with ProgressBar(total=1.0, desc="x", unit="image") as bar:
+        bar(1.0, "done")
+    assert "%|" in tty.getvalue()

@@ -12,9 +12,9 @@ from PIL import Image
 
 from hrtem_core import __version__, analysis, export, figures
 from hrtem_core.cards import load_cards
+from tests.lattice_images import lattice_image
 from tests.test_analysis import PARAMS, RUTILE_HKL, _series_images, micrograph
 from tests.test_indexing import EXTRA_PHASES, add_phases
-from tests.lattice_images import lattice_image
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,13 @@ def test_export_analysis_round_trip(tmp_path, result_and_image) -> None:
     res, image = result_and_image
     paths = export.export_analysis(res, tmp_path, image=image)
     names = {p.name for p in paths.values()}
-    assert names == {"windows.csv", "summary.json", "results.xlsx", "plane_map.html", "plane_map.png"}
+    assert names == {
+        "windows.csv",
+        "summary.json",
+        "results.xlsx",
+        "plane_map.html",
+        "plane_map.png",
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary files left
 
     csv = pd.read_csv(tmp_path / "windows.csv", keep_default_na=False)
@@ -84,14 +90,14 @@ def test_export_analysis_round_trip(tmp_path, result_and_image) -> None:
 def test_plane_map_figure_content(result_and_image) -> None:
     res, image = result_and_image
     fig = figures.plane_map_figure(res, image)
-    codes, labels, colors = figures.plane_map_categories(res)
+    codes, labels, _colors = figures.plane_map_categories(res)
     assert codes.shape == (res.grid.n_rows, res.grid.n_cols)
     cryst = res.crystalline_grid
     assert np.isfinite(codes[cryst]).all() and np.isnan(codes[~cryst]).all()
     assert all(lab.startswith("rutile {") for lab in labels)
     legend = [t.name for t in fig.data if getattr(t, "showlegend", None)]
     assert legend == labels
-    overlay = [t for t in fig.data if t.name == "windows"][0]
+    overlay = next(t for t in fig.data if t.name == "windows")
     assert overlay.dx == res.grid.stride_px
     hover = overlay.text[0][0]
     for key in ("spacings [nm]", "angles [deg]", "hkl", "phase: rutile", "zone axis", "score"):
@@ -142,7 +148,7 @@ def test_profile_figures(series) -> None:
     assert list(line.x) == [-16.0, -4.0, 4.0]
     np.testing.assert_allclose(line.y, series.profile["crystallinity"])
     assert any(s.x0 == 4.0 for s in fig.layout.shapes)  # best focus marked
-    star = [t for t in fig.data if t.name == "maximum crystallinity"][0]
+    star = next(t for t in fig.data if t.name == "maximum crystallinity")
     assert list(star.x) == [4.0]
     pf = figures.phase_fraction_figure(series)
     names = [t.name for t in pf.data]
@@ -150,7 +156,12 @@ def test_profile_figures(series) -> None:
 
 
 def test_jsonable_is_strict() -> None:
-    data = {"a": np.float32(1.5), "b": float("nan"), "c": (np.int64(2), np.bool_(True)), "d": np.inf}
+    data = {
+        "a": np.float32(1.5),
+        "b": float("nan"),
+        "c": (np.int64(2), np.bool_(True)),
+        "d": np.inf,
+    }
     out = export.jsonable(data)
     assert out == {"a": 1.5, "b": None, "c": [2, True], "d": None}
     json.dumps(out, allow_nan=False)

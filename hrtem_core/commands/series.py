@@ -9,8 +9,10 @@ then the profile over defocus:
 * ``phase_fractions.html`` -- per-phase fractions vs defocus;
 * ``series.json`` / ``series.xlsx`` -- best focus, per-file values, failures, parameters.
 
-Defocus of each image: ``--defocus-nm`` (one value per image, in order; put it after the images
-or give comma-separated values), else the file's metadata, else its name (e.g. ``..._-16nm.dm3``).
+Defocus of each image: ``--defocus-nm`` (one value per image, in order, negative = underfocus;
+separate values ``--defocus-nm -6 6``, comma-separated ``--defocus-nm -6,6`` or
+``--defocus-nm=-6,6``; put the flag after the images), else the file's metadata, else its name
+(e.g. ``..._-16nm.dm3``).
 An image whose defocus is unknown, or that cannot be read or analysed, is listed as failed; the
 others are still written, and the exit code is 2 when any image failed.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +34,11 @@ from hrtem_core.commands._options import (
     safe_stem,
 )
 from hrtem_core.errors import AnalysisParameterError, HRTEMError
+
+_NUM = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: What this command reads as a (list of) negative number(s) rather than an option: ``-6``,
+#: ``-6.5``, ``-1e1``, and comma-separated lists that start with one, ``-6,6`` or ``-18,-14,0``.
+NEGATIVE_VALUES = re.compile(rf"^-{_NUM}(?:,\s*[-+]?{_NUM})*,?$")
 
 
 def _defocus_values(values: list[str] | None) -> list[float] | None:
@@ -73,10 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="D",
         help=(
-            "defocus of each image in nm, in the order of the images (negative = underfocus); "
-            "default: from the metadata, else from the file name"
+            "defocus of each image in nm, in the order of the images (negative = underfocus), "
+            "as separate values or comma-separated: --defocus-nm -6 6, --defocus-nm -6,6 or "
+            "--defocus-nm=-6,6; default: from the metadata, else from the file name"
         ),
     )
+    # argparse reads "-6,6" as an unknown option (its own rule only accepts "-6" and "-6.5"):
+    # widen the rule of this parser so that negative defocus lists are values. The command has
+    # no option that looks like a number, so nothing is shadowed.
+    parser._negative_number_matcher = NEGATIVE_VALUES
     add_analysis_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.set_defaults(func=run)
