@@ -12,9 +12,11 @@
     ``pandas.read_parquet`` or ``pyarrow.dataset``.
 ``files.csv``
     One row per input file: ``file`` (safe name), ``path``, ``status`` (``ok`` or ``error``),
-    ``error`` (one line), ``defocus_nm``, ``sha256`` (of the file bytes), ``params_digest``,
-    ``n_windows``, ``elapsed_s``, ``worker``, ``reused`` (``True`` when a previous run's result
-    was kept), then the summary fields of ``analyze`` (``AnalysisResult.summary``).
+    ``error`` (one line), ``defocus_nm`` [nm, negative = underfocus], ``defocus_source``
+    (``file``: metadata or file name; ``given``: the ``defocus_nm`` argument), ``sha256`` (of
+    the file bytes), ``params_digest``, ``n_windows``, ``elapsed_s``, ``worker``, ``reused``
+    (``True`` when a previous run's result was kept), then the summary fields of ``analyze``
+    (``AnalysisResult.summary``; lists such as ``phases`` as JSON text).
 ``profile.csv``
     The series profile over defocus (:func:`hrtem_core.analysis.series_profile`) of the files that
     succeeded and whose defocus is known (from metadata or the file name).
@@ -50,7 +52,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from hrtem_core.errors import HRTEMError
+from hrtem_core.errors import CalibrationError, HRTEMError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, LocalCluster
@@ -101,6 +103,7 @@ FILE_COLUMNS: tuple[str, ...] = (
     "status",
     "error",
     "defocus_nm",
+    "defocus_source",
     "sha256",
     "params_digest",
     "n_windows",
@@ -396,6 +399,52 @@ def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = 1 << 20) -> str:
         while block := fh.read(chunk_bytes):
             h.update(block)
     return h.hexdigest()
+
+
+def stage_file(
+    name: str,
+    data: bytes,
+    folder: str | os.PathLike,
+    *,
+    companions: Iterable[tuple[str, bytes]] = (),
+) -> Path:
+    """Write an in-memory file (an upload) where batch workers can read it, once per content.
+
+    The file goes to ``folder/<first 16 hex digits of its sha256>/<name>`` (the name sanitized as
+    in :func:`safe_names`), with its companion files (e.g. the ``.emi`` of a ``.ser``) beside it.
+    The same bytes always land at the same path, so a batch over staged files resumes across
+    sessions, and the partition name in ``windows.parquet`` is the upload's own name. For a
+    remote cluster ``folder`` must be on a filesystem the workers see.
+
+    Parameters
+    ----------
+    name : str
+        The file's name (its extension picks the reader; a defocus in it is parsed).
+    data : bytes
+        The file's contents.
+    folder : path
+        Staging folder (created).
+    companions : iterable of (name, bytes), keyword-only
+        Files the reader needs next to it.
+
+    Returns
+    -------
+    Path
+        The staged file.
+    """
+    companions = tuple(companions)
+    h = hashlib.sha256(data)
+    for cname, cdata in companions:
+        h.update(b"\0" + cname.encode("utf-8") + b"\0" + cdata)
+    target_dir = Path(folder).expanduser().resolve() / h.hexdigest()[:16]
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for fname, content in ((name, data), *companions):
+        target = target_dir / _sanitize(Path(fname).name)
+        if not (target.is_file() and target.stat().st_size == len(content)):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
+    return target_dir / _sanitize(Path(name).name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -730,7 +779,14 @@ def _files_table(rows: list[dict]) -> pd.DataFrame:
                 summary_keys.append(key)
             out[key] = json.dumps(value) if isinstance(value, dict | list) else value
         flat.append(out)
-    return pd.DataFrame(flat, columns=[*FILE_COLUMNS, *summary_keys])
+    frame = pd.DataFrame(flat, columns=[*FILE_COLUMNS, *summary_keys])
+    for col in frame.columns:  # whole numbers stay whole in files.csv (49, not 49.0) beside NaN
+        values = [r[col] for r in flat if r.get(col) is not None]
+        if values and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in values
+        ):
+            frame[col] = frame[col].astype("Int64")
+    return frame
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -767,24 +823,57 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def default_workers() -> int:
+    """Worker processes of the default local cluster: the CPUs this process may use.
+
+    :data:`dask.system.CPU_COUNT` honours the CPU affinity mask and the cgroup quota of a
+    container or a SLURM allocation, where :func:`os.cpu_count` reports every core of the host.
+    """
+    try:
+        from dask.system import CPU_COUNT
+    except ImportError:  # pragma: no cover - dask is a dependency of distributed
+        CPU_COUNT = None
+    n = CPU_COUNT or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    return max(1, int(n or os.cpu_count() or 1))
+
+
+#: glibc malloc settings of the local cluster's worker processes (set before they start).
+#: distributed sets ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's mmap threshold
+#: at 128 kB: every large temporary array of the analysis (windows, spectra: MBs each) is then
+#: mmap'ed and unmapped, and its pages zeroed again on the next file. Measured in a worker on
+#: the benchmark images (1024 px, window 256, classical detector, 24 files, twice): 15,000
+#: minor page faults and 0.086-0.100 s of CPU per file with distributed's value, 320 faults and
+#: 0.063-0.065 s with these. A worker keeps up to the trim threshold of freed heap for the
+#: next file instead of returning it to the system.
+WORKER_MALLOC_ENV: dict[str, str] = {
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+}
+
+
 def local_cluster(n_workers: int | None = None) -> LocalCluster:
     """A :class:`distributed.LocalCluster` for batches: processes, one thread each.
 
-    ``n_workers`` processes (default: the CPU count), no dashboard (the scheduler's HTTP
-    endpoint takes a free port), worker logs at ERROR. Torch is set to one thread per worker
-    when a task first needs it; OpenMP/MKL/OpenBLAS get one thread from distributed's defaults.
+    ``n_workers`` processes (default :func:`default_workers`, the CPUs this process may use),
+    memory split evenly between them (``memory_limit="auto"``), no dashboard (the scheduler's
+    HTTP endpoint takes a free port), worker logs at ERROR, :data:`WORKER_MALLOC_ENV` in the
+    workers' environment. Torch is set to one thread per worker when a task first needs it;
+    OpenMP/MKL/OpenBLAS get one thread from distributed's defaults.
     """
+    import dask
     from distributed import LocalCluster
 
-    n = int(n_workers) if n_workers is not None else max(1, os.cpu_count() or 1)
-    return LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        scheduler_kwargs={"dashboard": False},
-        silence_logs=logging.ERROR,
-    )
+    n = int(n_workers) if n_workers is not None else default_workers()
+    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
+    with dask.config.set(environ):  # read by each Nanny when the cluster creates it
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
+        )
 
 
 @contextlib.contextmanager
@@ -819,7 +908,7 @@ def dask_client(
     if workers is not None and (not isinstance(workers, int | np.integer) or workers < 1):
         raise HRTEMError(f"the number of workers must be a positive integer, got {workers!r}")
     if text in {"local", "processes"}:
-        n = int(workers) if workers is not None else max(1, os.cpu_count() or 1)
+        n = int(workers) if workers is not None else default_workers()
         cluster = local_cluster(n)
         try:
             client = Client(cluster)
@@ -872,6 +961,9 @@ class BatchResult:
         Workers the scheduler had at the start.
     warnings : tuple of str
         Non-fatal notes (files left out of the profile, failures, ...).
+    best_focus_nm : float or None
+        Defocus of maximum crystallinity over the profile [nm]
+        (:func:`hrtem_core.analysis.best_focus_nm`; ``None`` without a profile).
     """
 
     out_dir: Path
@@ -885,6 +977,7 @@ class BatchResult:
     scheduler: str
     n_workers: int
     warnings: tuple[str, ...] = ()
+    best_focus_nm: float | None = None
 
     @property
     def windows_path(self) -> Path:
@@ -906,6 +999,27 @@ class BatchResult:
         ok = self.files.loc[self.files["status"] == "ok", "file"].tolist()
         return read_windows(self.out_dir, files=ok)
 
+    def series(self) -> Any:
+        """The profile as a :class:`~hrtem_core.analysis.SeriesResult` (``None`` without one).
+
+        ``results`` is empty (the batch keeps tables, not per-image result objects);
+        ``profile``, ``best_focus_nm`` and ``phases`` are those of ``series`` for the same
+        files, so :func:`hrtem_core.figures.profile_figure` and ``phase_fraction_figure`` draw it.
+        """
+        if self.profile is None:
+            return None
+        from hrtem_core.analysis import SeriesResult, fraction_column
+
+        ok = self.files[self.files["status"] == "ok"]
+        phases = tuple(
+            (cid, name)
+            for cid, name in phase_order(ok)
+            if fraction_column(cid) in self.profile.columns
+        )
+        return SeriesResult(
+            results=(), profile=self.profile, best_focus_nm=self.best_focus_nm, phases=phases
+        )
+
 
 def run_batch(
     paths: Iterable[str | os.PathLike],
@@ -922,6 +1036,8 @@ def run_batch(
     weights_path: str | os.PathLike | None = None,
     settings: BatchSettings | None = None,
     analyze_fn: AnalyzeFn | None = None,
+    defocus_nm: Mapping[str | os.PathLike, float] | None = None,
+    pixel_sizes_nm: Mapping[str | os.PathLike, float | tuple[float, float]] | None = None,
 ) -> BatchResult:
     """Analyse many files on a Dask cluster and write one table of windows and one of files.
 
@@ -955,6 +1071,13 @@ def run_batch(
     analyze_fn : callable or None, keyword-only
         ``analyze_fn(path, settings) -> (windows, summary, defocus_nm)`` run on the workers
         instead of :func:`analyze_file` (it must be importable or picklable by value).
+    defocus_nm : mapping of path -> float, or None, keyword-only
+        Defocus of some files [nm, negative = underfocus], replacing what their metadata or
+        name say (``defocus_source`` becomes ``"given"``). It only changes ``files.csv`` and the
+        profile, not the analysis: editing it never recomputes a file.
+    pixel_sizes_nm : mapping of path -> float or (float, float), or None, keyword-only
+        Pixel size of some files [nm/px], replacing ``pixel_size_nm`` for them (e.g. files
+        without a calibration). Part of those files' parameter digest.
 
     Returns
     -------
@@ -963,11 +1086,14 @@ def run_batch(
     Raises
     ------
     HRTEMError
-        No input file, an unknown scheduler, an unreachable cluster, missing weights.
+        No input file, an unknown scheduler, an unreachable cluster, missing weights, an
+        override for a file that is not among the inputs.
     """
     t0 = time.perf_counter()
     files = discover_files(paths, glob=glob)
     names = safe_names(files)
+    given_defocus = _per_file(defocus_nm, files, "a defocus", _check_defocus)
+    given_pixel = _per_file(pixel_sizes_nm, files, "a pixel size", _check_pixel_size)
     if settings is None:
         settings = make_settings(
             params,
@@ -976,88 +1102,188 @@ def run_batch(
             cards_path=cards_path,
             weights_path=weights_path,
         )
-    params_digest = settings.digest
+    file_settings = [
+        settings if px is None else dataclasses.replace(settings, pixel_size_nm=px)
+        for px in given_pixel
+    ]
+    digests = [s.digest for s in file_settings]
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / WINDOWS_DIR).mkdir(exist_ok=True)
-    previous = read_manifest(out)
+    with folder_lock(out):  # one batch at a time writes into a folder
+        previous = read_manifest(out)
 
-    rows: dict[str, dict] = {}
-    n_analysed = n_skipped = 0
-    n_total = len(files)
-    finished = 0
+        rows: dict[str, dict] = {}
+        n_analysed = n_skipped = 0
+        n_total = len(files)
+        finished = 0
 
-    def report(name: str, status: str) -> None:
-        if progress is not None:
-            progress(finished / n_total, f"{finished}/{n_total} {name}: {status}")
+        def report(name: str, status: str) -> None:
+            if progress is not None:
+                progress(finished / n_total, f"{finished}/{n_total} {name}: {status}")
 
-    with dask_client(scheduler, workers=workers) as (client, description):
-        n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        from distributed import as_completed
+        with dask_client(scheduler, workers=workers) as (client, description):
+            n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            from distributed import as_completed
 
-        futures = {}
-        for path, name in zip(files, names, strict=True):
-            rec = previous.get(name)
-            expected = rec["sha256"] if _is_done(rec, params_digest, out) else None
-            fut = client.submit(
-                run_file_task,
-                str(path),
-                settings,
-                expected,
-                analyze_fn,
-                key=f"hrtem-batch-{name}-{params_digest[:12]}-{time.time_ns()}",
-                pure=False,
-                retries=0,
-            )
-            futures[fut] = (path, name)
-        try:
-            for fut in as_completed(list(futures)):
-                path, name = futures.pop(fut)
-                try:
-                    res: FileOutput = fut.result()
-                except Exception as exc:  # a killed worker, a lost connection, ...
-                    res = FileOutput(sha256="", status="error", error=_error_line(exc), retry=True)
-                fut.release()
-                finished += 1
-                row = _finish_file(out, path, name, res, previous.get(name), params_digest)
-                rows[name] = row
-                if res.status == "skipped":
-                    n_skipped += 1
-                elif res.status == "ok":
-                    n_analysed += 1
-                report(name, "done earlier" if res.status == "skipped" else res.status)
-        finally:
-            if futures:  # interrupted: stop what is still queued or running on the cluster
-                with contextlib.suppress(Exception):
-                    client.cancel(list(futures))
-            # Written even when interrupted: what finished is in files.csv and the manifest.
-            ordered = []
-            for path, name in zip(files, names, strict=True):
-                ordered.append(
-                    rows.get(name)
-                    or {"file": name, "path": str(path), "status": "pending", "reused": False}
+            futures = {}
+            for path, name, fs, digest in zip(files, names, file_settings, digests, strict=True):
+                rec = previous.get(name)
+                expected = rec["sha256"] if _is_done(rec, digest, out) else None
+                fut = client.submit(
+                    run_file_task,
+                    str(path),
+                    fs,
+                    expected,
+                    analyze_fn,
+                    key=f"hrtem-batch-{name}-{digest[:12]}-{time.time_ns()}",
+                    pure=False,
+                    retries=0,
                 )
-            table = _files_table(ordered)
-            _write_csv(table, out / FILES_CSV)
+                futures[fut] = (path, name, digest)
+            try:
+                for fut in as_completed(list(futures)):
+                    path, name, params_digest = futures.pop(fut)
+                    try:
+                        res: FileOutput = fut.result()
+                    except Exception as exc:  # a killed worker, a lost connection, ...
+                        res = FileOutput(
+                            sha256="", status="error", error=_error_line(exc), retry=True
+                        )
+                    fut.release()
+                    finished += 1
+                    row = _finish_file(out, path, name, res, previous.get(name), params_digest)
+                    rows[name] = row
+                    if res.status == "skipped":
+                        n_skipped += 1
+                    elif res.status == "ok":
+                        n_analysed += 1
+                    report(name, "done earlier" if res.status == "skipped" else res.status)
+            finally:
+                if futures:  # interrupted: stop what is still queued or running on the cluster
+                    with contextlib.suppress(Exception):
+                        client.cancel(list(futures))
+                # Written even when interrupted: what finished is in files.csv and the manifest.
+                ordered = []
+                for path, name, df in zip(files, names, given_defocus, strict=True):
+                    row = rows.get(name) or {
+                        "file": name,
+                        "path": str(path),
+                        "status": "pending",
+                        "reused": False,
+                    }
+                    if df is not None:
+                        row = dict(row, defocus_nm=df, defocus_source="given")
+                    elif row.get("defocus_nm") is not None:
+                        row = dict(row, defocus_source="file")
+                    ordered.append(row)
+                table = _files_table(ordered)
+                _write_csv(table, out / FILES_CSV)
 
-    warnings: list[str] = []
-    failed = table[table["status"] == "error"]
-    for _, r in failed.iterrows():
-        warnings.append(f"{r['path']}: {r['error']}")
-    profile = _write_profile(out, table, warnings)
-    return BatchResult(
-        out_dir=out,
-        files=table,
-        profile=profile,
-        n_files=n_total,
-        n_analysed=n_analysed,
-        n_skipped=n_skipped,
-        n_failed=len(failed),
-        elapsed_s=time.perf_counter() - t0,
-        scheduler=description,
-        n_workers=n_workers,
-        warnings=tuple(warnings),
-    )
+        warnings: list[str] = []
+        failed = table[table["status"] == "error"]
+        for _, r in failed.iterrows():
+            error, path = str(r["error"]), str(r["path"])
+            name = Path(path).name
+            if error.startswith(f"{name}:"):  # the readers' messages start with the file name
+                error = error[len(name) + 1 :].lstrip()
+            warnings.append(f"{path}: {error}")
+        profile = _write_profile(out, table, warnings)
+        best = None
+        if profile is not None:
+            from hrtem_core.analysis import best_focus_nm
+
+            best = best_focus_nm(profile)
+        return BatchResult(
+            out_dir=out,
+            files=table,
+            profile=profile,
+            n_files=n_total,
+            n_analysed=n_analysed,
+            n_skipped=n_skipped,
+            n_failed=len(failed),
+            elapsed_s=time.perf_counter() - t0,
+            scheduler=description,
+            n_workers=n_workers,
+            warnings=tuple(warnings),
+            best_focus_nm=best,
+        )
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir/.lock`` (``fcntl.flock``) while a batch writes there.
+
+    The lock goes with the process (also when it is killed). Where ``fcntl`` does not exist
+    (Windows) nothing is locked.
+
+    Raises
+    ------
+    HRTEMError
+        Another process holds the lock (a batch is already writing into ``out_dir``).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(out_dir) / ".lock"
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HRTEMError(
+                f"another batch is writing into {out_dir}: wait for it to finish or choose "
+                "another --out"
+            ) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _per_file(
+    mapping: Mapping[str | os.PathLike, Any] | None,
+    files: Sequence[Path],
+    what: str,
+    check: Callable[[Path, Any], Any],
+) -> list[Any]:
+    """Values of a per-file override, in the order of ``files`` (``None`` where not given)."""
+    if not mapping:
+        return [None] * len(files)
+    index = {p: i for i, p in enumerate(files)}
+    values: list[Any] = [None] * len(files)
+    for key, value in mapping.items():
+        path = Path(key).expanduser().resolve()
+        if path not in index:
+            raise HRTEMError(f"{what} is given for {key}, which is not among the batch's inputs")
+        if value is not None:
+            values[index[path]] = check(path, value)
+    return values
+
+
+def _check_defocus(path: Path, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v):
+        raise HRTEMError(f"{path.name}: the defocus must be a finite number of nm, got {value!r}")
+    return v
+
+
+def _check_pixel_size(path: Path, value: Any) -> float | tuple[float, float]:
+    arr = np.asarray(value, dtype=float).ravel()
+    if arr.size not in (1, 2) or not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+        raise CalibrationError(
+            f"{path.name}: the pixel size must be one or two positive numbers of nm/px, "
+            f"got {value!r}"
+        )
+    return float(arr[0]) if arr.size == 1 else (float(arr[0]), float(arr[1]))
 
 
 def _finish_file(
@@ -1143,6 +1369,13 @@ def profile_from_tables(files: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFr
     """
     from hrtem_core.analysis import series_profile
 
+    frame = files.copy()
+    frame["defocus_nm"] = pd.to_numeric(frame["defocus_nm"], errors="coerce")
+    return series_profile(frame, windows, phases=list(phase_order(files)) or None)
+
+
+def phase_order(files: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """``(card_id, name)`` of every phase the summaries in ``files.csv`` list, first seen first."""
     order: dict[str, str] = {}
     for value in files.get("phases", pd.Series([], dtype=object)):
         entries = json.loads(value) if isinstance(value, str) and value else value
@@ -1150,15 +1383,14 @@ def profile_from_tables(files: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFr
             for e in entries:
                 if isinstance(e, dict) and e.get("card_id") is not None:
                     order.setdefault(str(e["card_id"]), str(e.get("name", "")))
-    frame = files.copy()
-    frame["defocus_nm"] = pd.to_numeric(frame["defocus_nm"], errors="coerce")
-    return series_profile(frame, windows, phases=list(order.items()) or None)
+    return tuple(order.items())
 
 
 __all__ = [
     "BATCH_FORMAT",
     "DEFAULT_EXTENSIONS",
     "FILE_COLUMNS",
+    "WORKER_MALLOC_ENV",
     "AnalyzeFn",
     "BatchResult",
     "BatchSettings",
@@ -1166,10 +1398,13 @@ __all__ = [
     "ProgressCallback",
     "analyze_file",
     "dask_client",
+    "default_workers",
     "discover_files",
+    "folder_lock",
     "local_cluster",
     "make_settings",
     "part_path",
+    "phase_order",
     "profile_from_tables",
     "read_manifest",
     "read_windows",
@@ -1177,6 +1412,7 @@ __all__ = [
     "run_file_task",
     "safe_names",
     "sha256_file",
+    "stage_file",
     "supported_extensions",
     "weights_digest_of",
 ]

@@ -61,7 +61,8 @@ def fake_analyze(path: str, settings: batch.BatchSettings):
             "std": win.std(axis=1),
         }
     )
-    return frame, {"name": m.name, "mean": float(m.data.mean())}, m.defocus_nm
+    summary = {"name": m.name, "mean": float(m.data.mean()), "pixel_x_nm": m.pixel_size_nm[1]}
+    return frame, summary, m.defocus_nm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +152,18 @@ def test_safe_names_unique_and_stable(tmp_path: Path) -> None:
     assert batch.safe_names(paths[::-1])[::-1] == names
 
 
+def test_stage_file_one_path_per_content(image_dir: Path, tmp_path: Path) -> None:
+    data = (image_dir / "np0_df-10nm.tif").read_bytes()
+    a = batch.stage_file("np0 df-10nm.tif", data, tmp_path / "stage")
+    b = batch.stage_file("np0 df-10nm.tif", data, tmp_path / "stage")
+    c = batch.stage_file("other.ser", b"x", tmp_path / "stage", companions=[("other.emi", b"y")])
+    assert a == b and a.read_bytes() == data and a.name == "np0_df-10nm.tif"
+    assert c.parent != a.parent and (c.parent / "other.emi").read_bytes() == b"y"
+    assert batch.safe_names([a, c]) == ["np0_df-10nm.tif", "other.ser"]
+    # the staging folder is an ordinary batch input
+    assert set(batch.discover_files([tmp_path / "stage"])) == {a, c}
+
+
 def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     import hashlib
 
@@ -172,6 +185,26 @@ def test_params_digest_covers_every_setting() -> None:
         dataclasses.replace(base, weights_digest="def"),
     ]
     assert len({base.digest, *(o.digest for o in others)}) == 1 + len(others)
+
+
+def test_default_workers_is_the_usable_cpu_count() -> None:
+    import os
+
+    from dask.system import CPU_COUNT
+
+    n = batch.default_workers()
+    assert n == CPU_COUNT and 1 <= n <= (os.cpu_count() or 1)
+
+
+def test_one_batch_at_a_time_per_folder(image_dir: Path, tmp_path: Path) -> None:
+    settings = batch.BatchSettings(params=FakeParams(), pixel_size_nm=PIXEL_NM)
+    with batch.folder_lock(tmp_path):
+        with pytest.raises(HRTEMError, match="another batch is writing"):
+            batch.run_batch(
+                good_paths(image_dir), settings=settings, out_dir=tmp_path, scheduler="nowhere"
+            )
+    with batch.folder_lock(tmp_path):  # released
+        pass
 
 
 def test_scheduler_errors() -> None:
@@ -288,6 +321,54 @@ def test_interrupted_batch_keeps_finished_parts(cluster_address, image_dir, tmp_
     assert r.n_skipped == 2 and r.n_analysed == 2 and (r.files["status"] == "ok").all()
 
 
+def test_per_file_pixel_size_and_defocus(cluster_address, image_dir, tmp_path) -> None:
+    settings = batch.BatchSettings(params=FakeParams(), pixel_size_nm=PIXEL_NM)
+    out = tmp_path / "out"
+    paths = good_paths(image_dir)
+    kw = dict(settings=settings, out_dir=out, scheduler=cluster_address, analyze_fn=fake_analyze)
+    first = batch.run_batch(paths, **kw)
+    assert first.n_analysed == 4
+    assert set(first.files["defocus_source"]) == {"file"}
+    # a given defocus replaces the file's in the table, without recomputing anything
+    r = batch.run_batch(paths, defocus_nm={paths[0]: -55.5}, **kw)
+    by = r.files.set_index("file")
+    assert r.n_analysed == 0 and r.n_skipped == 4
+    assert by.loc[paths[0].name, "defocus_nm"] == -55.5
+    assert by.loc[paths[0].name, "defocus_source"] == "given"
+    assert by.loc[paths[1].name, "defocus_source"] == "file"
+    # a per-file pixel size is a parameter of that file only: it alone is analysed again
+    r = batch.run_batch(paths, pixel_sizes_nm={str(paths[1]): 0.05}, **kw)
+    by = r.files.set_index("file")
+    assert r.n_analysed == 1 and r.n_skipped == 3
+    assert by.loc[paths[1].name, "pixel_x_nm"] == 0.05
+    assert by.loc[paths[0].name, "pixel_x_nm"] == PIXEL_NM
+    assert by.loc[paths[1].name, "params_digest"] != by.loc[paths[0].name, "params_digest"]
+    with pytest.raises(HRTEMError, match="not among the batch's inputs"):
+        batch.run_batch(paths[:1], defocus_nm={paths[2]: 1.0}, **kw)
+    with pytest.raises(HRTEMError, match="positive numbers of nm/px"):
+        batch.run_batch(paths, pixel_sizes_nm={paths[0]: -1.0}, **kw)
+    with pytest.raises(HRTEMError, match="finite number of nm"):
+        batch.run_batch(paths, defocus_nm={paths[0]: float("nan")}, **kw)
+
+
+def test_task_reads_the_file_and_returns_a_small_result(image_dir) -> None:
+    """What travels back from a worker is the windows table and the summary, not the image."""
+    import pickle
+
+    from hrtem_core.analysis import AnalysisParams
+
+    path = good_paths(image_dir)[0]
+    settings = batch.make_settings(
+        AnalysisParams(window_px=128, detector="classical"), pixel_size_nm=PIXEL_NM
+    )
+    res = batch.run_file_task(str(path), settings)
+    assert res.status == "ok" and res.sha256 == batch.sha256_file(path)
+    size = len(pickle.dumps(res))
+    assert size < 20_000 and size < path.stat().st_size / 10  # the image is 256 kB
+    skipped = batch.run_file_task(str(path), settings, res.sha256)
+    assert skipped.status == "skipped" and skipped.windows is None
+
+
 # --------------------------------------------------------------------------------------------
 # The real analysis (classical detector) on the cluster
 # --------------------------------------------------------------------------------------------
@@ -373,9 +454,19 @@ def test_profile_matches_series_code(real_run, singles) -> None:
     result, out = real_run
     profile = pd.read_csv(out / "profile.csv")
     assert list(profile["defocus_nm"]) == sorted(df for _, df, _ in GOOD)
-    expected = series_from_results(list(singles.values())).profile
-    pd.testing.assert_frame_equal(profile, expected, check_dtype=False)
+    series = series_from_results(list(singles.values()))
+    pd.testing.assert_frame_equal(profile, series.profile, check_dtype=False)
     assert result.profile_path == out / "profile.csv"
+    # crystallinity 1 at -24 and -10 nm (crystal over all columns): the smaller |defocus| wins
+    assert result.best_focus_nm == series.best_focus_nm == -10.0
+    # the same SeriesResult fields, so the dashboard's figures draw a batch as they draw a series
+    from hrtem_core import figures
+
+    as_series = result.series()
+    assert as_series.phases == series.phases and as_series.results == ()
+    pd.testing.assert_frame_equal(as_series.profile, series.profile, check_dtype=False)
+    figures.profile_figure(as_series)
+    figures.phase_fraction_figure(as_series)
 
 
 def test_second_run_resumes_without_recomputing(real_run, cluster_address, image_dir) -> None:
@@ -443,9 +534,12 @@ def test_cli_batch_errors(tmp_path, capsys) -> None:
 
 def _worker_cache_state() -> dict:
     """Runs on each worker: how often the per-process caches loaded, and torch's threads."""
+    import os
+
     import torch
 
     return {
+        "env": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")},
         "model": batch._cached_model.cache_info()._asdict(),
         "cards": batch._cached_cards.cache_info()._asdict(),
         "torch_threads": torch.get_num_threads(),
@@ -487,6 +581,7 @@ def test_unet_loaded_once_per_worker(cluster_address, image_dir, tmp_path) -> No
     assert all(s["model"]["misses"] <= 1 for s in state.values())  # ... one load per process
     assert all(s["cards"]["misses"] <= 1 for s in state.values())
     assert all(s["torch_threads"] == 1 for s in state.values())
+    assert all(s["env"] == batch.WORKER_MALLOC_ENV for s in state.values())
     single = analyze_image(
         load_image(paths[0], pixel_size_nm=PIXEL_NM),
         params=params,

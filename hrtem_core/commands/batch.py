@@ -8,14 +8,14 @@ defocus values are known) and the manifest ``_done.jsonl``. Running it again int
 resumes: files already done with the same content and parameters are skipped.
 
 Scheduler: ``--scheduler local`` (default; ``processes`` is the same) starts a LocalCluster of
-``--workers`` processes (default: one per CPU), one thread each; ``--scheduler tcp://HOST:PORT``
-sends the tasks to a running ``dask-scheduler`` whose workers have the project installed and see
-the files at the same paths.
+``--workers`` processes (default: one per CPU this process may use), one thread each;
+``--scheduler tcp://HOST:PORT`` sends the tasks to a running ``dask-scheduler`` whose workers
+have the project installed and see the files at the same paths.
 
-Prints one JSON object on stdout (counts, timing, output paths); a progress bar on stderr (one
-step per finished file), one ``warning: ...`` line per failed file. Exit code 0 when every file
-was analysed, 2 when any failed (the others are written) or for bad input (one line
-``error: ...``).
+Prints one JSON object on stdout (counts, timing, output paths, the best focus [nm] of the
+profile); a progress bar on stderr (one step per finished file), one ``warning: ...`` line per
+failed file. Exit code 0 when every file was analysed, 2 when any failed (the others are
+written) or for bad input (one line ``error: ...``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="file-name pattern for folders, e.g. '*.dm4' (default: every supported extension)",
     )
     add_analysis_options(parser)
-    g = parser.add_argument_group("cluster")
+    g = parser.add_argument_group("model and cluster")
     g.add_argument(
         "--scheduler",
         default="local",
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=_workers,
         default=None,
         metavar="N",
-        help="worker processes of the local cluster (default: the number of CPUs)",
+        help="worker processes of the local cluster (default: the CPUs available here)",
     )
     g.add_argument(
         "--weights",
@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "files_csv": str(result.files_path),
         "windows": str(result.windows_path),
         "profile_csv": None if result.profile_path is None else str(result.profile_path),
+        "best_focus_nm": result.best_focus_nm,
     }
     sys.stdout.write(json.dumps(report) + "\n")
     return 2 if result.n_failed else 0
