@@ -24,6 +24,13 @@ support, imaged through the objective lens of a transmission electron microscope
    small absorption ``kappa`` acting on the mean potential ``Vbar = t V_0`` (+ the support's mean):
    particles look darker than the film, but absorption adds no contrast at the lattice frequencies,
    so that at Gaussian focus with Cs = 0 the lattice is invisible, as for a pure phase object.
+   By default (``slice_nm=1.0``) the particle is cut into ~1 nm slices along the beam, each a
+   phase grating of its own thickness, with Fresnel propagation between them (multislice: the
+   dynamical propagation that matters for particles over a few nm thick); the support film is a
+   last grating at the exit surface, and the exit wave is propagated back to the particles'
+   mid-plane, the plane the defocus refers to. ``slice_nm=None`` gives the single phase grating
+   of the projected potential (the projection approximation); for a 2 nm particle both agree to
+   a few per cent of the contrast.
 3. **Objective lens**: ``Psi_img(k) = Psi(k) exp(-i chi(k)) E_t(k) E_s(k)`` with
 
    ``chi(k) = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4``,
@@ -261,7 +268,9 @@ def image_frame(cell: Any, zone_axis: Sequence[int], *, rotation_deg: float = 0.
     """
     uvw = np.asarray(zone_axis, dtype=float)
     if uvw.shape != (3,) or not np.any(uvw):
-        raise AnalysisParameterError(f"zone axis must be three integers, not all zero, got {zone_axis!r}")
+        raise AnalysisParameterError(
+            f"zone axis must be three integers, not all zero, got {zone_axis!r}"
+        )
     b = np.asarray(cell.direct_cartesian(uvw), dtype=float)
     b = b / np.linalg.norm(b)
     ref = np.array([1.0, 0.0, 0.0]) if abs(b[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
@@ -337,13 +346,6 @@ def zone_projection(
         d_min_nm=d_min_nm,
         include_forbidden=include_forbidden,
     )
-    rel = _family_amplitudes(phase, intensity_model=intensity_model)
-    member_of: dict[tuple[int, int, int], int] = {}
-    for i, refl in enumerate(phase.reflections):
-        for m in family_members(phase.space_group, refl.hkl):
-            member_of.setdefault(tuple(int(v) for v in m), i)
-    smooth = _smooth_model(phase)
-    smooth_scale = rel.get("_smooth_scale", 1.0)
     if structure is not None:
         return _structure_projection(
             phase,
@@ -354,6 +356,13 @@ def zone_projection(
             forbidden_amplitude_rel=forbidden_amplitude_rel,
             zone_axis=zone_axis,
         )
+    rel = _family_amplitudes(phase, intensity_model=intensity_model)
+    member_of: dict[tuple[int, int, int], int] = {}
+    for i, refl in enumerate(phase.reflections):
+        for m in family_members(phase.space_group, refl.hkl):
+            member_of.setdefault(tuple(int(v) for v in m), i)
+    smooth = _smooth_model(phase)
+    smooth_scale = rel.get("_smooth_scale", 1.0)
     out: list[ProjectedReflection] = []
     for hkl, d in members:
         hkl = tuple(int(v) for v in hkl)
@@ -419,9 +428,7 @@ def _structure_projection(
     smooth = _smooth_model(phase)
     top = float(amp.max()) if amp.size else 0.0
     allowed = [i for i in range(len(members)) if amp[i] > 1e-4 * top]
-    scale = (
-        float(np.median([amp[i] / smooth(members[i][1]) for i in allowed])) if allowed else 0.0
-    )
+    scale = float(np.median([amp[i] / smooth(members[i][1]) for i in allowed])) if allowed else 0.0
     out: list[ProjectedReflection] = []
     for i, (hkl, d) in enumerate(members):
         hkl = tuple(int(v) for v in hkl)
@@ -621,7 +628,9 @@ class CrystalStructure:
 
     def potential_v(self, hkl: np.ndarray, cell: Any) -> np.ndarray:
         """Fourier coefficients ``V_g = (h^2 / 2 pi m0 e) F_g / Omega`` [V], complex, shape (n,)."""
-        return POTENTIAL_PER_SCATTERING_V_NM2 * self.structure_factor_nm(hkl, cell) / cell.volume_nm3
+        return (
+            POTENTIAL_PER_SCATTERING_V_NM2 * self.structure_factor_nm(hkl, cell) / cell.volume_nm3
+        )
 
     def mean_inner_potential_v(self, cell: Any) -> float:
         """``V_0 = (h^2 / 2 pi m0 e) sum_j occ_j f_j(0) / Omega`` [V] (neutral atoms)."""
@@ -1021,8 +1030,8 @@ def _build_specimen(
         nyq = 0.5 / p
         refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
         reach = radius_nm * (1.5 if part.shape == "faceted" else 1.0) / p + 2
-        r0, r1 = max(int(math.floor(cy - reach)), 0), min(int(math.ceil(cy + reach)) + 1, ny)
-        c0, c1 = max(int(math.floor(cx - reach)), 0), min(int(math.ceil(cx + reach)) + 1, nx)
+        r0, r1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, ny)
+        c0, c1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, nx)
         if r0 >= r1 or c0 >= c1:
             raise AnalysisParameterError(
                 f"particle centre ({cy:.0f}, {cx:.0f}) px lies outside the {ny}x{nx} px image"
@@ -1129,9 +1138,7 @@ def _exit_wave(
         wave = scipy.fft.ifft2(scipy.fft.fft2(wave * trans) * prop)
     wave = wave * support_t
     # Back to the mid-plane z = 0 (the plane the defocus refers to).
-    return scipy.fft.ifft2(
-        scipy.fft.fft2(wave) * _propagator(shape, pixel_size_nm, lam, -z_bot)
-    )
+    return scipy.fft.ifft2(scipy.fft.fft2(wave) * _propagator(shape, pixel_size_nm, lam, -z_bot))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1189,10 +1196,15 @@ def _visible(
             if max(abs(gy), abs(gx)) >= nyq:
                 continue
             k = math.hypot(gy, gx)
-            if optics.objective_aperture_nm_inv is not None and k > optics.objective_aperture_nm_inv:
+            if (
+                optics.objective_aperture_nm_inv is not None
+                and k > optics.objective_aperture_nm_inv
+            ):
                 continue
             env = float(
-                envelope_temporal(k, focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv)
+                envelope_temporal(
+                    k, focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
+                )
                 * envelope_spatial(
                     k,
                     defocus_nm=defocus_nm,
@@ -1204,7 +1216,11 @@ def _visible(
             if env < math.exp(-2.0):
                 continue
             s = float(
-                np.sin(chi_rad(k, defocus_nm=defocus_nm, voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm))
+                np.sin(
+                    chi_rad(
+                        k, defocus_nm=defocus_nm, voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm
+                    )
+                )
             )
             out.append(
                 VisibleReflection(
@@ -1222,7 +1238,11 @@ def _visible(
 
 
 def _record(
-    intensity: np.ndarray, *, dose_e_per_A2: float | None, pixel_size_nm: float, rng: np.random.Generator
+    intensity: np.ndarray,
+    *,
+    dose_e_per_A2: float | None,
+    pixel_size_nm: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     if dose_e_per_A2 is None:
         return intensity.astype(np.float32)
@@ -1314,7 +1334,9 @@ def simulate_particles(
         raise AnalysisParameterError("at least one particle is needed")
     defoci = [float(defocus_nm)] if np.isscalar(defocus_nm) else [float(v) for v in defocus_nm]
     if not defoci or not all(math.isfinite(v) for v in defoci):
-        raise AnalysisParameterError(f"defocus values must be finite numbers (nm), got {defocus_nm!r}")
+        raise AnalysisParameterError(
+            f"defocus values must be finite numbers (nm), got {defocus_nm!r}"
+        )
     for name, val in (
         ("Cs (mm)", cs_mm),
         ("focal spread (nm)", focal_spread_nm),
@@ -1361,10 +1383,14 @@ def simulate_particles(
         "convergence_mrad": optics.convergence_mrad,
         "objective_aperture_nm_inv": optics.objective_aperture_nm_inv,
         "information_limit_nm": 1.0
-        / information_limit_nm_inv(focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv)
+        / information_limit_nm_inv(
+            focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
+        )
         if optics.focal_spread_nm > 0
         else 0.0,
-        "scherzer_defocus_nm": scherzer_defocus_nm(cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv),
+        "scherzer_defocus_nm": scherzer_defocus_nm(
+            cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv
+        ),
         "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
         "support_thickness_nm": float(support_thickness_nm),
         "seed": int(seed),
@@ -1548,7 +1574,9 @@ def lattice_visibility(
         nyq = 0.5 / _check_positive(pixel_size_nm, "pixel size (nm)")
         refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
     if not refls:
-        raise AnalysisParameterError(f"card {phase.card_id}: no reflection in zone {tuple(zone_axis)}")
+        raise AnalysisParameterError(
+            f"card {phase.card_id}: no reflection in zone {tuple(zone_axis)}"
+        )
     k = np.array([math.hypot(*r.g_nm_inv) for r in refls])
     w = np.array([abs(r.potential_v) for r in refls])
     dfs = np.atleast_1d(np.asarray(defocus_nm, dtype=float))
@@ -1609,9 +1637,7 @@ def fringe_contrast(
     img = np.asarray(sim.image, dtype=float)
     ny, nx = img.shape
     p = sim.pixel_size_nm
-    refls = [
-        r for r in sim.truth.reflections if particle is None or r.particle == int(particle)
-    ]
+    refls = [r for r in sim.truth.reflections if particle is None or r.particle == int(particle)]
     yy, xx = np.mgrid[0:ny, 0:nx]
     out = np.empty(len(refls))
     regions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
@@ -1646,7 +1672,7 @@ def defocus_tag(defocus_nm: float) -> str:
     if not math.isfinite(v):
         raise AnalysisParameterError(f"defocus must be a finite number (nm), got {defocus_nm!r}")
     if v == round(v):
-        return f"df{int(round(v)):+d}nm"
+        return f"df{round(v):+d}nm"
     return f"df{v:+.2f}".rstrip("0") + "nm"
 
 
@@ -1654,13 +1680,17 @@ def write_tiff(
     path: str | Path,
     sim: SimulatedImage,
     *,
-    dtype: Literal["uint16", "float32"] = "uint16",
+    dtype: Literal["uint8", "uint16", "float32"] = "uint16",
     compress: bool = True,
 ) -> Path:
     """Write a simulated image as an ImageJ-calibrated TIFF (pixel size in nm, defocus in Info).
 
-    ``uint16`` stores rounded counts (clipped to 0..65535); the ImageJ metadata carry
-    ``unit=nm`` and the resolution ``1 / pixel_size_nm`` px/nm, so readers get the pixel size back.
+    ``uint16`` stores rounded counts (clipped to 0..65535); ``uint8`` stores the counts exactly
+    and refuses an image with more than 255 counts in a pixel (a low-dose image fits, and
+    compresses to about 15 % less than ``uint16``); ``float32`` stores the values as they are.
+    The ImageJ metadata carry ``unit=nm`` and the resolution ``1 / pixel_size_nm`` px/nm, so
+    readers get the pixel size back; the file is zlib-compressed (level 9) unless ``compress`` is
+    False.
     """
     import tifffile
 
@@ -1668,10 +1698,20 @@ def write_tiff(
     img = np.asarray(sim.image)
     if dtype == "uint16":
         data = np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+    elif dtype == "uint8":
+        counts = np.rint(img)
+        if counts.min() < 0 or counts.max() > 255:
+            raise AnalysisParameterError(
+                f"{path.name}: counts span {counts.min():.0f}..{counts.max():.0f}, more than "
+                "uint8 holds (0..255); write it as uint16 or lower the dose"
+            )
+        data = counts.astype(np.uint8)
     elif dtype == "float32":
         data = img.astype(np.float32)
     else:
-        raise AnalysisParameterError(f"TIFF data type must be 'uint16' or 'float32', got {dtype!r}")
+        raise AnalysisParameterError(
+            f"TIFF data type must be 'uint8', 'uint16' or 'float32', got {dtype!r}"
+        )
     info = json.dumps(
         {
             "defocus_nm": sim.defocus_nm,
@@ -1689,6 +1729,7 @@ def write_tiff(
         resolution=(res, res),
         metadata={"unit": "nm", "Info": info},
         compression="zlib" if compress else None,
+        compressionargs={"level": 9} if compress else None,
     )
     return path
 
@@ -1712,7 +1753,9 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int]:
     try:
         ny, nx = (int(v) for v in shape)
     except (TypeError, ValueError):
-        raise AnalysisParameterError(f"image shape must be (ny, nx) pixels, got {shape!r}") from None
+        raise AnalysisParameterError(
+            f"image shape must be (ny, nx) pixels, got {shape!r}"
+        ) from None
     if ny < 16 or nx < 16:
         raise AnalysisParameterError(f"image shape must be at least 16x16 px, got {shape!r}")
     return ny, nx
@@ -1731,6 +1774,7 @@ __all__ = [
     "ProjectedReflection",
     "SimulatedImage",
     "SimulationTruth",
+    "Site",
     "VisibleReflection",
     "chi_rad",
     "ctf",
@@ -1742,14 +1786,13 @@ __all__ = [
     "image_frame",
     "information_limit_nm_inv",
     "interaction_constant",
+    "known_structure",
     "lattice_visibility",
     "scherzer_defocus_nm",
     "simulate_particle",
     "simulate_particles",
     "simulate_series",
-    "Site",
-    "known_structure",
     "wavelength_nm",
-    "zone_projection",
     "write_tiff",
+    "zone_projection",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,52 @@ def test_defocus_sign_convention_is_pinned():
     assert S.defocus_tag(4.0) == "df+4nm"
     assert S.defocus_tag(0.0) == "df+0nm"
     assert S.defocus_tag(-2.5) == "df-2.5nm"
+
+
+def test_strong_phase_grating_not_the_weak_phase_approximation(maghemite):
+    # A 10 nm particle shifts the phase by sigma t (V_0 + sum V_g) ~ 1.5 rad at its centre: the
+    # exit wave is exp(i sigma V), unit modulus, and the phase is that value (mod 2 pi).
+    p, n, dia, v0 = 0.03, 512, 10.0, 18.0
+    kw = dict(
+        pixel_size_nm=p, shape=(n, n), voltage_kv=300.0, support_thickness_nm=0.0,
+        mean_inner_potential_v=v0, lattice_potential_v=S.DEFAULT_LATTICE_POTENTIAL_V,
+        absorption=0.0, include_forbidden=False, intensity_model="powder", d_min_nm=0.1, seed=0,
+    )  # fmt: skip
+    part = S.Particle(phase=maghemite, diameter_nm=dia, center_px=(256.0, 256.0))
+    spec = S._build_specimen([part], slice_nm=None, **kw)
+    assert np.allclose(np.abs(spec.wave), 1.0, atol=1e-12)
+    refls = [r for r in spec.projections[0]]
+    expected = S.interaction_constant(300.0) * dia * (v0 + sum(r.potential_v for r in refls))
+    assert expected > 1.0  # radians: far outside the weak-phase regime
+    got = np.angle(spec.wave[256, 256])
+    assert abs(np.angle(np.exp(1j * (got - expected)))) < 0.02
+    # So with no aberration, no envelope and no absorption the particle is invisible (|psi|^2 = 1
+    # everywhere; the weak-phase 1 + i sigma V would give 1 + (sigma V)^2, up to 3x brighter).
+    img = S.simulate_particle(
+        maghemite, diameter_nm=dia, pixel_size_nm=p, shape=(n, n), defocus_nm=0.0, cs_mm=0.0,
+        focal_spread_nm=0.0, convergence_mrad=0.0, dose_e_per_A2=None, support_thickness_nm=0.0,
+        absorption=0.0, slice_nm=None,
+    ).image  # fmt: skip
+    assert np.allclose(img, 1.0, atol=1e-5)
+
+
+def test_multislice_reduces_to_the_phase_grating_for_a_thin_particle(maghemite):
+    # 2 nm particle, low-order reflections: propagation inside it is negligible, so 0.5 nm slices
+    # (propagated back to the mid-plane) and one phase grating give the same image (2.5 % rms of
+    # the contrast); in a 20 nm particle the dynamical propagation changes the image (55 %).
+    def rel_rms(dia):
+        kw = dict(
+            diameter_nm=dia, pixel_size_nm=0.03, shape=(256, 256) if dia < 10 else (768, 768),
+            defocus_nm=-8.0, cs_mm=0.01, dose_e_per_A2=None, support_thickness_nm=0.0, seed=4,
+            d_min_nm=0.2,
+        )  # fmt: skip
+        a = S.simulate_particle(maghemite, slice_nm=0.5, **kw)
+        b = S.simulate_particle(maghemite, slice_nm=None, **kw)
+        m = b.truth.mask
+        return float(np.sqrt(np.mean((a.image - b.image)[m] ** 2)) / np.std(b.image[m]))
+
+    assert rel_rms(2.0) < 0.05
+    assert rel_rms(20.0) > 0.3
 
 
 def test_underfocus_renders_a_small_positive_potential_dark(maghemite):
@@ -441,7 +488,59 @@ def test_tiff_round_trip_with_calibration_and_defocus(maghemite, tmp_path):
         assert io.defocus_from_name(f"maghemite_110_{S.defocus_tag(df)}.tif") == df
 
 
+def test_uint8_tiff_stores_exact_counts_and_refuses_overflow(maghemite, tmp_path):
+    io = pytest.importorskip("hrtem_core.io")
+    kw = dict(diameter_nm=3.0, pixel_size_nm=0.03, shape=(96, 96), defocus_nm=+6.0)
+    low = S.simulate_particle(maghemite, dose_e_per_A2=150.0, **kw)  # ~13.5 counts/px
+    path = S.write_tiff(tmp_path / "low_df+6nm.tif", low, dtype="uint8")
+    mg = io.load_image(path)
+    assert np.array_equal(mg.data, low.image)
+    assert mg.pixel_size_nm == pytest.approx((0.03, 0.03), rel=1e-6)
+    assert mg.defocus_nm == 6.0
+    high = S.simulate_particle(maghemite, dose_e_per_A2=5000.0, **kw)  # ~450 counts/px
+    with pytest.raises(AnalysisParameterError, match="uint8"):
+        S.write_tiff(tmp_path / "high.tif", high, dtype="uint8")
+
+
+def test_predicted_visibility_has_the_shape_of_the_ctf(maghemite):
+    dfs = np.arange(-18.0, 18.5, 0.5)
+    # Cs = 0, no envelopes: chi is odd in df, so |sin chi| and the visibility are even, and
+    # exactly zero at Gaussian focus (a pure phase object shows no lattice).
+    flat = dict(cs_mm=0.0, focal_spread_nm=0.0, convergence_mrad=0.0)
+    vis0 = S.lattice_visibility(maghemite, dfs, structure=S.MAGHEMITE_SPINEL, **flat)
+    assert np.allclose(vis0, vis0[::-1], atol=1e-12)
+    assert S.lattice_visibility(maghemite, 0.0, **flat) == pytest.approx(0.0, abs=1e-12)
+    # The bundled series' optics (Cs 10 um, 2.5 nm focal spread, 0.1 mrad): one deep minimum
+    # within 3 nm of Gaussian focus, where the strong low-order fringes vanish, and visibility
+    # at least 2.5 times higher at |df| >= 14 nm.
+    bundled = dict(cs_mm=0.01, focal_spread_nm=2.5, convergence_mrad=0.1)
+    vis = S.lattice_visibility(
+        maghemite, dfs, structure=S.MAGHEMITE_SPINEL, pixel_size_nm=0.03, **bundled
+    )
+    i_min = int(np.argmin(vis))
+    assert abs(dfs[i_min]) <= 3.0
+    assert vis[np.abs(dfs) >= 14].min() > 2.5 * vis[i_min]
+    # With an uncorrected lens (Cs 1.2 mm) the low-order reflections are already transferred at
+    # Gaussian focus: no deep minimum there.
+    vis_cs = S.lattice_visibility(
+        maghemite, dfs, structure=S.MAGHEMITE_SPINEL, pixel_size_nm=0.03, cs_mm=1.2,
+        focal_spread_nm=2.5, convergence_mrad=0.1,
+    )  # fmt: skip
+    assert vis_cs[dfs == 0.0][0] > 2.0 * vis[dfs == 0.0][0]
+
+
 # ---------------------------------------------------------------------------- bundled data
+
+
+def _series_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_example_series", REPO / "scripts" / "make_example_series.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_bundled_focal_series_reads_back():
@@ -451,8 +550,12 @@ def test_bundled_focal_series_reads_back():
     files = sorted(folder.glob("*.tif"))
     assert 9 <= len(files) <= 19
     assert {f.name for f in files} == set(truth["files"])
-    total = sum(f.stat().st_size for f in files)
-    assert total < 25e6
+    assert all(re.fullmatch(r"maghemite_110_df[+-]\d+nm\.tif", f.name) for f in files)
+    total = sum(f.stat().st_size for f in files) + (folder / "truth.json").stat().st_size
+    assert total < 8e6  # "a few MB"
+    n_refl = len(truth["reflections"])
+    assert n_refl > 100
+    assert {tuple(p["zone_axis"]) for p in truth["particles"]} >= {(1, 1, 0)}
     defoci = []
     for f in files:
         entry = truth["files"][f.name]
@@ -460,9 +563,55 @@ def test_bundled_focal_series_reads_back():
         assert mg.data.shape == (1024, 1024)
         assert mg.pixel_size_nm == pytest.approx((entry["pixel_size_nm"],) * 2, rel=1e-6)
         assert mg.defocus_nm == pytest.approx(entry["defocus_nm"])
+        assert np.all(mg.data == np.round(mg.data)) and mg.data.min() >= 0  # electron counts
         defoci.append(mg.defocus_nm)
-        assert entry["reflections"]
+        assert len(entry["transfer"]) == n_refl
+        assert sum(t is not None for t in entry["transfer"]) > 100
     assert min(defoci) == -18.0 and max(defoci) == 18.0
     assert truth["card_id"] == "39-1346"
+    assert truth["params"]["voltage_kv"] == 300.0
     example = io.load_image(EXAMPLES / "maghemite_particle.tif")
     assert example.data.ndim == 2 and example.pixel_size_nm[0] > 0
+
+
+def test_bundled_lattice_sits_at_the_truth_g_vectors():
+    # On the bundled file itself: over the largest particle, the Fourier amplitude at each of its
+    # strong truth g vectors towers over the amplitude at the same |g| turned by 10 degrees.
+    io = pytest.importorskip("hrtem_core.io")
+    folder = EXAMPLES / "focal_series"
+    truth = json.loads((folder / "truth.json").read_text())
+    name = "maghemite_110_df-18nm.tif"
+    img = io.load_image(folder / name).data.astype(float)
+    p = truth["files"][name]["pixel_size_nm"]
+    part = truth["particles"][0]
+    (cy, cx), r = part["center_px"], 0.8 * part["radius_px"]
+    y0, x0 = int(cy - r), int(cx - r)
+    crop = img[y0 : int(cy + r), x0 : int(cx + r)]
+    transfer = truth["files"][name]["transfer"]
+    ratios = []
+    for refl, t in zip(truth["reflections"], transfer, strict=True):
+        if refl["particle"] != 0 or t is None or abs(t) < 0.5 or refl["potential_v"] < 2.0:
+            continue
+        g = np.array(refl["g_nm_inv"])
+        c, s_ = math.cos(math.radians(10)), math.sin(math.radians(10))
+        g_off = np.array([c * g[0] - s_ * g[1], s_ * g[0] + c * g[1]])
+        ratios.append(abs(_dft_at(crop, tuple(g), p)) / abs(_dft_at(crop, tuple(g_off), p)))
+    assert len(ratios) >= 6
+    assert float(np.median(ratios)) > 5.0
+
+
+def test_script_reproduces_the_bundled_series(tmp_path):
+    # The bundled files are exactly what scripts/make_example_series.py writes (seeded).
+    io = pytest.importorskip("hrtem_core.io")
+    mod = _series_script()
+    written = mod.make_series(tmp_path)
+    assert [f.name for f in written] == [
+        f"maghemite_110_{S.defocus_tag(df)}.tif" for df in mod.SERIES_DEFOCI_NM
+    ]
+    for f in (written[0], written[4]):
+        new = io.load_image(f).data
+        old = io.load_image(EXAMPLES / "focal_series" / f.name).data
+        assert np.array_equal(new, old), f.name
+    a = json.loads((tmp_path / "focal_series" / "truth.json").read_text())
+    b = json.loads((EXAMPLES / "focal_series" / "truth.json").read_text())
+    assert a == b
