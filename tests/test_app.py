@@ -81,6 +81,17 @@ def test_make_upload_refuses_unknown_type_and_empty_files():
     assert up.digest != common.make_upload("a.tif", b"124").digest
 
 
+def test_upload_limit_matches_the_server_config_and_is_enforced(monkeypatch):
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["server"]["maxUploadSize"] == common.MAX_UPLOAD_MB == 500
+    assert config["theme"]["primaryColor"] and config["theme"]["base"] == "light"
+    monkeypatch.setattr(common, "MAX_UPLOAD_MB", 1)
+    with pytest.raises(ReadError, match=r"2 MB is over the 1 MB limit"):
+        common.make_upload("big.tif", bytes(2 * 2**20))
+
+
 def test_group_uploads_pairs_ser_with_its_emi():
     files = [("scan_1.ser", b"s"), ("scan.emi", b"e"), ("lonely.emi", b"x"), ("img.png", b"p")]
     uploads, problems = common.group_uploads(files)
@@ -88,6 +99,79 @@ def test_group_uploads_pairs_ser_with_its_emi():
     assert uploads[0].companion == ("scan.emi", b"e")
     assert uploads[1].companion is None
     assert len(problems) == 1 and "lonely.emi" in problems[0]
+
+
+def test_uploads_go_only_into_a_private_temporary_folder_that_is_deleted(monkeypatch, tmp_path):
+    # A .ser + .emi upload is the one case the app writes files itself (io.load_image needs the
+    # .emi beside the .ser): under our own sanitised names, in a fresh private folder, deleted
+    # after reading. (Single files go to io.load_image as bytes.) User names with path parts
+    # never leave that folder.
+    import hrtem_core.io as hio
+
+    seen: list[Path] = []
+
+    def fake_load_image(source, **kwargs):
+        path = Path(source)
+        seen.append(path)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["evil.emi", "evil_1.ser"]
+        assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+        return "micrograph"
+
+    monkeypatch.setattr(hio, "load_image", fake_load_image)
+    monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    up = common.make_upload("../../etc/evil_1.ser", b"ser", ("../../../evil.emi", b"emi"))
+    assert up.name == "evil_1.ser"
+    assert common._load_upload(up, None, None) == "micrograph"
+    (path,) = seen
+    assert path.parent.parent == tmp_path and path.name == "evil_1.ser"
+    assert not path.parent.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert common._safe_name("..", "fallback") == "fallback"
+    assert common._safe_name("a b/../c;d.ser", "x") == "c_d.ser"
+
+
+def test_model_card_reads_the_training_json():
+    # The layout hrtem_core.train writes into models/unet_spots.json.
+    info = {
+        "architecture": {"input_px": 64, "parameters": 123456},
+        "training": {"n_train": 24000, "n_val": 2000, "epochs": 15, "seed": 0},
+        "timing": {"training_s": 1800.0},
+        "validation": {
+            "all": {"tp": 90, "fp": 5, "fn": 10, "precision": 0.947, "recall": 0.9, "f1": 0.923},
+            "dose_low": {"tp": 9, "fp": 1, "fn": 3, "precision": 0.9, "recall": 0.75, "f1": 0.818},
+            "pixel_f1": 0.8,
+        },
+        "command": "python -m hrtem_core.train --seed 0",
+    }
+    text = common.model_summary(info)
+    assert (
+        "123,456 parameters" in text and "24,000 training" in text and "30 min of training" in text
+    )
+    assert "python -m hrtem_core.train --seed 0" in text
+    table = common.validation_table(info["validation"])
+    assert list(table["data"]) == ["all windows", "low dose"]
+    assert table["recall"].tolist() == [0.9, 0.75] and table["spots"].tolist() == [100, 12]
+    assert common.validation_table(None) is None
+
+
+def test_the_first_window_shown_is_the_most_convincing_one():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ui.results_ui import default_window
+
+    windows = pd.DataFrame(
+        {
+            "score": [1.0, 0.88, 0.89, 0.89, 0.0],  # a perfect but single-plane match first
+            "zone_axis": ["", "1 -1 0", "1 -1 0", "0 1 -1", ""],
+            "n_explained": [1, 5, 6, 6, 0],
+            "crystalline": [1, 1, 1, 1, 0],
+        }
+    )
+    assert default_window(SimpleNamespace(windows=windows)) == 2  # zone, most planes, first
+    none = windows.assign(score=0.0, zone_axis="", n_explained=0, crystalline=[0, 0, 1, 1, 0])
+    assert default_window(SimpleNamespace(windows=none)) == 2  # first crystalline
 
 
 def test_result_store_is_bounded():
@@ -153,6 +237,17 @@ def test_analyze_window_larger_than_image_is_an_error_not_an_exception():
     assert not at.exception and not _errors(at)
 
 
+_NOISE = np.random.default_rng(2).random((256, 256)).astype(np.float32)
+
+
+def _complex_tif() -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (_NOISE[:64, :64] + 1j).astype(np.complex64))
+    return buf.getvalue()
+
+
 BAD_UPLOADS = {
     "empty file": ("empty.dm3", b"", "empty"),
     "random bytes .dm3": ("random.dm3", np.random.default_rng(0).bytes(4096), "DigitalMicrograph"),
@@ -165,6 +260,26 @@ BAD_UPLOADS = {
     ),
     "2x2 image": ("tiny.tif", _tif(np.ones((2, 2), np.float32)), "smaller than one"),
     "1x1 image": ("dot.tif", _tif(np.ones((1, 1), np.float32)), "not an image"),
+    **{
+        f"random bytes .{ext}": (f"random.{ext}", np.random.default_rng(5).bytes(4096), what)
+        for ext, what in (
+            ("dm4", "DigitalMicrograph"),
+            ("ser", "SER"),
+            ("emd", "EMD"),
+            ("tif", "TIFF"),
+            ("png", "PNG"),
+        )
+    },
+    "truncated tif": ("cut.tif", _tif(_NOISE)[: len(_tif(_NOISE)) // 2], "truncated"),
+    "all pixels NaN": ("nan.tif", _tif(np.full((64, 64), np.nan, np.float32)), "NaN"),
+    "1-D spectrum": ("line.tif", _tif(_NOISE[:1]), "one-dimensional"),
+    "complex data": ("fft.tif", _complex_tif(), "complex"),
+}
+
+#: Inputs that are usable with a warning: the page analyses them and shows the warning.
+WARNED_UPLOADS = {
+    "some NaN pixels": ("holes.tif", _tif(np.where(_NOISE > 0.95, np.nan, _NOISE)), "NaN"),
+    "constant image": ("flat.tif", _tif(np.ones((256, 256), np.float32)), "same value"),
 }
 
 
@@ -184,6 +299,20 @@ def test_bad_upload_shows_an_error_and_the_page_stays_usable(case):
     at.radio(key="analyze_source").set_value("Bundled example").run()
     assert not at.exception and not _errors(at)
     assert len(_plotly_charts(at)) >= 1
+
+
+@pytest.mark.parametrize("case", list(WARNED_UPLOADS))
+def test_questionable_upload_is_analysed_with_a_warning(case):
+    name, data, expected = WARNED_UPLOADS[case]
+    at = _app().run()
+    at = _submit(at, "analyze", detector="Classical")
+    at.radio(key="analyze_source").set_value("Upload").run()
+    at.file_uploader(key="analyze_upload").set_value((name, data, "image/tiff"))
+    at.run()
+    assert not at.exception, at.exception
+    assert not _errors(at), _errors(at)
+    assert any(expected in w.value for w in at.warning), [w.value for w in at.warning]
+    assert {m.label: m.value for m in at.metric}["Windows"].startswith("1 ")  # 256 px, w=256
 
 
 def test_upload_of_a_calibrated_image_and_pixel_size_override():
@@ -215,16 +344,29 @@ def test_upload_of_a_calibrated_image_and_pixel_size_override():
 
 def test_series_page_produces_the_profile():
     at = _app()
-    at.switch_page("app_pages/series.py").run()
+    at.switch_page("pages/series.py").run()  # the bundled series, the default parameters
     assert not at.exception, at.exception
-    at = _submit(at, "series", detector="Classical")
-    assert not at.exception and not _errors(at), _errors(at)
+    assert not _errors(at), _errors(at)
     metrics = {m.label: m.value for m in at.metric}
     n_images = int(metrics["Images"])
     assert n_images >= 3
     assert metrics["Best focus"].endswith(" nm")
     # Profile + phase fractions + one small map per image.
-    assert len(_plotly_charts(at)) == 2 + n_images
+    charts = _plotly_charts(at)
+    assert len(charts) == 2 + n_images
+    # Side by side, a phase {family} has one colour in every image (heatmap and legend entry).
+    import json
+
+    seen: dict[str, str] = {}
+    for chart in charts[2:]:
+        spec = json.loads(chart.proto.spec)
+        heat = next(t for t in spec["data"] if t.get("name") == "windows")
+        scale_colors = [c for _, c in heat["colorscale"]][::2]
+        legend = [t for t in spec["data"] if t["type"] == "scatter" and t.get("x") == [None]]
+        assert [t["marker"]["color"] for t in legend] == scale_colors[: len(legend)]
+        for t in legend:
+            assert seen.setdefault(t["name"], t["marker"]["color"]) == t["marker"]["color"]
+    assert len(set(seen.values())) == len(seen)  # and distinct categories, distinct colours
     profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
     assert len(profile) == n_images
     assert profile["defocus_nm"].is_monotonic_increasing
@@ -255,7 +397,7 @@ def test_cards_edit_is_validated_and_saved_to_the_copy(cards_copy: Path):
     shipped = _sha(SHIPPED_CARDS)
     before = _sha(cards_copy)
     at = _app()
-    at.switch_page("app_pages/cards.py").run()
+    at.switch_page("pages/cards.py").run()
     assert not at.exception and not _errors(at), _errors(at)
     assert str(cards_copy) in at.caption[0].value
     key = at.data_editor[0].key
@@ -289,7 +431,7 @@ def test_cards_concurrent_edit_asks_to_reload(cards_copy: Path):
     from hrtem_core.cards import load_cards, save_cards
 
     at = _app()
-    at.switch_page("app_pages/cards.py").run()
+    at.switch_page("pages/cards.py").run()
     key = at.data_editor[0].key
     # Another session saves meanwhile.
     other = load_cards(cards_copy)
@@ -310,7 +452,7 @@ def test_cards_concurrent_edit_asks_to_reload(cards_copy: Path):
 
 def test_cards_import_validates_the_uploaded_workbook(cards_copy: Path):
     at = _app()
-    at.switch_page("app_pages/cards.py").run()
+    at.switch_page("pages/cards.py").run()
     at.file_uploader(key="cards_upload").set_value(("broken.xlsx", b"not a workbook", "x"))
     at.run()
     assert not at.exception
@@ -331,7 +473,7 @@ def test_cards_import_validates_the_uploaded_workbook(cards_copy: Path):
 
 def test_cards_calculator_and_computed_reflections(cards_copy: Path):
     at = _app()
-    at.switch_page("app_pages/cards.py").run()
+    at.switch_page("pages/cards.py").run()
     assert not at.exception
     calc = next(d.value for d in at.dataframe if "quantity" in d.value.columns)
     # Maghemite (cubic, a = 8.3515 A): d(111) = a / sqrt(3), angle (111)^(220) = 35.26 deg.
@@ -348,18 +490,49 @@ def test_cards_calculator_and_computed_reflections(cards_copy: Path):
 
 def test_about_page_loads():
     at = _app()
-    at.switch_page("app_pages/about.py").run()
+    at.switch_page("pages/about.py").run()
     assert not at.exception
     assert [t.value for t in at.title] == ["About this tool"]
     text = " ".join(m.value for m in at.markdown)
     assert "negative = underfocus" in text and "Friedel pair" in text
+    if common.MODEL_SETTINGS.is_file():  # a trained model: its scores are shown
+        assert any("F1" in d.value.columns for d in at.dataframe)
+        assert "How well it does" in text
+    else:
+        assert any("No trained model" in i.value for i in at.info)
 
 
-def test_no_pages_folder_beside_app_py():
-    # Streamlit falls back to its old multipage mode when a pages/ folder sits beside app.py:
-    # a visitor opening a page URL first would bypass st.navigation (the pages live in app_pages/).
-    assert not (REPO / "pages").exists()
-    assert (REPO / "app_pages" / "analyze.py").is_file()
+def test_about_page_shows_the_model_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import json
+
+    settings = tmp_path / "unet_spots.json"
+    scores = {"tp": 97, "fp": 3, "fn": 3, "precision": 0.97, "recall": 0.97, "f1": 0.97}
+    settings.write_text(
+        json.dumps({"architecture": {"input_px": 64}, "validation": {"all": scores}}), "utf-8"
+    )
+    monkeypatch.setattr(common, "MODEL_SETTINGS", settings)
+    at = _app()
+    at.switch_page("pages/about.py").run()
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "F1" in d.value.columns)
+    assert table["F1"].tolist() == [0.97] and table["spots"].tolist() == [100]
+
+
+def test_a_page_opened_first_goes_through_the_navigation_of_app_py():
+    # The pages live in pages/ beside app.py. Streamlit then starts in its older automatic
+    # multipage mode (each run of a fresh AppTest does too, like a fresh server) and would run a
+    # requested page's script alone; ui.common.page_guard sends that run through app.py's
+    # st.navigation, which switches the old mode off for the process.
+    from streamlit.runtime.pages_manager import PagesManager
+
+    for name in ("analyze", "series", "cards", "about"):
+        assert (REPO / "pages" / f"{name}.py").is_file()
+    assert not (REPO / "app_pages").exists()
+    at = _app()
+    at.switch_page("pages/about.py").run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["About this tool"]  # once: not run twice
+    assert PagesManager.uses_pages_directory is False
 
 
 @pytest.mark.shared

@@ -10,7 +10,7 @@ import streamlit as st
 
 from hrtem_core.errors import CalibrationError, HRTEMError
 from ui.common import (
-    IMAGE_TYPES,
+    MAX_UPLOAD_MB,
     Upload,
     group_uploads,
     micrograph_from_upload,
@@ -30,8 +30,17 @@ def model_available() -> bool:
     return DEFAULT_WEIGHTS.is_file()
 
 
-def sidebar_params(db: Any | None, *, prefix: str) -> Any:
+def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = 128) -> Any:
     """The analysis parameters, from a form in the sidebar (applied on 'Analyze').
+
+    Parameters
+    ----------
+    db : CardDatabase or None
+        Its enabled phases are offered in "Phases to consider".
+    prefix : str, keyword-only
+        Widget-key prefix (one per page).
+    stride_px : int, keyword-only
+        Default stride [px] (the window defaults to 256 px).
 
     Returns
     -------
@@ -58,7 +67,7 @@ def sidebar_params(db: Any | None, *, prefix: str) -> Any:
             "Stride (px)",
             min_value=1,
             max_value=8192,
-            value=128,
+            value=int(stride_px),
             step=16,
             key=f"{prefix}_stride",
             help="Step between neighbouring windows (w/2 gives half-overlapping windows).",
@@ -127,12 +136,14 @@ def received_files(uploaded: Any) -> list[tuple[str, bytes]]:
 
 def uploader(label: str, *, key: str, multiple: bool = True) -> tuple[list[Upload], list[str]]:
     """A file uploader for images; a .ser is paired with its .emi when both are given."""
+    # No ``type=`` filter: Streamlit would raise on a file of another type before the page runs
+    # (an exception instead of a message); the type is checked in ui.common.make_upload instead.
     files = st.file_uploader(
         label,
-        type=list(IMAGE_TYPES),
         accept_multiple_files=multiple,
         key=key,
-        help="dm3, dm4, ser (+ its .emi, in the same upload), emd, mrc, tif/tiff, png, jpg.",
+        help="dm3, dm4, ser (+ its .emi, in the same upload), emd, mrc, tif/tiff, png, jpg; "
+        f"up to {MAX_UPLOAD_MB} MB per file.",
     )
     return group_uploads(received_files(files))
 
@@ -163,7 +174,8 @@ def load_with_calibration(upload: Upload, *, key: str, frame: Any = None) -> Cal
         show_error(exc)
         return None
     default = metadata_px if metadata_px and math.isfinite(metadata_px) else 0.0
-    px = st.number_input(
+    col, _ = st.columns([1, 2])
+    px = col.number_input(
         "Pixel size (nm/px)",
         min_value=0.0,
         value=default,

@@ -34,6 +34,7 @@ import streamlit as st
 from hrtem_core.errors import HRTEMError, ReadError
 
 REPO = Path(__file__).resolve().parents[1]
+APP_SCRIPT = REPO / "app.py"
 EXAMPLES_DIR = REPO / "data" / "examples"
 #: The bundled single image the Analyze page opens on.
 EXAMPLE_IMAGE = EXAMPLES_DIR / "maghemite_particle.tif"
@@ -64,6 +65,46 @@ MAX_UPLOAD_MB = 500
 #: Bounded caches (entries).
 MAX_IMAGES = 8
 MAX_RESULTS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Navigation
+# --------------------------------------------------------------------------------------------
+_RUN = threading.local()
+
+
+@contextmanager
+def app_run() -> Iterator[None]:
+    """Mark the current script run as going through ``app.py``'s ``st.navigation`` (app.py only)."""
+    _RUN.inside_app = True
+    try:
+        yield
+    finally:
+        _RUN.inside_app = False
+
+
+def page_guard() -> None:
+    """First line of every page script: make sure the run goes through ``app.py``.
+
+    Streamlit's older automatic multipage mode (a ``pages/`` folder beside the main script) is in
+    force until ``st.navigation`` has run once in the process: a visitor whose first request is a
+    page URL (``/series``) would get that page's script alone, without the page configuration
+    and the navigation menu. Such a run switches the old mode off (as ``st.navigation`` does on
+    its first call), runs ``app.py`` in its place (the same URL now resolves through
+    ``st.navigation``, in the same run, so no click or edit is lost) and stops.
+    """
+    if getattr(_RUN, "inside_app", False):
+        return
+    import runpy
+
+    try:  # Streamlit internals (1.67); st.navigation in app.py switches the mode off as well
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+    except ImportError:
+        pass
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +309,18 @@ def upload_from_path(path: Path) -> Upload:
     return make_upload(path.name, path.read_bytes())
 
 
+def example_description(json_path: Path) -> str | None:
+    """First sentence of the ``description`` in a bundled example's JSON sidecar, if any."""
+    import json
+
+    try:
+        text = str(json.loads(Path(json_path).read_text(encoding="utf-8"))["description"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    first = text.split(". ")[0].strip()
+    return first if first.endswith(".") else first + "."
+
+
 def _safe_name(name: str, fallback: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".")
     return stem or fallback
@@ -453,3 +506,68 @@ def analyze_series_cached(
 def phase_label(phase: Any) -> str:
     """``card_id — name (formula)`` for selection widgets."""
     return f"{phase.card_id} — {phase.name} ({phase.formula})"
+
+
+# --------------------------------------------------------------------------------------------
+# The model's card (About page)
+# --------------------------------------------------------------------------------------------
+def model_summary(info: dict) -> str:
+    """How the U-Net was trained, in a few sentences, from its settings JSON."""
+    arch = info.get("architecture") or {}
+    training = info.get("training") or {}
+    timing = info.get("timing") or {}
+    generator = info.get("generator") or {}
+    parts = [
+        "The network is trained on synthetic windows with exact spot labels (lattice fringes of "
+        "random spacing, orientation and strength on an amorphous background, with shot noise; "
+        f"`{generator.get('module', 'hrtem_core.synthetic')}`), so no labelled microscope data "
+        f"are needed. It sees the log-scaled {arch.get('input_px', 64)} x "
+        f"{arch.get('input_px', 64)} px band of each window's spectrum and marks the spot pixels."
+    ]
+    facts = []
+    if arch.get("parameters"):
+        facts.append(f"{int(arch['parameters']):,} parameters")
+    if training.get("n_train"):
+        facts.append(
+            f"{int(training['n_train']):,} training and {int(training.get('n_val', 0)):,} "
+            "validation windows"
+        )
+    if training.get("epochs"):
+        facts.append(f"{training['epochs']} epochs")
+    if timing.get("training_s"):
+        facts.append(f"{float(timing['training_s']) / 60:.0f} min of training on the CPU")
+    if "seed" in training:
+        facts.append(f"seed {training['seed']}")
+    if facts:
+        parts.append("This model: " + ", ".join(facts) + ".")
+    if info.get("command"):
+        parts.append(f"Reproduce it with `{info['command']}`.")
+    return " ".join(parts)
+
+
+def validation_table(validation: Any) -> Any:
+    """Precision / recall / F1 of the spot detector overall and by dose (None when absent)."""
+    import pandas as pd
+
+    if not isinstance(validation, dict):
+        return None
+    names = {
+        "all": "all windows",
+        "dose_low": "low dose",
+        "dose_moderate": "moderate dose",
+        "dose_high": "high dose",
+    }
+    rows = []
+    for key, label in names.items():
+        score = validation.get(key)
+        if isinstance(score, dict) and {"precision", "recall", "f1"} <= set(score):
+            rows.append(
+                {
+                    "data": label,
+                    "precision": round(float(score["precision"]), 3),
+                    "recall": round(float(score["recall"]), 3),
+                    "F1": round(float(score["f1"]), 3),
+                    "spots": int(score.get("tp", 0)) + int(score.get("fn", 0)),
+                }
+            )
+    return pd.DataFrame(rows) if rows else None

@@ -59,12 +59,20 @@ def pair_labels(result: Any, index: int) -> list[str]:
 
 
 def default_window(result: Any) -> int:
-    """The window to show first: the best-scoring indexed one, else the first crystalline one."""
+    """The window to show first: the most convincing indexed one.
+
+    Ranked by: a zone axis was found (two or more planes indexed together), then the number of
+    planes the match explains, then the score; without any match, the first crystalline window.
+    """
     w = result.windows
     if len(w) == 0:
         return 0
     if (w["score"] > 0).any():
-        return int(w["score"].to_numpy().argmax())
+        has_zone = (w["zone_axis"].astype(str).str.len() > 0).to_numpy()
+        explained = pd.to_numeric(w["n_explained"], errors="coerce").fillna(0).to_numpy()
+        score = pd.to_numeric(w["score"], errors="coerce").fillna(0).to_numpy()
+        order = np.lexsort((-np.arange(len(w)), score, explained, has_zone))
+        return int(order[-1])
     cryst = np.flatnonzero(w["crystalline"].to_numpy() > 0)
     return int(cryst[0]) if cryst.size else 0
 
@@ -104,14 +112,23 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
         f"{100 * s['crystalline_area_fraction']:.1f} %",
         help="union of the crystalline windows / image area",
     )
-    m4.metric("Indexed", f"{s['n_indexed']} + {s['n_ambiguous']} ambiguous")
+    m4.metric(
+        "Indexed (ambiguous)",
+        f"{s['n_indexed']} ({s['n_ambiguous']})",
+        help="windows indexed to one phase; in brackets: several phases fit equally well",
+    )
     m5.metric("Time", f"{s['elapsed_s']:.1f} s", help=f"detector: {s['detector']}")
 
     map_col, detail_col = st.columns([3, 2], gap="medium")
     with map_col:
         st.subheader("Crystal-plane map")
         fig = figures.plane_map_figure(result, micrograph.data, max_display_px=MAP_DISPLAY_PX)
-        fig.update_layout(height=MAP_HEIGHT_PX, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+        fig.update_layout(
+            height=MAP_HEIGHT_PX,
+            margin={"l": 10, "r": 10, "t": 70, "b": 10},
+            title={"font": {"size": 13}, "y": 0.98, "yanchor": "top"},
+            legend={"orientation": "h", "yanchor": "top", "y": -0.08, "x": 0.0},
+        )
         event = st.plotly_chart(
             fig,
             key=f"{key}_map",

@@ -208,14 +208,22 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
     c3.metric("Max crystallinity", f"{100 * float(prof['crystallinity'].max()):.1f} %")
 
     left, right = st.columns(2)
+    profile_fig = figures.profile_figure(series)
     with left:
-        st.plotly_chart(figures.profile_figure(series), key=f"{key}_profile")
+        st.plotly_chart(profile_fig, key=f"{key}_profile")
     with right:
-        st.plotly_chart(figures.phase_fraction_figure(series), key=f"{key}_fractions")
+        fractions = figures.phase_fraction_figure(series)
+        fractions.update_layout(
+            title={"text": "Phase fractions vs defocus (best match per window)"}
+        )
+        st.plotly_chart(fractions, key=f"{key}_fractions")
 
     st.subheader("Images side by side")
     results = list(series.results)
     by_name = {m.name: m for _, m in chosen}
+    shared = shared_colors(results)
+    if shared:
+        st.markdown(legend_html(shared), unsafe_allow_html=True)
     for start in range(0, len(results), MULTIPLES_PER_ROW):
         cols = st.columns(MULTIPLES_PER_ROW)
         for col, r in zip(cols, results[start : start + MULTIPLES_PER_ROW], strict=False):
@@ -223,12 +231,13 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
             if m is None:
                 continue
             fig = figures.plane_map_figure(r, m.data, max_display_px=MULTIPLE_DISPLAY_PX)
+            recolor(fig, r, shared)
             _compact(fig, f"{r.defocus_nm:+.1f} nm · {100 * r.summary['crystallinity']:.0f} %")
             col.plotly_chart(fig, key=f"{key}_multiple_{start}_{r.name}")
 
     st.subheader("Profile")
     st.dataframe(prof, hide_index=True, width="stretch")
-    d1, d2 = st.columns(2)
+    d1, d2, d3 = st.columns(3)
     d1.download_button(
         "Profile (CSV)",
         data=_bytes_via(lambda p: export.write_csv(prof, p), "profile.csv"),
@@ -244,6 +253,14 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         on_click="ignore",
         key=f"{key}_dl_xlsx",
+    )
+    d3.download_button(
+        "Profile plot (HTML)",
+        data=_bytes_via(lambda p: figures.write_html(profile_fig, p), "profile.html"),
+        file_name="crystallinity_profile.html",
+        mime="text/html",
+        on_click="ignore",
+        key=f"{key}_dl_html",
     )
 
 
@@ -261,6 +278,63 @@ def _series_xlsx(series: Any) -> Any:
     return make
 
 
+def shared_colors(results: list[Any]) -> dict[str, str]:
+    """One colour per "phase {family}" category over all images of a series (same as on one map).
+
+    :func:`hrtem_core.figures.plane_map_figure` colours the categories of each image on its own;
+    side by side the same plane family must keep its colour, so the categories of all images are
+    collected (sorted, the unindexed category last, in its own grey) and coloured once.
+    """
+    from hrtem_core import figures
+
+    labels: set[str] = set()
+    for r in results:
+        labels.update(figures.plane_map_categories(r)[1])
+    ordered = sorted(labels - {figures.UNINDEXED_LABEL})
+    colors = {lab: _SERIES_PALETTE[i % len(_SERIES_PALETTE)] for i, lab in enumerate(ordered)}
+    if figures.UNINDEXED_LABEL in labels:
+        colors[figures.UNINDEXED_LABEL] = figures.UNINDEXED_COLOR
+    return colors
+
+
+def recolor(fig: Any, result: Any, colors: dict[str, str]) -> None:
+    """Give the category heatmap (and legend entries) of one plane map the shared colours."""
+    from hrtem_core import figures
+
+    labels = figures.plane_map_categories(result)[1]
+    k = max(len(labels), 1)
+    scale = []
+    for i in range(k):
+        c = colors.get(labels[i], "#000000") if i < len(labels) else "#000000"
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    for trace in fig.data:
+        if trace.type == "heatmap" and trace.name == "windows":
+            trace.colorscale = scale
+        elif trace.type == "scatter" and trace.name in colors:
+            trace.marker.color = colors[trace.name]
+
+
+def legend_html(colors: dict[str, str]) -> str:
+    """A one-line HTML legend: a coloured square and the label per category (escaped)."""
+    import html
+
+    items = [
+        f'<span style="white-space:nowrap;margin-right:1.2em">'
+        f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{c};'
+        f'opacity:0.7;margin-right:0.35em;vertical-align:-0.1em"></span>{html.escape(lab)}</span>'
+        for lab, c in colors.items()
+    ]
+    return '<div style="font-size:0.85em;line-height:1.8">' + " ".join(items) + "</div>"
+
+
+#: Qualitative colours of the shared categories (plotly's Plotly + D3 palettes).
+_SERIES_PALETTE = (
+    "#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
+    "#FF97FF", "#FECB52", "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B",
+    "#E377C2", "#BCBD22", "#17BECF", "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF",
+)  # fmt: skip
+
+
 def _compact(fig: Any, title: str) -> None:
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},
@@ -268,3 +342,5 @@ def _compact(fig: Any, title: str) -> None:
         margin={"l": 5, "r": 5, "t": 32, "b": 5},
         showlegend=False,
     )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)

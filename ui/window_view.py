@@ -108,16 +108,18 @@ def window_detail(result: Any, image: np.ndarray, index: int, *, model: Any = No
     )
 
 
-def _heatmap_layout(fig: go.Figure, title: str, size: int = 320) -> go.Figure:
+def _heatmap_layout(fig: go.Figure, title: str, size: int = 300) -> go.Figure:
+    """Square, axis-free layout; the width follows the page column, ``size`` is the height [px]."""
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},
-        width=size,
-        height=size + 30,
-        margin={"l": 10, "r": 10, "t": 36, "b": 10},
+        height=size,
+        margin={"l": 4, "r": 4, "t": 30, "b": 4},
         showlegend=False,
     )
     fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(
+        visible=False, autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain"
+    )
     return fig
 
 
@@ -189,7 +191,7 @@ def fft_figure(detail: WindowDetail, labels: list[str] | None = None) -> go.Figu
                 hoverinfo="text",
             )
         )
-    return _heatmap_layout(fig, "FFT (log |F|, band) with the spot pairs")
+    return _heatmap_layout(fig, "FFT (log |F|) and spot pairs")
 
 
 def mask_figure(detail: WindowDetail) -> go.Figure:
@@ -206,7 +208,7 @@ def mask_figure(detail: WindowDetail) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    return _heatmap_layout(fig, f"Detector input and mask ({int(detail.mask.sum())} px)")
+    return _heatmap_layout(fig, f"Detector input + mask ({int(detail.mask.sum())} px)")
 
 
 def pairs_table(detail: WindowDetail, labels: list[str] | None = None) -> pd.DataFrame:

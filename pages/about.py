@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from ui.common import MODEL_SETTINGS, guard
+from ui.common import MODEL_SETTINGS, guard, model_summary, page_guard, validation_table
 
+page_guard()
 st.title("About this tool")
 
 st.markdown(
@@ -53,20 +53,24 @@ with guard():
         )
     else:
         info = json.loads(MODEL_SETTINGS.read_text(encoding="utf-8"))
-        st.markdown(
-            "The network is trained on synthetic windows with exact spot labels (lattice fringes "
-            "of random spacing, orientation and strength, amorphous background, shot noise, "
-            "CTF-like damping), so that no labelled microscope data are needed; it sees the "
-            "log-scaled 64 x 64 band of each window's spectrum and outputs a spot mask."
-        )
-        metrics = info.get("metrics")
-        if isinstance(metrics, dict) and metrics:
-            flat = pd.json_normalize(metrics, sep=" / ").T.reset_index()
-            flat.columns = ["metric", "value"]
-            flat["value"] = flat["value"].astype(str)
-            st.markdown("**How well it does** (held-out data, from `models/unet_spots.json`):")
-            st.dataframe(flat, hide_index=True, width="stretch")
-        settings = {k: v for k, v in info.items() if k != "metrics"}
-        if settings:
-            with st.expander("Training settings"):
-                st.json(settings, expanded=False)
+        st.markdown(model_summary(info))
+        scores = validation_table(info.get("validation") or info.get("metrics"))
+        if scores is not None:
+            st.markdown(
+                "**How well it does** on held-out synthetic windows (a spot counts as found when "
+                "a predicted blob overlaps it; from `models/unet_spots.json`):"
+            )
+            st.dataframe(scores, hide_index=True)
+        validation = info.get("validation") or {}
+        extra = []
+        if isinstance(validation.get("pixel_f1"), int | float):
+            extra.append(f"pixel F1 {validation['pixel_f1']:.3f}")
+        if isinstance(validation.get("empty_windows_with_detections"), int | float):
+            extra.append(
+                "windows without any lattice that still get a detection: "
+                f"{100 * validation['empty_windows_with_detections']:.1f} %"
+            )
+        if extra:
+            st.caption("; ".join(extra) + ".")
+        with st.expander("All training settings (models/unet_spots.json)"):
+            st.json({k: v for k, v in info.items() if k != "history"}, expanded=False)

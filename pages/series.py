@@ -5,8 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import analyze_ui, series_ui
-from ui.common import FOCAL_SERIES_DIR, guard, load_card_db, show_error
+from ui.common import (
+    FOCAL_SERIES_DIR,
+    example_description,
+    guard,
+    load_card_db,
+    page_guard,
+    show_error,
+)
 
+page_guard()
 st.title("Defocus series")
 st.caption(
     "Several images of the same area at different defocus (nm, negative = underfocus). "
@@ -21,7 +29,9 @@ except Exception as exc:
 
 params = None
 with guard():
-    params = analyze_ui.sidebar_params(db, prefix="series")
+    # Non-overlapping windows by default: a series is many images, and the crystallinity
+    # profile does not need the overlap (the Analyze page uses w/2).
+    params = analyze_ui.sidebar_params(db, prefix="series", stride_px=256)
 
 source = st.radio(
     "Images",
@@ -37,6 +47,9 @@ if source == "Upload":
     if not uploads and not problems:
         st.info("Drop the images of the series here, or choose the bundled focal series.")
 else:
+    about = example_description(FOCAL_SERIES_DIR / "truth.json")
+    if about:
+        st.caption(about)
     with guard():
         uploads = series_ui.bundled_series(FOCAL_SERIES_DIR)
 

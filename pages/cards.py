@@ -11,12 +11,26 @@ import streamlit as st
 
 from hrtem_core.errors import CardDatabaseError, HRTEMError
 from ui import cards_ui
-from ui.common import cards_path, clear_cards_cache, guard, load_card_db, phase_label, show_error
+from ui.common import (
+    REPO,
+    cards_path,
+    clear_cards_cache,
+    guard,
+    load_card_db,
+    page_guard,
+    phase_label,
+    show_error,
+)
 
+page_guard()
 st.title("PDF card database")
 path = cards_path()
+try:
+    shown = path.resolve().relative_to(REPO)
+except ValueError:
+    shown = path
 st.caption(
-    f"File: `{path}` (set the environment variable `HRTEM_CARDS_PATH` to use another one). "
+    f"File: `{shown}` (set the environment variable `HRTEM_CARDS_PATH` to use another one). "
     "Lengths on the cards in Angstrom; nm everywhere else."
 )
 

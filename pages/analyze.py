@@ -8,14 +8,17 @@ from ui import analyze_ui, results_ui
 from ui.common import (
     EXAMPLE_IMAGE,
     analyze_cached,
+    example_description,
     guard,
     image_key,
     load_card_db,
+    page_guard,
     progress_reporter,
     show_error,
     upload_from_path,
 )
 
+page_guard()
 st.title("Analyze an image")
 
 db = None
@@ -33,7 +36,8 @@ source = st.radio(
     ["Bundled example", "Upload"],
     horizontal=True,
     key="analyze_source",
-    help="The bundled example is a simulated maghemite (γ-Fe₂O₃) particle along [110].",
+    help="The bundled example: data/examples/maghemite_particle.tif (its ground truth in the "
+    ".json beside it).",
 )
 
 upload = None
@@ -50,6 +54,9 @@ if source == "Upload":
     elif not problems:
         st.info("Drop an image here, or choose the bundled example.")
 else:
+    about = example_description(EXAMPLE_IMAGE.with_suffix(".json"))
+    if about:
+        st.caption(about)
     with guard():
         upload = upload_from_path(EXAMPLE_IMAGE)
 
