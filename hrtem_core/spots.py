@@ -34,7 +34,9 @@ deviations; it draws small disks at those maxima on the band grid.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -504,6 +506,10 @@ def _pairs_from_seeds(
         np.clip(xx, 0, nx - 1)[:, None, :],
     ].astype(np.float64)
     dist2 = (yy - cy)[:, :, None] ** 2 + (xx - cx)[:, None, :] ** 2
+    # Peaks on the outermost row/column of the band cannot be checked as local maxima or refined
+    # (a spot just outside the band, finer than d_min, would show there as an edge "peak").
+    ok_y &= np.abs(yy - cy) <= geometry.radius_y - 1
+    ok_x &= np.abs(xx - cx) <= geometry.radius_x - 1
     valid = ok_y[:, :, None] & ok_x[:, None, :] & (dist2 >= min_l * min_l)
     patch = np.where(valid, patch, -np.inf)
     flat = patch.reshape(n_comp, -1)
@@ -776,17 +782,24 @@ def classical_masks(
     logu = np.log(np.maximum(band.reshape(n, -1)[:, uidx], np.float32(1e-30)))
     ubin = rbin.ravel()[uidx]
     _, ubin = np.unique(ubin, return_inverse=True)
-    ring = np.zeros((uidx.size, int(ubin.max()) + 1), dtype=np.float32)
-    ring[np.arange(uidx.size), ubin] = 1.0
-    # Radial background: mean of log |F| over each ring of equal |g| (one matrix product for all
-    # windows), recomputed without the outliers (spots) of the first pass.
-    ring_mean = (logu @ ring) / ring.sum(axis=0)
-    resid = logu - ring_mean[:, ubin]
+    n_bins = int(ubin.max()) + 1
+    # One bin index per (window, ring): sums over the rings of all windows in one bincount.
+    wbin = (np.arange(n, dtype=np.intp)[:, None] * n_bins + ubin[None, :]).ravel()
+
+    def ring_sums(values: np.ndarray) -> np.ndarray:
+        sums = np.bincount(wbin, weights=values.ravel(), minlength=n * n_bins)
+        return sums.reshape(n, n_bins)
+
+    # Radial background: mean of log |F| over each ring of equal |g|, recomputed without the
+    # outliers (spots) of the first pass.
+    ring_count = np.bincount(ubin, minlength=n_bins).astype(float)
+    ring_mean = ring_sums(logu) / ring_count
+    resid = logu - ring_mean[:, ubin].astype(np.float32)
     med, mad = _robust_spread(resid)
     keep = ((resid - med[:, None]) <= 3.0 * mad[:, None]).astype(np.float32)
-    count = keep @ ring
-    ring_mean = np.where(count > 0, ((logu * keep) @ ring) / np.maximum(count, 1.0), ring_mean)
-    resid = logu - ring_mean[:, ubin]
+    count = ring_sums(keep)
+    ring_mean = np.where(count > 0, ring_sums(logu * keep) / np.maximum(count, 1.0), ring_mean)
+    resid = logu - ring_mean[:, ubin].astype(np.float32)
     med, mad = _robust_spread(resid)
     z = (resid - med[:, None]) / mad[:, None]
     # Local maxima (3 x 3) above the threshold, as skimage.feature.peak_local_max(z_band,
@@ -868,6 +881,28 @@ def draw_disks(
 # --------------------------------------------------------------------------------------------
 
 
+def _n_threads(workers: int, n_chunks: int) -> int:
+    """Threads for the chunks of :func:`detect_pairs`: ``workers``, or the available cores (-1)."""
+    if workers is None or workers < 1:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            workers = os.cpu_count() or 1
+        workers = min(workers, 8)
+    return max(1, min(int(workers), n_chunks))
+
+
+def _map_threads(fn: Any, items: list[int], n_threads: int) -> None:
+    """``fn(item)`` for every item, in ``n_threads`` threads (in order, here, when 1)."""
+    if n_threads <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(n_threads) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
+
 def detect_pairs(
     windows: np.ndarray,
     *,
@@ -879,7 +914,8 @@ def detect_pairs(
     refine: str = "parabolic",
     min_l_px: float = 2.0,
     threshold: float = CLASSICAL_THRESHOLD,
-    batch_size: int = 32,
+    batch_size: int = 64,
+    workers: int = -1,
 ) -> list[tuple[SpotPair, ...]]:
     """Bragg-spot pairs of every window, batched.
 
@@ -891,8 +927,10 @@ def detect_pairs(
 
     Parameters
     ----------
-    windows : ndarray, shape (n, w, w)
-        Real-space windows (:func:`~hrtem_core.windows.extract_windows`, or a strided view).
+    windows : ndarray, shape (n, w, w) or (rows, cols, w, w)
+        Real-space windows (:func:`~hrtem_core.windows.extract_windows`), or a 4-D strided view
+        of the image (``sliding_window_view(image, (w, w))[::s, ::s]``), taken row-major
+        (window ``i = r * cols + c``); each FFT batch copies only its own windows.
     pixel_size_nm : float or (float, float), keyword-only
         ``(p_y, p_x)`` [nm/px].
     detector : {"unet", "classical"}, keyword-only
@@ -910,7 +948,10 @@ def detect_pairs(
     threshold : float, keyword-only
         Threshold of the classical detector [robust standard deviations].
     batch_size : int, keyword-only
-        Windows per FFT batch (bounds the memory; small batches stay in cache).
+        Windows per chunk (FFT, log band and U-Net batch; bounds the memory, stays in cache).
+    workers : int, keyword-only
+        Threads over which the chunks are spread, each single-threaded (-1: the available
+        cores, at most 8).
 
     Returns
     -------
@@ -927,22 +968,66 @@ def detect_pairs(
         raise AnalysisParameterError(f"batch size must be a positive integer, got {batch_size!r}")
     p = _pixel_pair(pixel_size_nm)
     windows = np.asarray(windows)
-    if windows.ndim != 3 or windows.shape[1] != windows.shape[2]:
-        raise AnalysisParameterError(f"expected windows of shape (n, w, w), got {windows.shape}")
-    n, w = windows.shape[0], windows.shape[-1]
+    if windows.ndim not in (3, 4) or windows.shape[-1] != windows.shape[-2]:
+        raise AnalysisParameterError(
+            f"expected windows of shape (n, w, w) or (rows, cols, w, w), got {windows.shape}"
+        )
+    n_cols = windows.shape[1] if windows.ndim == 4 else 1
+    n = windows.shape[0] * (n_cols if windows.ndim == 4 else 1)
+    w = windows.shape[-1]
     geometry = band_geometry(w, p, d_min_nm=d_min_nm)
+
+    def batch(start: int, stop: int) -> np.ndarray:
+        if windows.ndim == 3:
+            return windows[start:stop]
+        idx = np.arange(start, stop)
+        return windows[idx // n_cols, idx % n_cols]  # copies only this batch
+
+    spot_model = None
+    if detector == "unet":
+        from hrtem_core.unet.load import load_model, predict_masks
+
+        spot_model = load_model() if model is None else model
+    band = np.empty((n, 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1), np.float32)
+    masks = np.zeros((n, geometry.size, geometry.size), dtype=bool)
     if spectra is not None:
         spectra = np.asarray(spectra)
-        if spectra.shape != windows.shape:
+        if spectra.shape != (n, w, w):
             raise AnalysisParameterError(
                 f"spectra of shape {spectra.shape} do not match the windows {windows.shape}"
             )
-        band = np.ascontiguousarray(crop_band(spectra, geometry), dtype=np.float32)
+
+    def run_chunk(start: int) -> None:
+        # Band (and, for the U-Net, its log band and masks) of one chunk of windows. Chunks run
+        # in parallel threads (scipy.fft, numpy and torch release the GIL), each single-threaded:
+        # no step waits on another core, and nothing of size (n, w, w) is ever held.
+        stop = min(start + batch_size, n)
+        if spectra is not None:
+            band[start:stop] = crop_band(spectra[start:stop], geometry)
+        else:
+            band[start:stop] = band_spectra(batch(start, stop), geometry, workers=1)
+        if spot_model is not None:
+            bands_in = log_band_from_crop(band[start:stop], geometry)
+            masks[start:stop] = predict_masks(spot_model, bands_in, threads=1)
+
+    starts = list(range(0, n, batch_size))
+    n_threads = _n_threads(workers, len(starts))
+    on_gpu = getattr(getattr(spot_model, "device", None), "type", "cpu") != "cpu"
+    if spot_model is not None and on_gpu:
+        n_threads = 1  # one GPU stream; the CPU steps are small
+    if spot_model is not None and not on_gpu and n_threads > 1:
+        import torch
+
+        before = torch.get_num_threads()  # one intra-op thread per chunk thread
+        torch.set_num_threads(1)
+        try:
+            _map_threads(run_chunk, starts, n_threads)
+        finally:
+            torch.set_num_threads(before)
     else:
-        band = np.empty((n, 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1), np.float32)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            band[start:stop] = band_spectra(windows[start:stop], geometry)
+        _map_threads(run_chunk, starts, n_threads)
+    if refine == "dft" and windows.ndim == 4:
+        windows = windows.reshape(n, w, w)  # the refinement reads whole windows (a copy)
     if detector == "classical":
         # The peaks are known at FFT resolution: seed the refinement with them directly (two
         # spots closer than a band pixel would merge into one mask component).
@@ -962,12 +1047,6 @@ def detect_pairs(
             windows=windows if refine == "dft" else None,
             min_l_px=min_l_px,
         )
-    else:
-        from hrtem_core.unet.load import load_model, predict_masks
-
-        if model is None:
-            model = load_model()
-        masks = np.asarray(predict_masks(model, log_band_from_crop(band, geometry)), dtype=bool)
     return pairs_from_masks(
         masks,
         band,
@@ -1000,8 +1079,7 @@ def detect_pairs_in_image(
         )
     w, s = grid.window_px, grid.stride_px
     view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
-    view = view[: grid.n_rows, : grid.n_cols].reshape(grid.n_windows, w, w)
-    return detect_pairs(view, **kwargs)
+    return detect_pairs(view[: grid.n_rows, : grid.n_cols], **kwargs)
 
 
 __all__ = [

@@ -495,8 +495,10 @@ def synthetic_example(
 def _harmonic_flags(hk: np.ndarray, lattice: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """True for a spot ``n (h, k)`` (n >= 2) whose fundamental ``(h, k)`` is also seen."""
     out = np.zeros(len(hk), dtype=bool)
-    index = {(int(lt), int(a), int(b)): j for j, (lt, (a, b)) in enumerate(zip(lattice, hk))}
-    for j, (lt, (a, b)) in enumerate(zip(lattice, hk)):
+    index = {
+        (int(lt), int(a), int(b)): j for j, (lt, (a, b)) in enumerate(zip(lattice, hk, strict=True))
+    }
+    for j, (lt, (a, b)) in enumerate(zip(lattice, hk, strict=True)):
         n = math.gcd(int(a), int(b))
         if n >= 2:
             f = index.get((int(lt), int(a) // n, int(b) // n))

@@ -197,7 +197,7 @@ def test_non_square_pixels_use_each_axis_pixel_size(rng) -> None:
     pairs = detect_pairs(win[None], pixel_size_nm=p, detector="classical")[0]
     assert len(pairs) == 3
     for g in gs:
-        pair, dist = closest(pairs, g)
+        pair, _ = closest(pairs, g)
         d_true = 1.0 / math.hypot(*g)
         assert abs(pair.spacing_nm - d_true) / d_true < 0.005
         assert angle_diff_deg(pair.angle_deg, math.degrees(math.atan2(-g[0], g[1]))) < 0.3
@@ -565,3 +565,62 @@ def test_property_rotating_the_lattice_rotates_the_angles(rotation, d, seed) -> 
         assert pa.spacing_nm == pytest.approx(pb.spacing_nm, rel=0.005)
         assert angle_diff_deg(pb.angle_deg, pa.angle_deg + rotation) < 0.3
     assert acute_angle_deg(*a) == pytest.approx(acute_angle_deg(*b), abs=0.4)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.booleans(),
+    st.floats(0.16, 0.45),
+    st.floats(0.0, 180.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_property_rotating_the_image_by_90_degrees(k, transpose, d, angle, seed) -> None:
+    """np.rot90 / transpose of a window: same spacings, angles turned by 90 k (or mirrored)."""
+    rng = np.random.default_rng(seed)
+    gs = [g_vec(d, angle), g_vec(d * 0.8, angle + 65.0)]
+    win = cosine_window(256, _P, gs, rng=rng, noise=1.0)
+    turned = np.rot90(win.T if transpose else win, k)
+    a = detect_pairs(win[None], pixel_size_nm=_P, detector="classical")[0]
+    b = detect_pairs(np.ascontiguousarray(turned)[None], pixel_size_nm=_P, detector="classical")[0]
+    assert len(a) == len(b) == 2
+    for pa in a:
+        # Transposing mirrors the screen about the diagonal: angle -> 270 - angle (mod 180);
+        # np.rot90 (rows to columns) turns it counter-clockwise on screen by 90 degrees per step.
+        ang = (270.0 - pa.angle_deg if transpose else pa.angle_deg) + 90.0 * k
+        pb, _ = closest(b, g_vec(pa.spacing_nm, ang))
+        assert pb.spacing_nm == pytest.approx(pa.spacing_nm, rel=0.003)
+        assert angle_diff_deg(pb.angle_deg, ang) < 0.2
+        assert pb.ky < 0 or (pb.ky == 0 and pb.kx > 0)
+    assert acute_angle_deg(*a) == pytest.approx(acute_angle_deg(*b), abs=0.3)
+
+
+def test_spots_beyond_the_band_edge_are_not_reported(rng) -> None:
+    """The band reaches d_min (radius ceil(w p / d_min) + 1 FFT px); finer fringes are not spots."""
+    p = (0.02, 0.02)
+    geom = band_geometry(256, p, d_min_nm=0.1)
+    assert geom.radius_y == 53
+    inside = cosine_window(256, p, [(-51.5 / 5.12, 3.0 / 5.12)], rng=rng, noise=0.5)
+    (pair,) = detect_pairs(inside[None], pixel_size_nm=p, detector="classical")[0]
+    assert pair.ky == pytest.approx(-51.5, abs=0.05)
+    for l_px in (53.6, 54.5):  # the peak (or its flank) on the band's outermost row
+        outside = cosine_window(256, p, [(-l_px / 5.12, 3.0 / 5.12)], rng=rng, noise=0.5)
+        assert detect_pairs(outside[None], pixel_size_nm=p, detector="classical") == [()]
+
+
+def test_chunks_and_threads_do_not_change_the_pairs(rng) -> None:
+    """detect_pairs spreads chunks of windows over threads: the result never depends on them."""
+    p = (0.02, 0.02)
+    wins = np.stack(
+        [
+            cosine_window(256, p, [g_vec(0.2 + 0.02 * i, 17.0 * i)], rng=rng, noise=1.0)
+            for i in range(9)
+        ]
+    )
+    ref = detect_pairs(wins, pixel_size_nm=p, detector="classical", workers=1, batch_size=64)
+    assert all(len(q) == 1 for q in ref)
+    for workers, batch in ((2, 1), (3, 4), (-1, 2)):
+        got = detect_pairs(
+            wins, pixel_size_nm=p, detector="classical", workers=workers, batch_size=batch
+        )
+        assert got == ref

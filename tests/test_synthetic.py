@@ -118,12 +118,8 @@ def test_visibility_depends_on_dose_and_contrast():
         "amorphous_rms": 0.05,
         "artefacts": False,
     }
-    strong = synthetic_example(
-        np.random.default_rng(5), amplitude=0.1, dose_e_per_px=1000.0, **kw
-    )
-    faint = synthetic_example(
-        np.random.default_rng(5), amplitude=0.002, dose_e_per_px=1.0, **kw
-    )
+    strong = synthetic_example(np.random.default_rng(5), amplitude=0.1, dose_e_per_px=1000.0, **kw)
+    faint = synthetic_example(np.random.default_rng(5), amplitude=0.002, dose_e_per_px=1.0, **kw)
     assert len(strong.k_offsets) >= 2
     assert (strong.spot_snr >= SyntheticRanges().snr_label).all()
     assert len(faint.k_offsets) == 0
@@ -146,8 +142,13 @@ def test_spacings_in_range():
                 assert d >= 2.2 * max(py, px) - 1e-12  # below Nyquist
         if len(ex.k_offsets):
             n_lab += 1
+            # Labels lie inside the square band the U-Net sees: its edge is at d_min (0.1 nm)
+            # along the axes, so its corners hold spacings down to d_min / sqrt(2).
+            g = band_geometry(w, (py, px), d_min_nm=rs.d_min_nm)
+            assert (np.abs(ex.k_offsets[:, 0]) <= g.radius_y).all()
+            assert (np.abs(ex.k_offsets[:, 1]) <= g.radius_x).all()
             d = spacing_of(ex.k_offsets, window_px=w, pixel_size_nm=(py, px))
-            assert (d >= 0.1 * 0.9).all()  # inside the band (d_min 0.1 nm, 1 px margin)
+            assert (d >= rs.d_min_nm / np.sqrt(2) * 0.95).all()
             assert (np.hypot(*ex.k_offsets.T) >= rs.min_k_px).all()
     assert n_lab >= 5
 

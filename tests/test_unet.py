@@ -14,6 +14,7 @@ from hrtem_core.unet import (
     DEFAULT_WEIGHTS,
     UNet,
     count_parameters,
+    fuse_for_inference,
     load_model,
     predict_logits,
     predict_masks,
@@ -81,6 +82,19 @@ def test_save_load_round_trip(tmp_path, rng):
     np.testing.assert_allclose(predict_logits(model, bands), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_fused_inference_module_matches_the_network(tmp_path, rng):
+    net, path = _save_tiny(tmp_path, base_channels=4, depth=3)
+    fused = fuse_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original unchanged
+    x = torch.from_numpy(rng.standard_normal((6, 1, 64, 64)).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-5, atol=1e-5)
+    model = load_model(path, device="cpu")
+    assert model.inference_module is not None
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.inference_module.modules())
+
+
 def test_predict_masks_threshold_and_dtype(tmp_path, rng):
     _, path = _save_tiny(tmp_path)
     model = load_model(path, device="cpu")
@@ -107,6 +121,21 @@ def test_predict_masks_batching_equivalence(tmp_path, rng):
     many = predict_masks(model, bands, batch_size=64)
     np.testing.assert_array_equal(one, many)
     assert predict_masks(model, bands[:0]).shape == (0, 64, 64)
+
+
+def test_predict_threads_give_the_same_masks_and_restore_torch(tmp_path, rng):
+    _, path = _save_tiny(tmp_path)
+    model = load_model(path, device="cpu")
+    bands = rng.standard_normal((130, 64, 64)).astype(np.float32)
+    before = torch.get_num_threads()
+    one = predict_logits(model, bands, threads=1, batch_size=16)
+    for threads in (2, 3, None):
+        np.testing.assert_array_equal(
+            predict_logits(model, bands, threads=threads, batch_size=16), one
+        )
+        assert torch.get_num_threads() == before
+    with pytest.raises(AnalysisParameterError, match="threads"):
+        predict_logits(model, bands, threads=0)
 
 
 def test_predict_masks_rejects_bad_input(tmp_path):
@@ -220,3 +249,69 @@ def test_shipped_model_recovers_spacing_end_to_end():
     spectra = window_spectra(amorphous.window[None])
     mask = predict_masks(model, log_band(spectra, geometry))[0]
     assert pairs_from_mask(mask, spectra[0], geometry, pixel_size_nm=p) == ()
+
+
+def _fringes(w, p, gs, rng, *, noise):
+    """Cosine fringes of spatial frequencies gs [(gy, gx) 1/nm] plus white noise, (w, w) float32."""
+    y = np.arange(w)[:, None] * p[0]
+    x = np.arange(w)[None, :] * p[1]
+    img = noise * rng.standard_normal((w, w))
+    for gy, gx in gs:
+        img += np.cos(2 * np.pi * (gy * y + gx * x) + rng.uniform(0, 2 * np.pi))
+    return img.astype(np.float32)
+
+
+@pytest.mark.slow
+def test_shipped_model_known_answers_across_windows_and_pixel_sizes():
+    """The shipped U-Net through detect_pairs: spacings within the targets, angles, no false spots.
+
+    Two crossed fringe sets per window over window sizes 128-512 px, pixel sizes 0.01-0.05 nm
+    (square and 3 % non-square) and spacings 0.15-0.8 nm; targets for spots at l >= 10 FFT px:
+    median |dd|/d <= 0.3 %, 95th percentile <= 1 %; angles within 0.5 degrees.
+    """
+    from hrtem_core.spots import detect_pairs
+
+    model = load_model(device="cpu")
+    rng = np.random.default_rng(11)
+    errors, n_cases = [], 0
+    for w, p in (
+        (128, (0.05, 0.05)),
+        (256, (0.02, 0.02)),
+        (256, (0.0206, 0.02)),
+        (256, (0.035, 0.035)),
+        (512, (0.01, 0.0103)),
+    ):
+        for d in (0.15, 0.25, 0.35, 0.5, 0.8):
+            l1 = w * min(p) / d
+            if l1 < 10:  # the targets are stated for l >= 10 FFT px
+                continue
+            ang = float(rng.uniform(0, 180))
+            d2 = d * 0.85
+            gs = []
+            for dd, aa in ((d, ang), (d2, ang + float(rng.uniform(40, 80)))):
+                a = math.radians(aa)
+                gs.append((-math.sin(a) / dd, math.cos(a) / dd))
+            win = _fringes(w, p, gs, rng, noise=1.5)
+            pairs = detect_pairs(win[None], pixel_size_nm=p, detector="unet", model=model)[0]
+            assert len(pairs) == 2, (w, p, d, pairs)
+            n_cases += 1
+            for gy, gx in gs:
+                best = min(
+                    pairs,
+                    key=lambda q: min(
+                        math.hypot(q.gy_nm_inv - gy, q.gx_nm_inv - gx),
+                        math.hypot(q.gy_nm_inv + gy, q.gx_nm_inv + gx),
+                    ),
+                )
+                d_true = 1.0 / math.hypot(gy, gx)
+                errors.append(abs(best.spacing_nm - d_true) / d_true)
+                a_true = math.degrees(math.atan2(-gy, gx)) % 180.0
+                assert abs((best.angle_deg - a_true + 90.0) % 180.0 - 90.0) < 0.5
+    errors = np.asarray(errors)
+    assert n_cases >= 12
+    assert np.median(errors) <= 0.003
+    assert np.percentile(errors, 95) <= 0.01
+    # Pure noise windows: no spots.
+    noise = rng.standard_normal((16, 256, 256)).astype(np.float32)
+    found = detect_pairs(noise, pixel_size_nm=0.02, detector="unet", model=model)
+    assert sum(len(f) for f in found) == 0

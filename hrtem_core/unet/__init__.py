@@ -7,13 +7,14 @@ from hrtem_core.unet.load import (
     predict_logits,
     predict_masks,
 )
-from hrtem_core.unet.model import UNet, count_parameters
+from hrtem_core.unet.model import UNet, count_parameters, fuse_for_inference
 
 __all__ = [
     "DEFAULT_WEIGHTS",
     "SpotModel",
     "UNet",
     "count_parameters",
+    "fuse_for_inference",
     "load_model",
     "predict_logits",
     "predict_masks",

@@ -8,8 +8,12 @@ metrics. Prediction is batched under ``torch.inference_mode()``, on CUDA when av
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from hrtem_core.errors import AnalysisParameterError, ReadError
-from hrtem_core.unet.model import UNet
+from hrtem_core.unet.model import UNet, fuse_for_inference
 from hrtem_core.windows import UNET_INPUT_PX
 
 #: The shipped weights; the settings JSON has the same stem.
@@ -37,12 +41,18 @@ class SpotModel:
         The settings JSON (architecture, training, metrics).
     input_px : int
         Side S of the band it expects [px].
+    inference_module : torch.nn.Module or None
+        The same network with each convolution + batch norm folded into one convolution
+        (:func:`~hrtem_core.unet.model.fuse_for_inference`) in the channels-last memory format
+        (2.2x faster on CPU, same logits within 1e-5), used by :func:`predict_logits`; None:
+        ``module`` is used.
     """
 
     module: torch.nn.Module
     device: torch.device
     settings: dict
     input_px: int
+    inference_module: torch.nn.Module | None = None
 
 
 def settings_path(weights_path: str | Path) -> Path:
@@ -107,7 +117,13 @@ def load_model(
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReadError(f"U-Net weights {weights} are corrupt or do not fit: {msg}") from exc
     module.to(dev).eval()
-    return SpotModel(module=module, device=dev, settings=settings, input_px=input_px)
+    return SpotModel(
+        module=module,
+        device=dev,
+        settings=settings,
+        input_px=input_px,
+        inference_module=fuse_for_inference(module).to(memory_format=torch.channels_last),
+    )
 
 
 def _check_bands(model: SpotModel, bands: np.ndarray) -> np.ndarray:
@@ -118,7 +134,33 @@ def _check_bands(model: SpotModel, bands: np.ndarray) -> np.ndarray:
     return x
 
 
-def predict_logits(model: SpotModel, bands: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+@contextlib.contextmanager
+def single_torch_thread(model: SpotModel) -> Iterator[None]:
+    """Within the block torch uses one intra-op CPU thread (restored afterwards).
+
+    For callers that run :func:`predict_masks` from several threads of their own.
+    """
+    before = torch.get_num_threads()
+    change = model.device.type == "cpu" and before != 1
+    if change:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def predict_logits(
+    model: SpotModel, bands: np.ndarray, *, batch_size: int = 64, threads: int | None = None
+) -> np.ndarray:
     """Spot logits for bands from :func:`hrtem_core.windows.log_band`.
 
     Parameters
@@ -126,7 +168,14 @@ def predict_logits(model: SpotModel, bands: np.ndarray, *, batch_size: int = 256
     model : SpotModel
     bands : ndarray, shape (n, S, S), float32
     batch_size : int, keyword-only
-        Windows per forward pass.
+        Windows per forward pass (64: the feature maps of a batch stay in the CPU caches; larger
+        batches were slower on CPU).
+    threads : int or None, keyword-only
+        On CPU: batches run concurrently in this many Python threads, each with one torch
+        intra-op thread (torch's setting is restored afterwards); default: the available cores,
+        at most 4. The convolutions of a 64 x 64 band are small: with torch's own intra-op
+        threads every layer waits for the slowest core, and on the 2-core machine with other
+        jobs running 841 windows took 10 s with two intra-op threads against 0.8-1.1 s this way.
 
     Returns
     -------
@@ -135,16 +184,41 @@ def predict_logits(model: SpotModel, bands: np.ndarray, *, batch_size: int = 256
     x = _check_bands(model, bands)
     if batch_size < 1:
         raise AnalysisParameterError(f"batch size must be >= 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise AnalysisParameterError(f"threads must be >= 1, got {threads}")
+    net = model.inference_module if model.inference_module is not None else model.module
     out = np.empty(x.shape, dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+
+    def run(start: int) -> None:
+        with torch.inference_mode():
             xb = torch.from_numpy(x[start : start + batch_size, None]).to(model.device)
-            out[start : start + batch_size] = model.module(xb)[:, 0].float().cpu().numpy()
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            out[start : start + batch_size] = net(xb)[:, 0].float().cpu().numpy()
+
+    if model.device.type != "cpu":
+        for start in starts:
+            run(start)
+        return out
+    n_threads = min(4, _available_cores()) if threads is None else int(threads)
+    n_threads = max(1, min(n_threads, len(starts)))
+    with single_torch_thread(model):
+        if n_threads == 1:
+            for start in starts:
+                run(start)
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(run, starts))
     return out
 
 
 def predict_masks(
-    model: SpotModel, bands: np.ndarray, *, batch_size: int = 256, threshold: float = 0.5
+    model: SpotModel,
+    bands: np.ndarray,
+    *,
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Spot masks on the band grid: ``sigmoid(logit) > threshold``.
 
@@ -156,6 +230,8 @@ def predict_masks(
     batch_size : int, keyword-only
     threshold : float, keyword-only
         Probability threshold in (0, 1).
+    threads : int or None, keyword-only
+        torch CPU threads (see :func:`predict_logits`).
 
     Returns
     -------
@@ -164,7 +240,8 @@ def predict_masks(
     if not 0.0 < threshold < 1.0:
         raise AnalysisParameterError(f"threshold must lie in (0, 1), got {threshold}")
     logit_threshold = math.log(threshold / (1.0 - threshold))
-    return predict_logits(model, bands, batch_size=batch_size) > logit_threshold
+    logits = predict_logits(model, bands, batch_size=batch_size, threads=threads)
+    return logits > logit_threshold
 
 
 __all__ = [
@@ -174,4 +251,5 @@ __all__ = [
     "predict_logits",
     "predict_masks",
     "settings_path",
+    "single_torch_thread",
 ]

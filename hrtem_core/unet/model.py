@@ -8,8 +8,12 @@ double at each level from ``base_channels``.
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: Initial bias of the output logit: spots cover about 1 % of the band, so start near that prior.
 _PRIOR_LOGIT = -4.0
@@ -89,9 +93,32 @@ class UNet(nn.Module):
         }
 
 
+def fuse_for_inference(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``net`` with every convolution + batch norm folded into one convolution.
+
+    In eval mode a batch norm is an affine map per channel, so ``BN(conv(x))`` equals a single
+    convolution with rescaled weights and a shifted bias; the copy gives the same logits (up to
+    float32 rounding, about 1e-6) with fewer passes over the feature maps. The batch norms become
+    ``nn.Identity`` so the module layout (and ``forward``) stays the same. ``net`` is unchanged.
+    """
+    fused = copy.deepcopy(net).eval()
+    for seq in fused.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for a, b in itertools.pairwise(names):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["UNet", "count_parameters"]
+__all__ = ["UNet", "count_parameters", "fuse_for_inference"]
