@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes generating the data")
     p.add_argument(
         "--cache-dir",
-        type=Path,
+        type=lambda v: Path(v) if v else None,
         default=Path("/tmp/hrtem_unet_cache"),
         help="where generated data sets are cached (.npz); '' disables the cache",
     )
@@ -78,7 +78,7 @@ def _dataset(
 ) -> SyntheticDataset:
     """Generate (or load from the cache) ``n`` examples."""
     path = None
-    if cache is not None and str(cache):
+    if cache is not None:
         path = cache / f"synth_v{GENERATOR_VERSION}_n{n}_s{seed}_r{radius}.npz"
         if path.is_file():
             with np.load(path) as z:
@@ -181,14 +181,14 @@ def evaluate(module: torch.nn.Module, ds: SyntheticDataset, device: torch.device
     return res
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
     """Run one training; returns the settings written beside the weights."""
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     device = torch.device(args.device)
     ranges = SyntheticRanges()
-    cache = args.cache_dir if str(args.cache_dir) else None
+    cache = args.cache_dir  # None when --cache-dir '' was given
     t0 = time.perf_counter()
     train_ds = _dataset(
         args.n_train,
@@ -314,7 +314,7 @@ def train(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
         },
         "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python -m hrtem_core.train " + " ".join(sys.argv[1:]),
+        "command": "python -m hrtem_core.train " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     js = settings_path(out)
     tmp_js = js.with_suffix(".tmp.json")
@@ -327,7 +327,7 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m hrtem_core.train``."""
     args = build_parser().parse_args(argv)
-    train(args)
+    train(args, argv=argv)
     return 0
 
 
