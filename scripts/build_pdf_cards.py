@@ -13,7 +13,7 @@ flagged), and ``intensity_rel`` stays empty. A user who owns a card can paste it
 rows into the ``reflections`` sheet with ``source = card``.
 
 Card 46-1436, also listed by the method, could not be identified from public sources and is
-left out (see docs/readme/card-database.md).
+left out (see docs/card-database.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Four AppTest sessions run in threads of this one process (as a Streamlit server 
 sessions), each on the bundled example with its own window/stride. Each must get its own result
 (distinct parameter sets -> distinct window grids), and the process memory (RSS, sampled every
 50 ms) must stay bounded. The measured figures are printed (``-s``) and written to
-``test-artifacts/app_load.json``; docs/readme/dashboard.md quotes them.
+``test-artifacts/app_load.json``; docs/dashboard.md quotes them.
 """
 
 from __future__ import annotations
