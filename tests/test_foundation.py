@@ -42,15 +42,23 @@ def test_library_import_does_not_load_streamlit() -> None:
         "print('streamlit' in sys.modules)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=PACKAGE.parent,
     )
     assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
-    "cls", [errors.ReadError, errors.CalibrationError, errors.CardDatabaseError,
-            errors.AnalysisParameterError],
+    "cls",
+    [
+        errors.ReadError,
+        errors.CalibrationError,
+        errors.CardDatabaseError,
+        errors.AnalysisParameterError,
+    ],
 )
 def test_error_hierarchy_and_one_line_messages(cls: type[errors.HRTEMError]) -> None:
     assert issubclass(cls, errors.HRTEMError)
@@ -70,7 +78,9 @@ def test_cli_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_cli_version() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "hrtem_core", "--version"], capture_output=True, text=True,
+        [sys.executable, "-m", "hrtem_core", "--version"],
+        capture_output=True,
+        text=True,
         cwd=PACKAGE.parent,
     )
     assert out.returncode == 0
