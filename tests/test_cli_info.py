@@ -109,3 +109,11 @@ def test_info_agrees_with_load_image_on_every_fixture(fixtures_dir: Path, capsys
             assert out["pixel_size_nm"] == list(expected.pixel_size_nm), path.name
             assert out["image_shape"] == list(expected.shape)
             assert out["warnings"] == list(expected.warnings)
+
+
+def test_info_per_axis_user_pixel_size(tmp_path: Path, capsys) -> None:
+    path = write_imagej_tiff(tmp_path / "a.tif", lattice(), pixel_yx=(0.02, 0.02))
+    out = run_info(capsys, str(path), "--pixel-size-nm", "0.021,0.02")
+    assert out["pixel_size_nm"] == [0.021, 0.02]
+    assert out["pixel_size_source"] == "user"
+    assert any("differ" in w for w in out["warnings"])  # x and y differ by 5 %

@@ -44,6 +44,12 @@ def pixel_size_arg(text: str) -> float | tuple[float, float]:
         ) from None
     if len(values) == 1:
         return values[0]
+    if len(values) == 2 and "," in text and "." not in text:
+        # "0,02" is a decimal comma, not the two axes 0 and 2 nm/px.
+        raise argparse.ArgumentTypeError(
+            f"--pixel-size-nm must be a number in nm/px, got {text!r} "
+            "(write decimals with a point, e.g. 0.02, or two values as PY,PX, e.g. 0.02,0.021)"
+        )
     if len(values) == 2:
         return (values[0], values[1])
     raise argparse.ArgumentTypeError(

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from hrtem_core.commands._options import frame_arg, pixel_size_arg
 from hrtem_core.io import load_image
 
 #: Metadata keys printed at the top level when present.
@@ -28,31 +29,6 @@ KEY_METADATA: tuple[str, ...] = (
 )
 
 
-def _frame(text: str) -> int | str:
-    """argparse type for --frame: a non-negative integer or 'sum'."""
-    if text.strip().lower() == "sum":
-        return "sum"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--frame must be a frame number (0, 1, ...) or 'sum', got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--frame must be 0 or more, got {value}")
-    return value
-
-
-def _pixel_size(text: str) -> float:
-    """argparse type for --pixel-size-nm: a number (validated by the reader)."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--pixel-size-nm must be a number in nm/px, got {text!r}"
-        ) from None
-
-
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``info`` sub-command."""
     parser = sub.add_parser(
@@ -67,14 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("file", help="the image file")
     parser.add_argument(
         "--pixel-size-nm",
-        type=_pixel_size,
+        type=pixel_size_arg,
         default=None,
-        metavar="P",
-        help="pixel size in nm/px; overrides the file's calibration (required for PNG/JPG)",
+        metavar="P|PY,PX",
+        help="pixel size in nm/px (or PY,PX per axis); overrides the file's calibration (required for PNG/JPG)",
     )
     parser.add_argument(
         "--frame",
-        type=_frame,
+        type=frame_arg,
         default=None,
         metavar="N|sum",
         help="for stacks: the frame number (from 0) or 'sum' (default: frame 0, with a warning)",
