@@ -137,7 +137,7 @@ def test_shipped_values_and_sources(shipped):
         assert p.notes
     # card 46-1436 (phase not confirmed from public sources) is not shipped without a source
     assert "46-1436" not in shipped.card_ids
-    doc = (DEFAULT_CARDS_PATH.parents[1] / "docs" / "readme" / "card-database.md").read_text()
+    doc = (DEFAULT_CARDS_PATH.parents[1] / "docs" / "card-database.md").read_text()
     assert "46-1436" in doc and "not shipped" in doc
 
 
