@@ -13,7 +13,6 @@ from ui.common import (
     image_key,
     load_card_db,
     page_guard,
-    progress_reporter,
     show_error,
     upload_from_path,
 )
@@ -69,16 +68,14 @@ result = None
 if calibrated is not None and params is not None and db is not None:
     micrograph = calibrated.micrograph
     st.caption(analyze_ui.describe(micrograph))
-    bar = st.progress(0.0, text="Analysing ...")
-    with guard():
+    with guard():  # shows its own progress bar while computing; a cached result shows none
         result = analyze_cached(
             micrograph,
             image_key(upload, micrograph),
             params,
             cards=db,
-            progress=progress_reporter(bar),
+            label=f"{micrograph.name}: analysing ...",
         )
-    bar.empty()
 
 if result is not None:
     with guard():

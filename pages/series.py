@@ -61,9 +61,12 @@ if items and params is not None and db is not None:
     table = series_ui.defocus_editor(items, key="series")
     with guard():
         chosen, defocus = series_ui.selection(items, table)
+        # The overall bar counts the images (each image's own bar is inside the cached call).
         bar = st.progress(0.0, text="Analysing the series ...")
-        series = series_ui.run_series(chosen, defocus, params, cards=db, bar=bar)
-        bar.empty()
+        try:
+            series = series_ui.run_series(chosen, defocus, params, cards=db, bar=bar)
+        finally:
+            bar.empty()
 
 if series is not None:
     with guard():

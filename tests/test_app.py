@@ -174,12 +174,73 @@ def test_the_first_window_shown_is_the_most_convincing_one():
     assert default_window(SimpleNamespace(windows=none)) == 2  # first crystalline
 
 
-def test_result_store_is_bounded():
+def test_image_store_is_bounded():
+    # Decoded images: a small LRU (the same Micrograph object on every rerun, no copy).
     lru = common._LRU(3)
     for i in range(5):
         lru.put(i, str(i))
     assert len(lru) == 3
     assert lru.get(0) is None and lru.get(4) == "4"
+    lru.get(2)  # used: now the most recent, so 3 goes first
+    lru.put(5, "5")
+    assert lru.get(3) is None and lru.get(2) == "2"
+    assert common._image_store().max_entries == common.MAX_IMAGES
+
+
+def test_analysis_results_are_cached_by_key_and_bounded(monkeypatch):
+    # st.cache_data with max_entries: an identical second run is a cache hit (analyze_image is
+    # not called again); other parameters, another card database or another image recompute;
+    # past MAX_RESULTS entries the oldest is evicted and computes again.
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import hrtem_core.analysis as analysis
+
+    calls: list[tuple] = []
+    reported: list[float] = []
+
+    def fake_analyze_image(micrograph, *, params, cards, model, progress):
+        calls.append((micrograph, params.window_px, cards.digest))
+        progress(0.5, "half")  # drives the bar created inside the cached function
+        reported.append(0.5)
+        return {"image": micrograph, "window_px": params.window_px, "cards": cards.digest}
+
+    monkeypatch.setattr(analysis, "analyze_image", fake_analyze_image)
+    assert common._analysis._info.max_entries == common.MAX_RESULTS == 32
+    params = analysis.AnalysisParams(detector="classical")  # no model needed
+    cards = SimpleNamespace(digest="cards-1")
+
+    def key(i: int) -> tuple:
+        return (f"digest-{i}", f"image{i}.tif", (0.02, 0.02), (64, 64), "None")
+
+    common.clear_result_cache()
+    try:
+        first = common.analyze_cached("a", key(0), params, cards=cards)
+        assert first == {"image": "a", "window_px": 256, "cards": "cards-1"}
+        assert common.analyze_cached("a", key(0), params, cards=cards) == first
+        assert len(calls) == 1 and reported == [0.5]  # the second run was a cache hit
+        common.analyze_cached("a", key(0), replace(params, window_px=128), cards=cards)
+        common.analyze_cached("a", key(0), params, cards=SimpleNamespace(digest="cards-2"))
+        common.analyze_cached("b", key(1), params, cards=cards)
+        assert [c[1:] for c in calls] == [
+            (256, "cards-1"),
+            (128, "cards-1"),
+            (256, "cards-2"),
+            (256, "cards-1"),
+        ]
+        # Only the key counts (the micrograph argument is not hashed): same key, same result.
+        assert common.analyze_cached("other object", key(0), params, cards=cards) == first
+        assert len(calls) == 4
+        for i in range(2, 2 + common.MAX_RESULTS):
+            common.analyze_cached(str(i), key(i), params, cards=cards)
+        assert len(calls) == 4 + common.MAX_RESULTS
+        newest = key(1 + common.MAX_RESULTS)
+        common.analyze_cached("x", newest, params, cards=cards)  # still cached
+        assert len(calls) == 4 + common.MAX_RESULTS
+        common.analyze_cached("a", key(0), params, cards=cards)  # evicted: computes again
+        assert len(calls) == 5 + common.MAX_RESULTS and calls[-1][0] == "a"
+    finally:
+        common.clear_result_cache()
 
 
 # ------------------------------------------------------------------------------- pages

@@ -8,11 +8,17 @@ Caching
 -------
 * The U-Net loads once per process (:func:`get_model`, ``st.cache_resource``).
 * The card database is re-read only when its file changes (key: path, mtime, size).
-* Decoded images are kept by upload digest (sha256 of the bytes) + pixel-size override + frame.
-* Analysis results are kept by image key + parameters + card-database digest in a bounded LRU
-  (:class:`ResultStore`, shared by all sessions of the process). ``st.cache_data`` cannot be used
-  there because the analysis reports progress into a ``st.progress`` element created outside the
-  cached function, which ``st.cache_data``'s element replay refuses.
+* Decoded images are kept by upload digest (sha256 of the bytes) + pixel-size override + frame
+  in a bounded LRU shared by the sessions of the process (:data:`MAX_IMAGES` entries). It hands
+  out the same :class:`~hrtem_core.io.Micrograph` object on every rerun, where ``st.cache_data``
+  would unpickle a fresh copy of the whole image each time.
+* Analysis results are ``st.cache_data`` entries (:func:`_analysis`, ``max_entries`` =
+  :data:`MAX_RESULTS`, shared by all sessions of the process) keyed by image key (digest,
+  calibration, frame) + all parameters + card-database digest; the micrograph, parameters, cards
+  and model travel as unhashed (underscore) arguments. The progress bar is created *inside* the
+  cached function and emptied before it returns: computing shows the bar, a cache hit replays an
+  empty placeholder (``st.cache_data``'s element replay refuses elements created outside the
+  cached function, so the bar cannot come from the page).
 """
 
 from __future__ import annotations
@@ -342,7 +348,7 @@ def _load_upload(upload: Upload, pixel_size_nm: float | None, frame: int | str |
 
 
 class _LRU:
-    """A small thread-safe LRU mapping, shared by all sessions of the process."""
+    """A small thread-safe LRU mapping, shared by all sessions of the process (decoded images)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = int(max_entries)
@@ -375,12 +381,6 @@ class _LRU:
 @st.cache_resource
 def _image_store() -> _LRU:
     return _LRU(MAX_IMAGES)
-
-
-@st.cache_resource
-def result_store() -> _LRU:
-    """The process-wide bounded store of analysis results (see module docstring)."""
-    return _LRU(MAX_RESULTS)
 
 
 def micrograph_from_upload(
@@ -429,12 +429,11 @@ def image_key(upload: Upload, micrograph: Any) -> tuple:
 # --------------------------------------------------------------------------------------------
 # Analysis with progress
 # --------------------------------------------------------------------------------------------
-def progress_reporter(bar: Any, *, start: float = 0.0, span: float = 1.0) -> Callable:
+def progress_reporter(bar: Any) -> Callable:
     """A :data:`hrtem_core.analysis.ProgressCallback` that drives a ``st.progress`` element."""
 
     def report(fraction: float, message: str = "") -> None:
-        f = min(max(float(fraction), 0.0), 1.0)
-        bar.progress(min(start + span * f, 1.0), text=str(message) or None)
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=str(message) or None)
 
     return report
 
@@ -446,61 +445,76 @@ def params_key(params: Any) -> tuple:
     return ("params", *astuple(params))
 
 
+@st.cache_data(max_entries=MAX_RESULTS, show_spinner=False)
+def _analysis(
+    full_key: tuple, _micrograph: Any, _params: Any, _cards: Any, _model: Any, _label: str
+) -> Any:
+    """:func:`hrtem_core.analysis.analyze_image` under ``st.cache_data``, hashed on ``full_key`` only.
+
+    The progress bar lives in a placeholder created here (so that ``st.cache_data`` can replay
+    it) and is emptied before returning, also on an error: a cache hit replays an empty
+    placeholder, so nothing shows. The returned :class:`~hrtem_core.analysis.AnalysisResult`
+    is pickled into the cache (about 0.2 MB for the 49 windows of the bundled example).
+    """
+    from hrtem_core.analysis import analyze_image
+
+    placeholder = st.empty()
+    bar = placeholder.progress(0.0, text=_label)
+    try:
+        return analyze_image(
+            _micrograph,
+            params=_params,
+            cards=_cards,
+            model=_model,
+            progress=progress_reporter(bar),
+        )
+    finally:
+        placeholder.empty()
+
+
+def result_key(key: tuple, params: Any, cards: Any) -> tuple:
+    """Cache key of an analysis: image key + all parameters + card-database digest."""
+    return ("image", tuple(key), params_key(params), getattr(cards, "digest", None))
+
+
 def analyze_cached(
     micrograph: Any,
     key: tuple,
     params: Any,
     *,
     cards: Any,
-    progress: Callable | None = None,
+    label: str = "Analysing ...",
 ) -> Any:
-    """:func:`hrtem_core.analysis.analyze_image`, memoised by image key + params + cards digest."""
-    from hrtem_core.analysis import analyze_image
+    """:func:`hrtem_core.analysis.analyze_image`, cached by image key + params + cards digest.
 
-    full_key = ("image", key, params_key(params), getattr(cards, "digest", None))
-    store = result_store()
-    cached = store.get(full_key)
-    if cached is not None:
-        if progress is not None:
-            progress(1.0, "done (cached)")
-        return cached
+    Shows its own progress bar (text ``label``) at the current place of the page while it
+    computes; a cached result returns at once and shows nothing. See the module docstring.
+
+    Parameters
+    ----------
+    micrograph : hrtem_core.io.Micrograph
+        The decoded image (:func:`micrograph_from_upload`).
+    key : tuple
+        :func:`image_key` of that image (digest, calibration, frame).
+    params : hrtem_core.analysis.AnalysisParams
+        All of them enter the cache key.
+    cards : hrtem_core.cards.CardDatabase, keyword-only
+        Its ``digest`` enters the cache key.
+    label : str, keyword-only
+        Text of the progress bar before the first window block is done.
+
+    Raises
+    ------
+    HRTEMError
+        From the analysis (not cached: the next run tries again).
+    """
     model = get_model() if params.detector == "unet" else None
-    result = analyze_image(micrograph, params=params, cards=cards, model=model, progress=progress)
-    store.put(full_key, result)
-    return result
+    return _analysis(result_key(key, params, cards), micrograph, params, cards, model, label)
 
 
-def analyze_series_cached(
-    micrographs: Sequence[Any],
-    keys: Sequence[tuple],
-    defocus_nm: Sequence[float | None],
-    params: Any,
-    *,
-    cards: Any,
-    progress: Callable | None = None,
-) -> Any:
-    """:func:`hrtem_core.analysis.analyze_series`, memoised like :func:`analyze_cached`."""
-    from hrtem_core.analysis import analyze_series
-
-    defocus = tuple(None if d is None else float(d) for d in defocus_nm)
-    full_key = ("series", tuple(keys), defocus, params_key(params), getattr(cards, "digest", None))
-    store = result_store()
-    cached = store.get(full_key)
-    if cached is not None:
-        if progress is not None:
-            progress(1.0, "done (cached)")
-        return cached
-    model = get_model() if params.detector == "unet" else None
-    result = analyze_series(
-        list(micrographs),
-        defocus_nm=list(defocus),
-        params=params,
-        cards=cards,
-        model=model,
-        progress=progress,
-    )
-    store.put(full_key, result)
-    return result
+def clear_result_cache() -> None:
+    """Forget all cached analysis results (every session of the process)."""
+    _analysis.clear()
 
 
 def phase_label(phase: Any) -> str:

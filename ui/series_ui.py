@@ -17,7 +17,6 @@ from ui.common import (
     analyze_cached,
     image_key,
     micrograph_from_upload,
-    progress_reporter,
     upload_from_path,
 )
 from ui.results_ui import _bytes_via
@@ -180,16 +179,27 @@ def run_series(
     bar: Any,
 ) -> Any:
     """Analyse every image (each cached on its own, so editing a defocus is instant) and assemble
-    the :class:`~hrtem_core.analysis.SeriesResult`."""
+    the :class:`~hrtem_core.analysis.SeriesResult`.
+
+    ``bar`` (a ``st.progress`` element of the page) counts the images; each image's analysis
+    shows its own bar below it while it computes (:func:`ui.common.analyze_cached`).
+    """
     from hrtem_core.analysis import series_from_results
 
     n = len(chosen)
     results = []
     for i, (upload, m) in enumerate(chosen):
-        report = progress_reporter(bar, start=i / n, span=1.0 / n)
+        bar.progress(i / n, text=f"Image {i + 1} of {n}: {upload.name}")
         results.append(
-            analyze_cached(m, image_key(upload, m), params, cards=cards, progress=report)
+            analyze_cached(
+                m,
+                image_key(upload, m),
+                params,
+                cards=cards,
+                label=f"{upload.name}: analysing ...",
+            )
         )
+    bar.progress(1.0, text=f"{n} images analysed")
     return series_from_results(results, defocus)
 
 
