@@ -4,6 +4,7 @@
     python benchmarks/bench_series.py --workers 1            # one process only
     python benchmarks/bench_series.py --detector classical   # force the classical detector
     python benchmarks/bench_series.py --n-images 5 --size 1024   # a quick run
+    python benchmarks/bench_series.py --accuracy --detector unet # indexing accuracy, bundled series
 
 Target (issue 6): 19 images of 2048 x 2048 at w = 256, s = 128 in <= 20 s on 2 CPU cores.
 
@@ -24,7 +25,8 @@ Timed, all in this process unless ``--workers`` > 1:
 
 The report gives absolute seconds and the ratio ``series / baseline`` of the same run (a busy
 machine slows both). The detector is the U-Net when ``models/unet_spots.pt`` exists, else the
-classical one. Results: ``benchmarks/results/series.json`` and ``series.md``.
+classical one. Results: ``benchmarks/results/series.json`` and ``series.md`` for the U-Net,
+``series.classical.json`` and ``series.classical.md`` for the classical detector.
 """
 
 from __future__ import annotations
@@ -114,6 +116,109 @@ def baseline_fft(images: list[np.ndarray], *, window_px: int, stride_px: int) ->
     return time.perf_counter() - t0
 
 
+def accuracy_on_bundled_series(
+    detector: str, *, window_px: int = 256, stride_px: int = 128
+) -> dict:
+    """Indexing accuracy on the bundled series ``data/examples/focal_series`` against truth.json.
+
+    Every image of the series (8 maghemite particles in [110], [100], [211], [111]) is analysed
+    against the enabled phases. A window's particle is the one covering most of it; the
+    counts are over the whole series:
+
+    * ``angle_confirmed``: windows ``indexed`` or ``ambiguous``;
+    * ``true_first``: of those, the share whose best match is the true card;
+    * ``first_or_listed``: ... best match, or listed in an ``ambiguous`` window's alternatives;
+    * ``zone_right``: of the windows headed by the true card, the share whose zone axis is a
+      member of the particle's zone-axis family;
+    * ``iou``: crystalline windows vs windows more than half covered by a particle (windows
+      covered by 0-50 % ignored), pooled over the series;
+    * ``crystalline``, ``spacing_only``, ``true_first_all``, ``first_or_listed_all``: the same
+      over every crystalline window (``spacing-only`` ones list candidates, so "listed" there
+      means the true card is among the alternatives).
+    """
+    from hrtem_core.crystallography import family_members
+    from hrtem_core.io import load_image
+
+    folder = REPO / "data" / "examples" / "focal_series"
+    truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    card = truth["card_id"]
+    cards = load_cards()
+    phase = cards.phase(card)
+    params = AnalysisParams(window_px=window_px, stride_px=stride_px, detector=detector)
+    model = None
+    if detector == "unet":
+        from hrtem_core.unet.load import load_model
+
+        model = load_model()
+    tot = dict.fromkeys(
+        ["angle_confirmed", "top", "listed", "zone_ok", "inter", "union", "crystalline",
+         "spacing_only", "top_all", "listed_all"],
+        0,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    for fname in sorted(truth["files"], key=lambda f: truth["files"][f]["defocus_nm"]):
+        info = truth["files"][fname]
+        particles = truth.get("particles") or info["particles"]
+        m = load_image(folder / fname)
+        res = analyze_series([m], params=params, cards=cards, model=model).results[0]
+        grid = res.grid
+        yy, xx = np.mgrid[0 : m.data.shape[0], 0 : m.data.shape[1]]
+        w = grid.window_px
+        cov = np.stack(
+            [
+                np.array([disc[r : r + w, c : c + w].mean() for r, c in grid.origins])
+                for disc in (
+                    (yy - p["center_px"][0]) ** 2 + (xx - p["center_px"][1]) ** 2
+                    <= p["radius_px"] ** 2
+                    for p in particles
+                )
+            ],
+            axis=1,
+        )
+        covered = np.clip(cov.sum(axis=1), 0.0, 1.0)
+        cryst = res.windows["crystalline"].to_numpy(dtype=bool)
+        truth_w = covered > 0.5
+        keep = truth_w | (covered == 0)
+        tot["inter"] += int((cryst & truth_w & keep).sum())
+        tot["union"] += int(((cryst | truth_w) & keep).sum())
+        win = res.windows.assign(dominant=cov.argmax(axis=1))
+        alts = win["alternatives"].fillna("").astype(str)
+        top_all = win["phase_card"] == card
+        listed_all = top_all | (
+            win["status"].isin(["ambiguous", "spacing-only"]) & alts.str.contains(card)
+        )
+        c = win["crystalline"].astype(bool)
+        tot["crystalline"] += int(c.sum())
+        tot["spacing_only"] += int((win["status"] == "spacing-only").sum())
+        tot["top_all"] += int((top_all & c).sum())
+        tot["listed_all"] += int((listed_all & c).sum())
+        conf = win["status"].isin(["indexed", "ambiguous"])
+        tot["angle_confirmed"] += int(conf.sum())
+        tot["top"] += int((top_all & conf).sum())
+        tot["listed"] += int((listed_all & conf).sum())
+        for row in win[top_all & conf].itertuples(index=False):
+            z = tuple(int(v) for v in row.zone_axis.split())
+            zt = tuple(particles[row.dominant]["zone_axis"])
+            tot["zone_ok"] += int(z in {tuple(v) for v in family_members(phase.space_group, zt)})
+    n = max(tot["angle_confirmed"], 1)
+    return {
+        "detector": detector,
+        "n_images": len(truth["files"]),
+        "window_px": window_px,
+        "stride_px": stride_px,
+        "angle_confirmed": tot["angle_confirmed"],
+        "true_first": tot["top"] / n,
+        "first_or_listed": tot["listed"] / n,
+        "zone_right": tot["zone_ok"] / max(tot["top"], 1),
+        "iou": tot["inter"] / max(tot["union"], 1),
+        "crystalline": tot["crystalline"],
+        "spacing_only": tot["spacing_only"],
+        "true_first_all": tot["top_all"] / max(tot["crystalline"], 1),
+        "first_or_listed_all": tot["listed_all"] / max(tot["crystalline"], 1),
+        "elapsed_s": round(time.perf_counter() - t0, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-images", type=int, default=19)
@@ -124,11 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector", choices=("auto", "unet", "classical"), default="auto")
     ap.add_argument("--repeat", type=int, default=1, help="timed repetitions (the best is kept)")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="instead of timing: indexing accuracy on the bundled series against its truth",
+    )
     args = ap.parse_args(argv)
 
     detector = args.detector
     if detector == "auto":
         detector = "unet" if (REPO / "models" / "unet_spots.pt").is_file() else "classical"
+    if args.accuracy:
+        acc = accuracy_on_bundled_series(detector)
+        out = Path(args.results)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"series.accuracy.{detector}.json"
+        path.write_text(json.dumps(acc, indent=1), encoding="utf-8")
+        print(json.dumps(acc, indent=1))
+        return 0
     defoci = [-18.0 + 36.0 * i / max(args.n_images - 1, 1) for i in range(args.n_images)]
     rng = np.random.default_rng(0)
     g = zone_g_vectors("39-1346", (1, 1, 0), 0.18)
@@ -203,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "series.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    stem = "series" if detector == "unet" else f"series.{detector}"
+    (out / f"{stem}.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     md = [
         f"{len(images)} images {args.size}x{args.size}, w = {args.window}, s = {args.stride} "
         f"({n_windows} windows each), detector {detector}, {os.cpu_count()} CPUs, load average "
@@ -217,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     ]
-    (out / "series.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
     return 0
 

@@ -1,12 +1,13 @@
 """From spots to science: one image or a defocus series -> windows table, crystallinity, phase map.
 
 :func:`analyze_image` runs the whole method on one micrograph (Zhu et al.): a grid of moving
-windows (:mod:`hrtem_core.windows`), their FFT and Bragg-spot pairs (:func:`hrtem_core.spots.detect_pairs`,
-U-Net or classical detector) in batches, and the indexing of every window's planes
-(:mod:`hrtem_core.indexing`). The result holds one row per window (the CLI's ``windows.csv``) and a
+windows (:mod:`hrtem_core.windows`), their FFT and Bragg-spot pairs
+(:func:`hrtem_core.spots.detect_pairs`, U-Net or classical detector, on a strided view of the
+image in blocks of window rows: no window is copied out ahead), and the indexing of every
+window's planes (:mod:`hrtem_core.indexing`). The result holds one row per window (the CLI's ``windows.csv``) and a
 summary (``summary.json``).
 
-Definitions (see ``docs/readme/analysis-cli.md``):
+Definitions (see ``docs/analysis-cli.md``):
 
 * a window is **crystalline** when it holds at least one Friedel pair of spots that passes the
   detector;
@@ -50,7 +51,7 @@ from hrtem_core.indexing import (
     format_match,
     index_window,
 )
-from hrtem_core.windows import WindowGrid, iter_window_batches, window_grid
+from hrtem_core.windows import WindowGrid, window_grid
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hrtem_core.cards import CardDatabase
@@ -143,7 +144,8 @@ class AnalysisParams:
     ambiguity_margin : float
         Relative score margin within which other phases are listed as alternatives (default 0.15).
     batch_size : int
-        Windows per batch (bounded memory; one progress call per batch).
+        Windows per block of whole window rows (at least one row): one detector call and one
+        progress call per block; bounds the detector's memory on large images.
     """
 
     window_px: int = 256
@@ -353,6 +355,7 @@ def analyze_image(
     model: SpotModel | None = None,
     progress: ProgressCallback | None = None,
     tables: IndexingTables | None = None,
+    detector_workers: int = -1,
 ) -> AnalysisResult:
     """Analyse one micrograph: windows -> spot pairs -> indexing -> table and summary.
 
@@ -366,9 +369,14 @@ def analyze_image(
     model : SpotModel or None, keyword-only
         For the U-Net detector; default :func:`hrtem_core.unet.load.load_model`.
     progress : callable or None, keyword-only
-        ``progress(fraction_done, message)``, called once per batch of windows.
+        ``progress(fraction_done, message)``, called once before the first window and once per
+        block of whole window rows (about ``params.batch_size`` windows).
     tables : IndexingTables or None, keyword-only
         Precomputed :func:`make_tables` (a series shares them); built from ``cards`` otherwise.
+    detector_workers : int, keyword-only
+        Threads of the spot detector (``detect_pairs(workers=...)``; -1: the available cores,
+        at most 8). Give 1 where several processes already share the cores (batch workers,
+        ``analyze_series(workers=...)``). The result does not depend on it.
 
     Returns
     -------
@@ -383,6 +391,10 @@ def analyze_image(
     """
     t0 = time.perf_counter()
     params.validate()
+    if isinstance(detector_workers, bool) or not isinstance(detector_workers, int | np.integer):
+        raise AnalysisParameterError(
+            f"detector_workers must be an integer (-1: all cores), got {detector_workers!r}"
+        )
     data = np.asarray(micrograph.data)
     if data.ndim != 2:
         raise AnalysisParameterError(
@@ -403,20 +415,31 @@ def analyze_image(
     all_index: list[WindowIndex] = [None] * n  # type: ignore[list-item]
     if progress is not None:
         progress(0.0, f"{micrograph.name}: {n} windows")
-    done = 0
-    for idx, wins in iter_window_batches(data, grid, batch_size=int(params.batch_size)):
+    # The windows are a strided view of the image (no copy); the detector copies only the chunk
+    # it transforms. The grid is processed in blocks of whole window rows (about batch_size
+    # windows each): one detector call and one progress call per block, and the detector's
+    # per-window arrays (band spectra, masks) never exceed one block, whatever the image size.
+    image = np.asarray(data, dtype=np.float32)
+    w, s = grid.window_px, grid.stride_px
+    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
+    view = view[: grid.n_rows, : grid.n_cols]
+    rows_per_block = max(1, int(params.batch_size) // grid.n_cols)
+    for r0 in range(0, grid.n_rows, rows_per_block):
+        r1 = min(r0 + rows_per_block, grid.n_rows)
         found = detect_pairs(
-            wins,
+            view[r0:r1],
             pixel_size_nm=(py, px),
             detector=params.detector,
             model=model,
             d_min_nm=params.d_min_nm,
+            workers=detector_workers,
         )
-        for i, pairs in zip(idx.tolist(), found, strict=True):
+        start = r0 * grid.n_cols
+        for i, pairs in enumerate(found, start=start):
             pairs = tuple(pairs)
             all_pairs[i] = pairs
             all_index[i] = index_window(pairs, tables)
-        done += len(idx)
+        done = r1 * grid.n_cols
         if progress is not None:
             progress(done / n, f"{micrograph.name}: {done}/{n} windows")
 
@@ -938,7 +961,9 @@ def analyze_series(
         ``progress(fraction_done, message)`` over the whole series.
     workers : int, keyword-only
         Images analysed at once in separate processes (default 1: in this process). Each worker
-        gets ``cpu_count // workers`` BLAS/torch threads; the result does not depend on it.
+        gets ``cores // workers`` (at least 1) BLAS, torch and spot-detector threads, so the
+        processes together do not start more threads than there are cores; the result does
+        not depend on it.
 
     Returns
     -------
@@ -1000,6 +1025,8 @@ def analyze_series(
 def _worker_init(threads: int) -> None:
     import os
 
+    _WORKER_THREADS["threads"] = int(threads)
+
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     import sys
@@ -1011,6 +1038,9 @@ def _worker_init(threads: int) -> None:
 
 _WORKER_MODEL: dict = {}
 
+#: Detector threads of this worker process (set by :func:`_worker_init`).
+_WORKER_THREADS: dict = {"threads": 1}
+
 
 def _worker_analyze(job: tuple) -> AnalysisResult:
     micrograph, params, tables, model = job
@@ -1019,7 +1049,17 @@ def _worker_analyze(job: tuple) -> AnalysisResult:
         if "model" not in _WORKER_MODEL:
             _WORKER_MODEL["model"] = load_spot_model(None, params.detector)
         model = _WORKER_MODEL["model"]
-    return analyze_image(micrograph, params=params, model=model, tables=tables)
+    import sys
+
+    threads = int(_WORKER_THREADS["threads"])
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)  # torch may have been imported after _worker_init
+    # The processes share the cores: the detector gets this process's share of threads, not
+    # one thread per core in every process.
+    return analyze_image(
+        micrograph, params=params, model=model, tables=tables, detector_workers=threads
+    )
 
 
 def _analyze_parallel(
@@ -1036,7 +1076,11 @@ def _analyze_parallel(
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // workers)
     if params.detector == "unet" and model is None:
         load_spot_model(None, params.detector)  # fail here, with one clear message, not in a worker
     # fork is fast (no re-import) and safe for the classical detector; with the U-Net the

@@ -489,6 +489,10 @@ class FileOutput:
     worker: str = ""
 
 
+#: Spot-detector threads per batch task (``analyze_image(detector_workers=...)``): one, as the
+#: local cluster has one single-threaded worker process per core.
+WORKER_DETECTOR_THREADS = 1
+
 #: ``analyze_fn(path, settings) -> (windows, summary, defocus_nm)``; runs on a worker.
 AnalyzeFn = Callable[[str, BatchSettings], tuple[pd.DataFrame, dict, float | None]]
 
@@ -497,7 +501,8 @@ def analyze_file(path: str, settings: BatchSettings) -> tuple[pd.DataFrame, dict
     """Analyse one file on a worker: read it, run :func:`~hrtem_core.analysis.analyze_image`.
 
     The card database and the U-Net are taken from per-process caches, so each worker process
-    loads them once per batch, not once per file.
+    loads them once per batch, not once per file. The spot detector runs on one thread
+    (:data:`WORKER_DETECTOR_THREADS`), and torch on one thread, in every worker process.
 
     Returns
     -------
@@ -517,8 +522,15 @@ def analyze_file(path: str, settings: BatchSettings) -> tuple[pd.DataFrame, dict
     model = None
     if getattr(settings.params, "detector", "unet") == "unet":
         model = _cached_model(settings.weights_path, settings.weights_digest)
+    # One detector thread: the cluster runs one single-threaded task per process on every core
+    # (detect_pairs' default would start a thread per core in every worker process).
     result = analyze_image(
-        micrograph, params=settings.params, cards=cards, model=model, tables=tables
+        micrograph,
+        params=settings.params,
+        cards=cards,
+        model=model,
+        tables=tables,
+        detector_workers=WORKER_DETECTOR_THREADS,
     )
     defocus = result.defocus_nm if result.defocus_nm is not None else micrograph.defocus_nm
     return result.windows, dict(result.summary), defocus

@@ -162,19 +162,100 @@ def test_non_square_pixels_are_passed_through(db) -> None:
     assert (w["zone_axis"] == "0 0 1").all()
 
 
-def test_progress_is_called_per_batch(db, rutile_result) -> None:
+def test_progress_is_called_per_block_of_window_rows(db, rutile_result) -> None:
     _res, _ = rutile_result
     calls: list[tuple[float, str]] = []
     image = np.zeros((512, 512), np.float32) + np.random.default_rng(0).normal(size=(512, 512))
-    params = dataclasses.replace(PARAMS, batch_size=10)
+    params = dataclasses.replace(PARAMS, batch_size=15)  # 7 x 7 windows: blocks of 2 rows
     analysis.analyze_image(
         micrograph(image), params=params, cards=db, progress=lambda f, m: calls.append((f, m))
     )
     fractions = [f for f, _ in calls]
-    assert len(calls) == 1 + math.ceil(49 / 10)
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0
-    assert fractions == sorted(fractions)
+    assert len(calls) == 1 + math.ceil(7 / 2)
+    assert fractions == [0.0, 14 / 49, 28 / 49, 42 / 49, 1.0]
     assert all(isinstance(m, str) and m for _, m in calls)
+    assert calls[1][1].endswith("14/49 windows")
+
+
+def rutile_image(db) -> np.ndarray:
+    image, _ = lattice_image(
+        db.phase("21-1276"),
+        (0, 0, 1),
+        RUTILE_HKL,
+        rotation_deg=23.0,
+        noise=0.1,
+        seed=1,
+    )
+    return image
+
+
+@pytest.mark.parametrize("batch_size", [1, 15, 49, 10_000])
+def test_row_blocks_give_the_windows_of_the_copying_path(db, rutile_result, batch_size) -> None:
+    """Any block size: the same pairs as the detector on copied-out windows, the same table."""
+    from hrtem_core.spots import detect_pairs
+    from hrtem_core.windows import extract_windows
+
+    res, _ = rutile_result
+    image = rutile_image(db)
+    params = dataclasses.replace(PARAMS, batch_size=batch_size)
+    again = analysis.analyze_image(micrograph(image, defocus=-8.0), params=params, cards=db)
+    pd.testing.assert_frame_equal(again.windows, res.windows, check_exact=True)
+    copied = detect_pairs(
+        extract_windows(image, res.grid), pixel_size_nm=(0.02, 0.02), detector="classical"
+    )
+    assert again.pairs == tuple(tuple(p) for p in copied)
+    assert sum(map(len, again.pairs)) > 20  # the crystal half has pairs
+
+
+def test_large_image_windows_are_never_materialised(db, monkeypatch) -> None:
+    """8192 x 8192, w = 256, s = 64 (15 625 windows, 4 GB if copied out): blocks of 2 rows."""
+    import tracemalloc
+
+    from hrtem_core import spots
+
+    data = np.zeros((8192, 8192), np.float32)  # pages untouched: the fake detector reads none
+    seen: list[tuple] = []
+
+    def fake_detect_pairs(windows, **kwargs):
+        seen.append((windows.shape, np.may_share_memory(windows, data), kwargs["workers"]))
+        return [()] * (windows.shape[0] * windows.shape[1])
+
+    monkeypatch.setattr(spots, "detect_pairs", fake_detect_pairs)
+    params = analysis.AnalysisParams(window_px=256, stride_px=64, detector="classical")
+    calls: list[float] = []
+    tracemalloc.start()
+    try:
+        res = analysis.analyze_image(
+            micrograph(data), params=params, cards=db, progress=lambda f, m: calls.append(f)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert res.grid.n_windows == 125 * 125 and len(res.windows) == 125 * 125
+    assert len(seen) == math.ceil(125 / 2) and len(calls) == 1 + len(seen)
+    assert all(v and workers == -1 for _, v, workers in seen)  # views of the image, no copy
+    assert {shape for shape, _, _ in seen} == {(2, 125, 256, 256), (1, 125, 256, 256)}
+    assert calls == sorted(calls) and calls[-1] == 1.0 and calls[1] == 250 / 15625
+    assert peak < 200e6  # all windows: 4.1e9 bytes
+
+
+def test_detector_threads_are_passed_through(db, monkeypatch) -> None:
+    from hrtem_core import spots
+
+    real = spots.detect_pairs
+    seen: list[int] = []
+
+    def spy(windows, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(windows, **kwargs)
+
+    monkeypatch.setattr(spots, "detect_pairs", spy)
+    image = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
+    analysis.analyze_image(micrograph(image), params=PARAMS, cards=db, detector_workers=1)
+    analysis.analyze_image(micrograph(image), params=PARAMS, cards=db)
+    assert seen == [1, -1]
+    with pytest.raises(AnalysisParameterError, match="detector_workers"):
+        analysis.analyze_image(micrograph(image), params=PARAMS, cards=db, detector_workers="2")
 
 
 def test_noise_only_image_has_no_crystalline_window(db) -> None:
@@ -261,8 +342,23 @@ def test_series_profile_and_best_focus(db) -> None:
     windows = pd.concat([r.windows.assign(file=r.name) for r in series.results])
     again = analysis.series_profile(files, windows, phases=list(series.phases))
     pd.testing.assert_frame_equal(again, prof)
-    # Two worker processes: the same profile and windows, image by image.
-    par = analysis.analyze_series(imgs, params=PARAMS, cards=db, workers=2)
+    # Two worker processes: the same profile and windows, image by image. Each process runs
+    # the detector on its share of the cores (the spy is inherited by the forked workers).
+    import os
+
+    from hrtem_core import spots
+
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    real = spots.detect_pairs
+
+    def spy(windows, **kwargs):
+        if kwargs.get("workers") != share:
+            raise AssertionError(f"detector workers {kwargs.get('workers')}, expected {share}")
+        return real(windows, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spots, "detect_pairs", spy)
+        par = analysis.analyze_series(imgs, params=PARAMS, cards=db, workers=2)
     pd.testing.assert_frame_equal(par.profile, prof)
     for a, b in zip(par.results, series.results, strict=True):
         pd.testing.assert_frame_equal(a.windows, b.windows)

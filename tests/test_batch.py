@@ -369,6 +369,27 @@ def test_task_reads_the_file_and_returns_a_small_result(image_dir) -> None:
     assert skipped.status == "skipped" and skipped.windows is None
 
 
+def test_worker_runs_the_detector_on_one_thread(image_dir, monkeypatch) -> None:
+    """A worker process is one of one-per-core: the spot detector must not start more threads."""
+    from hrtem_core import spots
+    from hrtem_core.analysis import AnalysisParams
+
+    real = spots.detect_pairs
+    seen: list[int] = []
+
+    def spy(windows, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(windows, **kwargs)
+
+    monkeypatch.setattr(spots, "detect_pairs", spy)
+    settings = batch.make_settings(
+        AnalysisParams(window_px=128, detector="classical"), pixel_size_nm=PIXEL_NM
+    )
+    windows, summary, _ = batch.analyze_file(str(good_paths(image_dir)[0]), settings)
+    assert seen and set(seen) == {1} == {batch.WORKER_DETECTOR_THREADS}
+    assert len(windows) == summary["n_windows"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # The real analysis (classical detector) on the cluster
 # --------------------------------------------------------------------------------------------
