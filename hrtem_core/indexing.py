@@ -25,7 +25,9 @@ Method (Zhu et al., ESI-1 and ESI-3, generalised to every crystal system):
    ``t = |u a + v b + w c|`` [nm] (:func:`zone_prior`). Phases are
    ranked by (angle-confirmed, weighted number of explained planes, score). Other phases whose
    score is within ``ambiguity_margin`` (relative) of the best, at the same rank, are kept as
-   alternatives and the window is "ambiguous" (near-twins such as maghemite / magnetite).
+   alternatives and the window is "ambiguous" (near-twins such as maghemite / magnetite). A
+   near-twin that lost a plane only to the tolerance bound (a spacing inside the best phase's
+   tolerance but just outside its own) is listed too: see :func:`_edge_twin` (``tolerance_edge``).
 
 6. **Forbidden reflections.** A kinematically forbidden reflection (screw axis / glide plane) is
    matched in a zone where double diffraction produces it, i.e. where it is the sum of two allowed
@@ -76,6 +78,10 @@ STATUSES = (
 FORBIDDEN_WEIGHT = 0.5
 #: Default relative margin under the best score within which other phases are kept as alternatives.
 AMBIGUITY_MARGIN = 0.15
+#: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %).
+#: A phase that explains the best match's planes once its spacing tolerance is widened by this
+#: edge is a near-twin (:func:`_edge_twin`): it is listed as an alternative.
+TOLERANCE_EDGE = 0.25
 #: Strength of the low-index zone-axis preference on the index norm (:func:`zone_prior` without a cell).
 ZONE_PRIOR = 0.03
 #: Strength of the short-period zone-axis preference [1/nm] (:func:`zone_prior` with a cell).
@@ -229,6 +235,7 @@ class IndexingTables:
     ambiguity_margin: float = AMBIGUITY_MARGIN
     forbidden_weight: float = FORBIDDEN_WEIGHT
     max_planes: int = MAX_PLANES
+    tolerance_edge: float = TOLERANCE_EDGE
     _phase_pos: dict = field(default_factory=dict)
 
 
@@ -533,21 +540,23 @@ def _spacing_matches(
     ordered as there (then by hkl). Forbidden families are always returned (see ``_dd_ok``).
     """
     d = np.array([p.spacing_nm for p in planes], dtype=float)
-    tol = tables.spacing_tol
-    out = []
-    for pt in tables.phases:
-        per_plane: list[list[tuple[int, float]]] = []
-        if len(pt.family_d_nm) == 0:
-            out.append([[] for _ in planes])
-            continue
-        res = (d[:, None] - pt.family_d_nm[None, :]) / pt.family_d_nm[None, :]
-        for k in range(len(planes)):
-            hit = np.flatnonzero(np.abs(res[k]) <= tol)
-            items = [(int(f), float(res[k, f])) for f in hit]
-            items.sort(key=lambda c: (abs(c[1]), tuple(-x for x in pt.family_hkl[c[0]])))
-            per_plane.append(items)
-        out.append(per_plane)
-    return out
+    return [_phase_spacing_matches(pt, d, tables.spacing_tol) for pt in tables.phases]
+
+
+def _phase_spacing_matches(
+    pt: PhaseTable, d_nm: np.ndarray, rel_tol: float
+) -> list[list[tuple[int, float]]]:
+    """Per plane of spacings ``d_nm`` (n,) [nm]: ``(family index, rel. residual)`` of one phase."""
+    if len(pt.family_d_nm) == 0:
+        return [[] for _ in range(len(d_nm))]
+    res = (d_nm[:, None] - pt.family_d_nm[None, :]) / pt.family_d_nm[None, :]
+    per_plane: list[list[tuple[int, float]]] = []
+    for k in range(len(d_nm)):
+        hit = np.flatnonzero(np.abs(res[k]) <= rel_tol)
+        items = [(int(f), float(res[k, f])) for f in hit]
+        items.sort(key=lambda c: (abs(c[1]), tuple(-x for x in pt.family_hkl[c[0]])))
+        per_plane.append(items)
+    return per_plane
 
 
 def _spacing_only(
@@ -773,7 +782,10 @@ def _angle_search(
                         if round(wsum, 6) < best_key[1]:
                             continue
                     match = _build_match(pt, planes, cands, chosen, chosen_g, uvw, acute, tables)
-                    key = match.rank_key
+                    # Scores equal to rounding (assignments related by a symmetry the card does
+                    # not have, e.g. (101) / (-101) of a trigonal phase in [010]): the first found
+                    # wins, which does not depend on the order of the spots or an image rotation.
+                    key = (*match.rank_key[:2], round(match.score, 12))
                     if best_key is None or key > best_key:
                         best, best_key = match, key
     return best
@@ -905,6 +917,7 @@ def index_window(
         return WindowIndex(planes, angles, None, (), STATUS_NO_SPOTS)
     matches_all = _spacing_matches(tables, planes)
     per_phase: list[PhaseMatch] = []
+    searched: dict[str, tuple[PhaseTable, list[list[tuple[int, float]]]]] = {}
     for pt, cands in zip(tables.phases, matches_all, strict=True):
         if not any(cands):
             continue
@@ -913,6 +926,7 @@ def index_window(
             match = _spacing_only(pt, cands, n, tables)
         if match is not None:
             per_phase.append(match)
+            searched[pt.card_id] = (pt, cands)
     if not per_phase:
         return WindowIndex(planes, angles, None, (), STATUS_UNMATCHED)
     order = {cid: i for i, cid in enumerate(tables.card_ids)}
@@ -922,13 +936,64 @@ def index_window(
         # Spacing alone proves little: every phase with a matching spacing stays a candidate.
         return WindowIndex(planes, angles, best, tuple(per_phase[1:]), STATUS_SPACING_ONLY)
     floor = best.score * (1.0 - tables.ambiguity_margin)
-    alts = tuple(
-        m
-        for m in per_phase[1:]
-        if m.angle_confirmed and abs(m.weight - best.weight) < 1e-9 and m.score >= floor
-    )
+    alts: list[PhaseMatch] = []
+    for m in per_phase[1:]:
+        if m.angle_confirmed and abs(m.weight - best.weight) < 1e-9 and m.score >= floor:
+            alts.append(m)
+        elif m.angle_confirmed and m.weight < best.weight - 1e-9:
+            # Fewer planes explained: a near-twin may have lost a plane at the tolerance edge.
+            twin = _edge_twin(*searched[m.card_id], m, planes, best, tables)
+            if twin is not None and twin.score >= floor:
+                alts.append(twin)
+    alts.sort(key=lambda m: (m.rank_key, -order[m.card_id]), reverse=True)
     status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
-    return WindowIndex(planes, angles, best, alts, status)
+    return WindowIndex(planes, angles, best, tuple(alts), status)
+
+
+def _edge_twin(
+    pt: PhaseTable,
+    cands: list[list[tuple[int, float]]],
+    match: PhaseMatch,
+    planes: Sequence[MeasuredPlane],
+    best: PhaseMatch,
+    tables: IndexingTables,
+) -> PhaseMatch | None:
+    """The phase's match when it explains as many planes as ``best`` within the tolerance edge.
+
+    A near-twin (e.g. maghemite, a = 0.8352 nm, beside magnetite, a = 0.8396 nm: every spacing
+    0.5 % apart) loses a plane measured 2.5-3 % from the winner's reference because that plane
+    lies 3.0-3.5 % from its own: the rank key (weighted planes first) then ranks it lower although
+    the measurement (about 1 % per spacing) cannot tell the two apart. The phase's angle search is
+    repeated with the spacing tolerance widened to ``spacing_tol * (1 + tolerance_edge)``; it is a
+    near-twin when the widened search explains at least the weighted planes of ``best`` (angle-
+    confirmed, zone-consistent). Its score keeps the normal tolerance in ``q_d``, so a plane in the
+    edge band counts with a lower spacing quality (``exp(-r^2/2)``, r > 1 in units of the tolerance).
+
+    ``match`` is the phase's angle-confirmed match at the normal tolerance (``cands``). Only a
+    near-twin of ``best`` in this window is searched: on at least two planes explained by both,
+    its reference spacings agree with the best's within the edge band
+    (``|d_ref - d_ref,best| <= spacing_tol * tolerance_edge * d_ref,best``; 0.53 % for maghemite
+    and magnetite, 0.75 % allowed at 3 %). A plane within the tolerance of the best then lies
+    within the widened tolerance of the twin, so the band is exactly wide enough. The search is
+    also skipped when the planes that gain a candidate in the band are fewer than the weight the
+    phase lacks. Returns None when the phase is no near-twin.
+    """
+    edge = tables.spacing_tol * tables.tolerance_edge
+    if edge <= 0.0 or not (best.angle_confirmed and match.angle_confirmed):
+        return None
+    # Near-twins only: on the planes both explain, the reference spacings agree within the edge.
+    shared = [(a, b) for a, b in zip(match.d_ref_nm, best.d_ref_nm, strict=True) if a and b]
+    if len(shared) < 2 or any(abs(a - b) > edge * b for a, b in shared):
+        return None
+    d = np.array([p.spacing_nm for p in planes], dtype=float)
+    wide = _phase_spacing_matches(pt, d, tables.spacing_tol * (1.0 + tables.tolerance_edge))
+    n_gain = sum(1 for w, c in zip(wide, cands, strict=True) if len(w) > len(c))
+    if n_gain == 0 or match.weight + n_gain < best.weight - 1e-9:
+        return None
+    twin = _angle_search(pt, planes, wide, tables)
+    if twin is None or twin.weight < best.weight - 1e-9:
+        return None
+    return twin
 
 
 # --------------------------------------------------------------------------------------------
@@ -960,6 +1025,7 @@ __all__ = [
     "STATUS_NO_SPOTS",
     "STATUS_SPACING_ONLY",
     "STATUS_UNMATCHED",
+    "TOLERANCE_EDGE",
     "ZONE_PRIOR",
     "ZONE_PRIOR_PER_NM",
     "IndexingTables",
