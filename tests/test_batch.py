@@ -551,6 +551,12 @@ def test_cli_batch_errors(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["batch", str(tmp_path), "--workers", "0", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers must be at least 1, got 0" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["batch", str(tmp_path), "--workers", "two", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "--workers must be a whole number of processes, got 'two'" in capsys.readouterr().err
 
 
 def _worker_cache_state() -> dict:

@@ -57,13 +57,15 @@ def pixel_size_arg(text: str) -> float | tuple[float, float]:
     )
 
 
-def _positive_int(name: str):
+def positive_int(name: str, *, unit: str = "pixels"):
+    """argparse type for an option ``name`` that takes a whole number (of ``unit``) >= 1."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name} must be a whole number of pixels, got {text!r}"
+                f"{name} must be a whole number of {unit}, got {text!r}"
             ) from None
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
@@ -105,14 +107,14 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("windows and spots")
     g.add_argument(
         "--window",
-        type=_positive_int("--window"),
+        type=positive_int("--window"),
         default=256,
         metavar="W",
         help="moving-window size in pixels (default 256)",
     )
     g.add_argument(
         "--stride",
-        type=_positive_int("--stride"),
+        type=positive_int("--stride"),
         default=None,
         metavar="S",
         help="step between windows in pixels (default: half the window)",
@@ -269,5 +271,6 @@ __all__ = [
     "params_from_args",
     "pixel_size_arg",
     "pixel_size_from_args",
+    "positive_int",
     "safe_stem",
 ]

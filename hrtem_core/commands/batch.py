@@ -29,20 +29,8 @@ from hrtem_core.commands._options import (
     add_analysis_options,
     params_from_args,
     pixel_size_from_args,
+    positive_int,
 )
-
-
-def _workers(text: str) -> int:
-    """argparse type for ``--workers``: a positive whole number."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--workers must be a whole number of processes, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--workers must be at least 1, got {value}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -77,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--workers",
-        type=_workers,
+        type=positive_int("--workers", unit="processes"),
         default=None,
         metavar="N",
         help="worker processes of the local cluster (default: the CPUs available here)",
