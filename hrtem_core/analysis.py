@@ -51,7 +51,7 @@ from hrtem_core.indexing import (
     format_match,
     index_window,
 )
-from hrtem_core.windows import WindowGrid, window_grid
+from hrtem_core.windows import WindowGrid, window_grid, window_view
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hrtem_core.cards import CardDatabase
@@ -419,10 +419,7 @@ def analyze_image(
     # it transforms. The grid is processed in blocks of whole window rows (about batch_size
     # windows each): one detector call and one progress call per block, and the detector's
     # per-window arrays (band spectra, masks) never exceed one block, whatever the image size.
-    image = np.asarray(data, dtype=np.float32)
-    w, s = grid.window_px, grid.stride_px
-    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
-    view = view[: grid.n_rows, : grid.n_cols]
+    view = window_view(np.asarray(data, dtype=np.float32), grid)
     rows_per_block = max(1, int(params.batch_size) // grid.n_cols)
     for r0 in range(0, grid.n_rows, rows_per_block):
         r1 = min(r0 + rows_per_block, grid.n_rows)

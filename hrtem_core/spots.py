@@ -52,6 +52,7 @@ from hrtem_core.windows import (
     crop_band,
     hann_2d,
     log_band_from_crop,
+    window_view,
 )
 
 #: Orders n of the harmonics n g that count as supporting evidence for a fundamental g.
@@ -1072,14 +1073,7 @@ def detect_pairs_in_image(
     list of tuple of SpotPair
         One tuple per window, row-major (window ``i = r * n_cols + c``).
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape != grid.image_shape:
-        raise AnalysisParameterError(
-            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
-        )
-    w, s = grid.window_px, grid.stride_px
-    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
-    return detect_pairs(view[: grid.n_rows, : grid.n_cols], **kwargs)
+    return detect_pairs(window_view(np.asarray(image, dtype=np.float32), grid), **kwargs)
 
 
 __all__ = [

@@ -158,6 +158,30 @@ def _positive_int(value: object, what: str) -> int:
     return int(value)
 
 
+def window_view(image: np.ndarray, grid: WindowGrid) -> np.ndarray:
+    """The windows of ``grid`` as a read-only strided view of ``image`` (no copy).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx), float32
+        The image (already float32: a view of another dtype would need a copy).
+    grid : WindowGrid
+        From :func:`window_grid` for this image's shape.
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cols, w, w)
+        Window ``(r, c)`` is ``image[r*s : r*s + w, c*s : c*s + w]``.
+    """
+    if image.shape != grid.image_shape:
+        raise AnalysisParameterError(
+            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
+        )
+    w, s = grid.window_px, grid.stride_px
+    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
+    return view[: grid.n_rows, : grid.n_cols]
+
+
 def extract_windows(
     image: np.ndarray, grid: WindowGrid, *, indices: np.ndarray | None = None
 ) -> np.ndarray:
@@ -176,14 +200,8 @@ def extract_windows(
     -------
     ndarray, shape (n, w, w), float32
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape != grid.image_shape:
-        raise AnalysisParameterError(
-            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
-        )
-    w, s = grid.window_px, grid.stride_px
-    view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
-    view = view[: grid.n_rows, : grid.n_cols].reshape(grid.n_windows, w, w)
+    w = grid.window_px
+    view = window_view(np.asarray(image, dtype=np.float32), grid).reshape(grid.n_windows, w, w)
     if indices is None:
         return np.ascontiguousarray(view)
     return np.ascontiguousarray(view[np.asarray(indices, dtype=np.intp)])
@@ -507,4 +525,5 @@ __all__ = [
     "log_band_from_crop",
     "window_grid",
     "window_spectra",
+    "window_view",
 ]

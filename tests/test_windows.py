@@ -20,6 +20,7 @@ from hrtem_core.windows import (
     log_band_from_crop,
     window_grid,
     window_spectra,
+    window_view,
 )
 
 # --- grid ------------------------------------------------------------------------------------
@@ -108,6 +109,19 @@ def test_extract_windows_copies_the_right_pixels(rng) -> None:
     np.testing.assert_array_equal(np.concatenate([w for _, w in batches]), wins)
     with pytest.raises(AnalysisParameterError, match="does not match"):
         extract_windows(image[:-1], grid)
+
+
+def test_window_view_is_a_copy_free_view_of_the_grid(rng) -> None:
+    image = rng.standard_normal((260, 330)).astype(np.float32)
+    grid = window_grid(image.shape, window_px=64, stride_px=40)
+    view = window_view(image, grid)
+    assert view.shape == (grid.n_rows, grid.n_cols, 64, 64)
+    assert np.shares_memory(view, image)
+    for i, (r, c) in enumerate(grid.origins):
+        rr, cc = grid.row_col[i]
+        np.testing.assert_array_equal(view[rr, cc], image[r : r + 64, c : c + 64])
+    with pytest.raises(AnalysisParameterError, match="does not match"):
+        window_view(image[:, :-1], grid)
 
 
 # --- spectra ---------------------------------------------------------------------------------
