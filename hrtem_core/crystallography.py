@@ -63,6 +63,11 @@ _COMBINING_BARS = ("\u0304", "\u0305")
 # --------------------------------------------------------------------------------------------
 
 
+#: Plausible range of a lattice constant [nm]: 0.1 Angstrom to 1 um (protein crystals stay below).
+MIN_CELL_LENGTH_NM = 0.01
+MAX_CELL_LENGTH_NM = 1000.0
+
+
 @dataclass(frozen=True)
 class UnitCell:
     """A unit cell: lattice constants in nm, angles in degrees (validated on construction).
@@ -102,6 +107,13 @@ class UnitCell:
             if getattr(self, name) <= 0.0:
                 raise CardDatabaseError(
                     f"unit cell: {name} must be a positive length in nm, got {getattr(self, name)!r}"
+                )
+            if not MIN_CELL_LENGTH_NM <= getattr(self, name) <= MAX_CELL_LENGTH_NM:
+                # Far outside any crystal; a tiny length would also underflow the metric tensor.
+                raise CardDatabaseError(
+                    f"unit cell: {name} must lie between {MIN_CELL_LENGTH_NM} and "
+                    f"{MAX_CELL_LENGTH_NM:g} nm ({MIN_CELL_LENGTH_NM * 10:g} to "
+                    f"{MAX_CELL_LENGTH_NM * 10:g} Angstrom), got {getattr(self, name)!r}"
                 )
         for name in ("alpha_deg", "beta_deg", "gamma_deg"):
             if not 0.0 < getattr(self, name) < 180.0:

@@ -222,6 +222,9 @@ def test_zone_axis_obeys_weiss_law(rng):
             "real cell",
         ),
         (dict(a_nm="0.5", b_nm=0.5, c_nm=0.5), "must be a number"),
+        # found by hypothesis: a positive but absurd length underflowed the metric tensor
+        (dict(a_nm=0.5, b_nm=0.5, c_nm=1.75e-167), r"c_nm must lie between 0.01 and 1000 nm"),
+        (dict(a_nm=2000.0, b_nm=0.5, c_nm=0.5), r"a_nm must lie between 0.01 and 1000 nm"),
     ],
 )
 def test_invalid_cells_are_refused(kwargs, match):
