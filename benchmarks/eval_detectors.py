@@ -117,7 +117,11 @@ def score_window(pairs, ex, *, tol_px: float) -> dict:
     matched_true = np.zeros(len(truth), dtype=bool)
     if len(pred) and len(truth):
         dist = _friedel_dist(pred, truth)
-        rows, cols = linear_sum_assignment(dist)
+        # Most matches first, then required spots before optional ones (harmonics, unresolved):
+        # a prediction between a spot and its unresolved weaker neighbour finds the spot.
+        optional = harmonic | unresolved
+        cost = np.where(dist <= tol_px, dist + np.where(optional, tol_px, 0.0)[None, :], 1e6)
+        rows, cols = linear_sum_assignment(cost)
         for r, c in zip(rows, cols, strict=True):
             if dist[r, c] <= tol_px:
                 matched_pred[r] = matched_true[c] = True

@@ -356,6 +356,23 @@ def _mask_at(geom, ks: list[tuple[float, float]], *, both: bool = True) -> np.nd
     return mask[0]
 
 
+def test_neighbour_skirt_is_not_taken_for_a_weaker_spot(rng) -> None:
+    """A weak spot 7 FFT px from a 30x stronger one (separate mask components) keeps its peak.
+
+    Regression: the search once covered a square box around the component, whose corner reached
+    the strong spot: the weak component took the strong peak and the weak spot was lost.
+    """
+    w, p = 512, (0.009, 0.009)
+    geom = band_geometry(w, p)
+    strong, weak = (-17.23, -25.86), (-22.23, -20.86)  # FFT px, 7.1 px apart
+    gs = [(ky / (w * p[0]), kx / (w * p[1])) for ky, kx in (strong, weak)]
+    win = cosine_window(w, p, gs, rng=rng, noise=0.5, amps=[30.0, 1.0])
+    band = band_spectra(win[None], geom)[0]
+    pairs = pairs_from_mask(_mask_at(geom, [strong, weak]), band, geom, pixel_size_nm=p)
+    found = sorted((round(q.ky), round(q.kx)) for q in pairs)
+    assert found == sorted((round(k[0]), round(k[1])) for k in (strong, weak))
+
+
 @pytest.mark.parametrize("refine", ["parabolic", "dft"])
 def test_mask_driven_refined_positions(rng, refine) -> None:
     w, p = 256, (0.02, 0.02)
@@ -509,14 +526,16 @@ def test_classical_masks_mark_both_friedel_mates(rng) -> None:
 _RNG = np.random.default_rng(7)
 _P = (0.02, 0.02)
 _GEOM = band_geometry(256, _P)
-_WINS = np.stack(
-    [
-        cosine_window(256, _P, [g_vec(d, a), g_vec(d * 0.85, a + 57.0)], rng=_RNG, noise=1.0)
-        for d, a in ((0.25, 10.0), (0.3, 100.0), (0.22, 160.0), (0.4, 45.0), (0.18, 75.0))
-    ]
-)
+_GS = [
+    [g_vec(d, a), g_vec(d * 0.85, a + 57.0)]
+    for d, a in ((0.25, 10.0), (0.3, 100.0), (0.22, 160.0), (0.4, 45.0), (0.18, 75.0))
+]
+_WINS = np.stack([cosine_window(256, _P, gs, rng=_RNG, noise=1.0) for gs in _GS])
 _BANDS = band_spectra(_WINS, _GEOM)
-_MASKS = classical_masks(_BANDS, _GEOM, pixel_size_nm=_P)
+# Masks as the U-Net is trained to draw them: disks at the true spots.
+_MASKS = np.stack(
+    [_mask_at(_GEOM, [(gy * 256 * _P[0], gx * 256 * _P[1]) for gy, gx in gs]) for gs in _GS]
+)
 _PAIRS = pairs_from_masks(_MASKS, _BANDS, _GEOM, pixel_size_nm=_P)
 
 
