@@ -50,6 +50,7 @@ from hrtem_core.synthetic import (  # noqa: E402
 from hrtem_core.unet.load import (  # noqa: E402
     DEFAULT_WEIGHTS,
     load_model,
+    predict_logits,
     predict_masks,
     settings_path,
 )
@@ -304,10 +305,15 @@ def run(args: argparse.Namespace) -> dict:
         geoms = [band_geometry(ex.window_px, ex.pixel_size_nm, d_min_nm=0.1) for ex in exs]
         bands = [band_spectra(ex.window[None], g) for ex, g in zip(exs, geoms, strict=True)]
         logb = np.concatenate([log_band_from_crop(b, g) for b, g in zip(bands, geoms, strict=True)])
-        masks = predict_masks(model, logb, threshold=args.threshold)
+        logits = predict_logits(model, logb)
+        masks = logits > math.log(args.threshold / (1.0 - args.threshold))
         for j, ex in enumerate(exs):
             unet_pairs = pairs_from_masks(
-                masks[j : j + 1], bands[j], geoms[j], pixel_size_nm=ex.pixel_size_nm
+                masks[j : j + 1],
+                bands[j],
+                geoms[j],
+                pixel_size_nm=ex.pixel_size_nm,
+                logits=logits[j : j + 1] if args.split else None,
             )[0]
             classical_pairs = detect_pairs(
                 ex.window[None], pixel_size_nm=ex.pixel_size_nm, detector="classical"
@@ -378,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threshold", type=float, default=0.5, help="U-Net spot probability threshold")
     ap.add_argument("--chunk", type=int, default=200, help="windows per U-Net batch")
+    ap.add_argument(
+        "--no-split",
+        dest="split",
+        action="store_false",
+        help="do not split mask components at their logit peaks",
+    )
     ap.add_argument(
         "--update-settings", action="store_true", help="store the metrics in the settings JSON"
     )

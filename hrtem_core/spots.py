@@ -4,7 +4,9 @@ Pipeline (Zhu et al., ESI-2; geometry in :mod:`hrtem_core.windows`):
 
 1. A detector marks spots on the 64 x 64 *band grid* (the U-Net, or :func:`classical_masks`).
 2. :func:`pairs_from_mask` labels the connected components of the mask (8-connectivity,
-   ``scipy.ndimage.label``) and takes the strongest 3 x 3 local maximum of the full-resolution
+   ``scipy.ndimage.label``); with the U-Net, a component with several logit peaks at least 2 band
+   px apart (two spots whose disks touch) is split between them (:func:`split_at_peaks`). Under
+   each component it takes the strongest 3 x 3 local maximum of the full-resolution
    FFT magnitude among the FFT pixels of the component's footprint (those whose nearest band
    pixel belongs to it; one band pixel spans ``1 / scale`` FFT pixels), at least ``min_l_px``
    from the DC. Only the footprint is searched, so the skirt of a stronger neighbour next to the
@@ -332,6 +334,7 @@ def pairs_from_masks(
     pixel_size_nm: tuple[float, float] | float,
     windows: np.ndarray | None = None,
     min_l_px: float = 2.0,
+    logits: np.ndarray | None = None,
 ) -> list[tuple[SpotPair, ...]]:
     """Batched :func:`pairs_from_mask`: one labelling and one vectorized refinement for all windows.
 
@@ -346,6 +349,9 @@ def pairs_from_masks(
     windows : ndarray, shape (n, w, w), optional, keyword-only
         Real-space windows for the local-DFT refinement.
     min_l_px : float, keyword-only
+    logits : ndarray, shape (n, S, S), optional, keyword-only
+        The U-Net's logits behind the masks: a component with several logit peaks (two spots
+        whose disks touch) is split between them (:func:`split_at_peaks`).
 
     Returns
     -------
@@ -380,11 +386,71 @@ def pairs_from_masks(
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True
     labels, _ = ndi.label(masks, structure=structure)
+    if logits is not None:
+        if np.shape(logits) != masks.shape:
+            raise AnalysisParameterError(
+                f"logits of shape {np.shape(logits)} do not match the masks {masks.shape}"
+            )
+        labels = split_at_peaks(labels, np.asarray(logits))
     win, ky, kx = _component_seeds(labels, magnitudes, geometry, min_l=min_l)
     ones = np.ones(win.size, dtype=np.intp)
     return _pairs_from_seeds(
         magnitudes, geometry, (py, px), win, ky, kx, ones, ones, windows=windows, min_l=min_l
     )
+
+
+def split_at_peaks(
+    labels: np.ndarray, score: np.ndarray, *, min_distance_px: int = 2
+) -> np.ndarray:
+    """Split labelled components at the local maxima of a score map (e.g. U-Net logits).
+
+    A peak is a component pixel whose score is the largest within ``min_distance_px`` band pixels
+    (a (2 d + 1)^2 square, component pixels only). Every pixel of a component goes to its nearest
+    peak of that component (a Voronoi split of the component); a component with one peak is
+    unchanged.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n, S, S)
+        Components (0 = background), unique across windows (``scipy.ndimage.label`` of the stack
+        with no connectivity between windows).
+    score : ndarray, shape (n, S, S)
+    min_distance_px : int, keyword-only
+        Smallest distance between two peaks [band px].
+
+    Returns
+    -------
+    ndarray of int, shape (n, S, S)
+        New labels (0 = background), one per peak.
+    """
+    wi, rr, cc = np.nonzero(labels)
+    if wi.size == 0:
+        return labels
+    lab = labels[wi, rr, cc]
+    d = int(min_distance_px)
+    masked = np.where(labels > 0, score, -np.inf)
+    o = np.arange(-d, d + 1)
+    n_y, n_x = labels.shape[1:]
+    yy = np.clip(rr[:, None] + o[None, :], 0, n_y - 1)
+    xx = np.clip(cc[:, None] + o[None, :], 0, n_x - 1)
+    # Neighbours from another component (touching only diagonally beyond d) never win: they are
+    # compared by label as well.
+    vals = masked[wi[:, None, None], yy[:, :, None], xx[:, None, :]]
+    same = labels[wi[:, None, None], yy[:, :, None], xx[:, None, :]] == lab[:, None, None]
+    vals = np.where(same, vals, -np.inf).reshape(wi.size, -1)
+    is_peak = masked[wi, rr, cc] >= vals.max(axis=1)
+    n_peaks = np.bincount(lab[is_peak], minlength=int(labels.max()) + 1)
+    if (n_peaks[lab] <= 1).all():
+        return labels
+    from scipy.spatial import cKDTree
+
+    big = 4.0 * (n_y + n_x)  # separates components in the tree
+    pts = np.column_stack([lab * big, rr, cc]).astype(np.float64)
+    tree = cKDTree(pts[is_peak])
+    _, nearest = tree.query(pts, k=1)
+    out = np.zeros_like(labels)
+    out[wi, rr, cc] = nearest.astype(labels.dtype) + 1
+    return out
 
 
 def _component_seeds(
@@ -985,8 +1051,9 @@ def detect_pairs(
     The band of each window's spectrum (:func:`~hrtem_core.windows.band_spectra`, in batches of
     ``batch_size`` windows; or ``crop_band(spectra)`` when full spectra are given) with
     ``geometry = band_geometry(w, p, d_min_nm=d_min_nm)``; masks from the detector
-    (:func:`classical_masks`, or the U-Net's ``predict_masks`` applied to the log band, the same
-    input as :func:`~hrtem_core.windows.log_band`); then :func:`pairs_from_masks`.
+    (:func:`classical_masks`, or the U-Net's logits of the log band, the same input as
+    :func:`~hrtem_core.windows.log_band`, thresholded at probability 0.5); then
+    :func:`pairs_from_masks` (with the logits, to split touching spots).
 
     Parameters
     ----------
@@ -1048,11 +1115,11 @@ def detect_pairs(
 
     spot_model = None
     if detector == "unet":
-        from hrtem_core.unet.load import load_model, predict_masks
+        from hrtem_core.unet.load import load_model, predict_logits
 
         spot_model = load_model() if model is None else model
     band = np.empty((n, 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1), np.float32)
-    masks = np.zeros((n, geometry.size, geometry.size), dtype=bool)
+    logits = np.zeros((n, geometry.size, geometry.size), dtype=np.float32)
     if spectra is not None:
         spectra = np.asarray(spectra)
         if spectra.shape != (n, w, w):
@@ -1071,7 +1138,7 @@ def detect_pairs(
             band[start:stop] = band_spectra(batch(start, stop), geometry, workers=1)
         if spot_model is not None:
             bands_in = log_band_from_crop(band[start:stop], geometry)
-            masks[start:stop] = predict_masks(spot_model, bands_in, threads=1)
+            logits[start:stop] = predict_logits(spot_model, bands_in, threads=1)
 
     starts = list(range(0, n, batch_size))
     n_threads = _n_threads(workers, len(starts))
@@ -1111,12 +1178,13 @@ def detect_pairs(
             min_l_px=min_l_px,
         )
     return pairs_from_masks(
-        masks,
+        logits > 0.0,  # sigmoid > 0.5
         band,
         geometry,
         pixel_size_nm=p,
         windows=windows if refine == "dft" else None,
         min_l_px=min_l_px,
+        logits=logits,
     )
 
 

@@ -21,10 +21,13 @@ A window is ``counts = Poisson(dose * I)`` with the intensity
 
 Labels. A spot at ``g`` lies at the FFT offset ``k = (g_y w p_y, g_x w p_x)`` [FFT px] from the DC
 (see :mod:`hrtem_core.windows`). A spot is *labelled* only when it is visible in the U-Net input:
-its peak magnitude in the lattice-only spectrum, on the 64 x 64 band grid the U-Net sees, is at
-least ``ranges.snr_label`` times the local RMS magnitude of everything else (background, shot
-noise, artefacts) in an annulus around it; both spectra are computed exactly as
-:func:`hrtem_core.windows.window_spectra` does (mean removed, Hann apodized). Spots that are
+its own peak magnitude (:func:`spot_peaks`: the spot alone, at its nearest FFT pixel, so a
+strong neighbour cannot lend it visibility) is at least ``ranges.snr_label`` times the local RMS
+magnitude of everything else (background, shot noise, artefacts) on the 64 x 64 band grid the
+U-Net sees (resampled as its input, :func:`hrtem_core.windows.resample_band`), in an annulus
+around it; spectra as :func:`hrtem_core.windows.window_spectra` computes them (mean removed,
+Hann apodized). Generator 2.0 (1.0 took the peak as the 3 x 3 band maximum of the summed
+lattice spectrum, and resampled bilinearly). Spots that are
 borderline (``snr_ignore <= SNR < snr_label``) or too close to the DC (``|k| < min_k_px``) are
 *ignored* (neither spot nor background in the loss and in the evaluation). Spots outside the band
 are not labelled. Windows without crystal (``ranges.p_no_crystal``) have empty labels.
@@ -44,16 +47,16 @@ import scipy.fft
 
 from hrtem_core.windows import (
     BandGeometry,
-    _resample_bilinear,
     band_geometry,
     crop_band,
     hann_2d,
     log_band,
+    resample_band,
     window_spectra,
 )
 
 #: Version of the generator; stored with the weights. Bump on any change of the distributions.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 
 _CS_NM_PER_MM = 1.0e6
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -398,6 +401,8 @@ def synthetic_example(
     # Crystal lattices.
     lattice = np.zeros((w, w), dtype=np.float64)
     g_all, hk_all, lat_all = [], [], []
+    regions: list[np.ndarray] = []
+    coef_all: list[np.ndarray] = []
     if crystal:
         if n_lattices is None:
             n_lattices = int(rng.choice(rs.n_lattices, p=np.asarray(rs.lattice_prob)))
@@ -429,6 +434,8 @@ def synthetic_example(
             ex = np.exp(2j * math.pi * np.outer(rx, g[:, 1]))  # (w, m)
             lat = ((ey * coef) @ ex.T).real
             lattice += region * lat
+            regions.append(region)
+            coef_all.append(coef)
             g_all.append(g)
             hk_all.append(hk)
             lat_all.append(np.full(len(g), i))
@@ -479,7 +486,15 @@ def synthetic_example(
     k = np.concatenate([k, -k])
     hk_cat = np.concatenate([hk_cat, -hk_cat])
     lat_cat = np.concatenate([lat_cat, lat_cat])
-    lab, ign, snr = _classify_spots(image, lattice_counts, k, geometry, rs)
+    # Each spot's own peak (without its neighbours), on the FFT grid.
+    dose_scale = 1.0 if math.isinf(dose_e_per_px) else float(dose_e_per_px)
+    hann = hann_2d(w).astype(np.float64)
+    own = np.zeros(len(g_cat))
+    for i, (region, coef) in enumerate(zip(regions, coef_all, strict=True)):
+        sel = np.flatnonzero(lat_cat[: len(g_cat)] == i)
+        own[sel] = spot_peaks(k[sel], coef, hann * illum * region * dose_scale, geometry)
+    own = np.concatenate([own, own])
+    lab, ign, snr = _classify_spots(image, lattice_counts, k, own, geometry, rs)
     harmonic = _harmonic_flags(hk_cat, lat_cat, lab | ign)
     return SyntheticExample(
         window=image.astype(np.float32),
@@ -506,15 +521,61 @@ def _harmonic_flags(hk: np.ndarray, lattice: np.ndarray, seen: np.ndarray) -> np
     return out
 
 
+def spot_peaks(
+    k: np.ndarray, coef: np.ndarray, weight: np.ndarray, geometry: BandGeometry
+) -> np.ndarray:
+    """Each cosine's own peak magnitude at its nearest FFT pixel, without its neighbours.
+
+    A fringe ``Re(c exp(2 pi i g . r))`` weighted by ``weight(r)`` (apodization, illumination,
+    region, dose) contributes ``c / 2`` times the transform of the weight, evaluated at the
+    offset of ``k`` from its nearest FFT pixel: ``|c| / 2 |sum_r weight(r) exp(2 pi i delta .
+    r)|`` with ``delta = (k - rint(k)) / w`` [cycles/px]. This is what the spectrum shows at the
+    spot when it has no neighbour; a stronger spot a few pixels away leaves it unchanged.
+
+    Parameters
+    ----------
+    k : ndarray, shape (m, 2)
+        ``(ky, kx)`` [FFT px] of the spots (the ``+g`` half).
+    coef : ndarray, shape (m,), complex
+        Fringe coefficients ``c``.
+    weight : ndarray, shape (w, w)
+        Real weight of the fringes.
+    geometry : BandGeometry
+        Spots whose nearest pixel is outside the band get 0.
+
+    Returns
+    -------
+    ndarray, shape (m,)
+    """
+    k = np.asarray(k, dtype=float).reshape(-1, 2)
+    out = np.zeros(len(k))
+    near = (np.abs(np.rint(k[:, 0])) <= geometry.radius_y) & (
+        np.abs(np.rint(k[:, 1])) <= geometry.radius_x
+    )
+    if not near.any():
+        return out
+    w = weight.shape[-1]
+    delta = (k[near] - np.rint(k[near])) / w
+    ey = np.exp(2j * math.pi * np.outer(delta[:, 0], np.arange(w)))  # (m, w)
+    ex = np.exp(2j * math.pi * np.outer(delta[:, 1], np.arange(w)))
+    out[near] = 0.5 * np.abs(np.asarray(coef)[near]) * np.abs(((ey @ weight) * ex).sum(axis=1))
+    return out
+
+
 def _classify_spots(
     image: np.ndarray,
     lattice_counts: np.ndarray,
     k: np.ndarray,
+    own_peak: np.ndarray,
     geometry: BandGeometry,
     rs: SyntheticRanges,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labelled and ignored flags and the visibility of each spot offset ``k`` (m, 2).
 
+    ``own_peak`` (m,) is each spot's own magnitude at its nearest FFT pixel (without its
+    neighbours: a strong spot a few pixels away must not make a weak one "visible"). The noise
+    is the RMS of the non-lattice spectrum on the band grid, resampled as the U-Net input
+    (:func:`~hrtem_core.windows.resample_band`), in an annulus of 2-5 band px around the spot.
     Spots outside the band are neither labelled nor ignored.
     """
     n_all = len(k)
@@ -527,17 +588,12 @@ def _classify_spots(
         return lab_all, ign_all, snr_all
     w = image.shape[-1]
     hann = hann_2d(w).astype(np.float64)
-    stack = np.stack([image - image.mean(), lattice_counts - lattice_counts.mean()]) * hann
-    spec = np.fft.fftshift(scipy.fft.fft2(stack, axes=(-2, -1)), axes=(-2, -1))
-    mag_lat = np.abs(spec[1])
-    mag_rest = np.abs(spec[0] - spec[1])
-    bands = _resample_bilinear(
-        crop_band(np.stack([mag_lat, mag_rest]), geometry).astype(np.float64), geometry.size
-    )
-    lat_b, rest_b = bands
+    rest = (image - image.mean() - (lattice_counts - lattice_counts.mean())) * hann
+    mag_rest = np.abs(np.fft.fftshift(scipy.fft.fft2(rest)))
+    rest_b = resample_band(crop_band(mag_rest[None], geometry), geometry.size)[0]
     s = geometry.size
     r, c = geometry.to_band(k[:, 0], k[:, 1])
-    # Peak of the lattice-only band in the 3x3 neighbourhood; noise RMS in an annulus 2..5 px.
+    # Noise RMS in an annulus of 2..5 band px around the spot.
     offs = np.arange(-5, 6)
     dy, dx = np.meshgrid(offs, offs, indexing="ij")
     rr = np.rint(r)[:, None, None].astype(int) + dy
@@ -546,8 +602,7 @@ def _classify_spots(
     rr_c = np.clip(rr, 0, s - 1)
     cc_c = np.clip(cc, 0, s - 1)
     dist = np.hypot(rr - r[:, None, None], cc - c[:, None, None])
-    peak = np.where(valid & (np.abs(dy) <= 1) & (np.abs(dx) <= 1), lat_b[rr_c, cc_c], 0.0)
-    peak = peak.reshape(len(k), -1).max(axis=1)
+    peak = np.asarray(own_peak, dtype=float)[in_band]
     ring = valid & (dist >= 2.0) & (dist <= 5.0)
     noise2 = np.where(ring, rest_b[rr_c, cc_c] ** 2, 0.0).reshape(len(k), -1).sum(axis=1)
     noise = np.sqrt(noise2 / np.maximum(ring.reshape(len(k), -1).sum(axis=1), 1))

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of data, init and batches")
     p.add_argument("--n-train", type=int, default=24000, help="training examples")
     p.add_argument("--n-val", type=int, default=2000, help="validation examples")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of Adam")
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -429,7 +429,8 @@ def band_spectra(
 def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     """The U-Net input: the band's log-magnitude, resampled to size x size and standardized.
 
-    ``log1p(|F| / median)`` over the band, bilinearly resampled (pixel-centre aligned, as
+    ``log1p(|F| / median)`` over the band, resampled by :func:`resample_band` (max-pooled where
+    the band is coarser than the FFT, bilinear where finer; aligned as
     :meth:`BandGeometry.to_band`), then shifted to zero median and scaled to unit robust spread
     (1.4826 x MAD) per window; the DC pixel is set to the median so it never dominates.
 
@@ -470,7 +471,7 @@ def log_band_from_crop(band: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     band[:, ry, rx] = 0.0
     med = np.median(band.reshape(band.shape[0], -1), axis=1)[:, None, None]
     band = np.log1p(band / np.maximum(med, 1e-12))
-    out = _resample_bilinear(band, geometry.size)
+    out = resample_band(band, geometry.size)
     flat = out.reshape(out.shape[0], -1)
     m = np.median(flat, axis=1)[:, None, None]
     mad = np.median(np.abs(flat - m[:, :, 0]), axis=1)[:, None, None] * 1.4826
@@ -478,23 +479,67 @@ def log_band_from_crop(band: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _resample_bilinear(stack: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resampling of (n, hy, hx) to (n, size, size), pixel centres aligned."""
-    _n, hy, hx = stack.shape
-    if hy == size and hx == size:
-        return stack
+def resample_band(stack: np.ndarray, size: int) -> np.ndarray:
+    """Band (n, hy, hx) -> (n, size, size), each axis on its own: max-pooled where it is coarser.
 
-    def axis_weights(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = (np.arange(size) + 0.5) * (n_in / size) - 0.5
-        pos = np.clip(pos, 0.0, n_in - 1.0)
-        i0 = np.floor(pos).astype(np.intp)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (pos - i0).astype(np.float32)
+    Along an axis with more FFT pixels than band pixels, each band pixel takes the largest value
+    of the FFT pixels whose nearest band pixel it is (``rint(c + k * scale)``, as
+    :meth:`BandGeometry.to_band`): a Hann-apodized spot is about 4 FFT px wide, so plain
+    sampling at 2-8 FFT px per band pixel would let spots fall between samples. Along an axis with
+    fewer FFT pixels than band pixels the band is bilinearly interpolated (pixel centres
+    aligned).
 
-    y0, y1, wy = axis_weights(hy)
-    x0, x1, wx = axis_weights(hx)
-    rows = stack[:, y0, :] * (1 - wy)[None, :, None] + stack[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+    Parameters
+    ----------
+    stack : ndarray, shape (n, hy, hx)
+    size : int
+        Side of the output [band px].
+
+    Returns
+    -------
+    ndarray, shape (n, size, size)
+    """
+    out = stack
+    for axis in (1, 2):
+        n_in = out.shape[axis]
+        if n_in > size:
+            members = _pool_members(n_in, size)
+            pooled = np.take(out, members[:, 0], axis=axis)
+            for j in range(1, members.shape[1]):
+                np.maximum(pooled, np.take(out, members[:, j], axis=axis), out=pooled)
+            out = pooled
+        elif n_in < size:
+            out = _resample_bilinear_axis(out, size, axis)
+    return out
+
+
+def _pool_members(n_in: int, size: int) -> np.ndarray:
+    """(size, G) FFT indices whose nearest band index is each band pixel (padded by repetition).
+
+    FFT pixel ``j`` (offset ``k = j - (n_in - 1) / 2``) belongs to band pixel
+    ``rint((size - 1) / 2 + k size / n_in)``, as :meth:`BandGeometry.to_band`; for ``n_in > size``
+    every band pixel gets at least one FFT pixel.
+    """
+    k = np.arange(n_in) - (n_in - 1) / 2.0
+    idx = np.rint((size - 1) / 2.0 + k * (size / n_in)).astype(np.intp)
+    starts = np.searchsorted(idx, np.arange(size), side="left")
+    stops = np.searchsorted(idx, np.arange(size), side="right")
+    width = int((stops - starts).max())
+    members = starts[:, None] + np.arange(width)[None, :]
+    return np.where(members < stops[:, None], members, starts[:, None])
+
+
+def _resample_bilinear_axis(stack: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Bilinear resampling of one axis of (n, hy, hx) to ``size``, pixel centres aligned."""
+    n_in = stack.shape[axis]
+    pos = np.clip((np.arange(size) + 0.5) * (n_in / size) - 0.5, 0.0, n_in - 1.0)
+    i0 = np.floor(pos).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    wt = (pos - i0).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = size
+    wt = wt.reshape(shape)
+    return np.take(stack, i0, axis=axis) * (1 - wt) + np.take(stack, i1, axis=axis) * wt
 
 
 def frequency_nm_inv(

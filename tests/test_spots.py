@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from hrtem_core.spots import (
     pair_angles_deg,
     pairs_from_mask,
     pairs_from_masks,
+    split_at_peaks,
 )
 from hrtem_core.windows import (
     band_geometry,
@@ -473,8 +475,8 @@ def test_detect_pairs_in_image_equals_extracted_windows(rng) -> None:
     assert all(len(x) == 2 for x in a)
 
 
-def test_unet_detector_goes_through_predict_masks(rng, monkeypatch) -> None:
-    """detector="unet": load_model() when no model is given, predict_masks on the log band."""
+def test_unet_detector_goes_through_predict_logits(rng, monkeypatch) -> None:
+    """detector="unet": load_model() when no model is given, predict_logits on the log band."""
     import sys
     import types
 
@@ -490,11 +492,12 @@ def test_unet_detector_goes_through_predict_masks(rng, monkeypatch) -> None:
     def fake_predict(model, bands, **kwargs):
         calls["predict"] = (model, bands.shape, bands.dtype)
         np.testing.assert_allclose(bands, log_band(window_spectra(win[None]), geom), atol=1e-4)
-        return classical_masks(band_spectra(win[None], geom), geom)
+        mask = classical_masks(band_spectra(win[None], geom), geom)
+        return np.where(mask, 3.0, -3.0).astype(np.float32)  # logits
 
     fake = types.ModuleType("hrtem_core.unet.load")
     fake.load_model = fake_load_model
-    fake.predict_masks = fake_predict
+    fake.predict_logits = fake_predict
     monkeypatch.setitem(sys.modules, "hrtem_core.unet.load", fake)
     (pairs,) = detect_pairs(win[None], pixel_size_nm=p, detector="unet")
     assert calls == {"load": True, "predict": ("model", (1, 64, 64), np.float32)}
@@ -519,6 +522,53 @@ def test_classical_masks_mark_both_friedel_mates(rng) -> None:
     assert masks.sum() < 40
     with pytest.raises(AnalysisParameterError, match="threshold"):
         classical_masks(window_spectra(win[None]), geom, threshold=0.0)
+
+
+def test_split_at_peaks_separates_touching_spots_and_keeps_single_ones() -> None:
+    """Two logit peaks 3 px apart in one component -> two labels split between them; a
+    component with one peak (or peaks closer than min_distance) is left as it is."""
+    score = np.full((1, 16, 16), -5.0, dtype=np.float32)
+    yy, xx = np.mgrid[0:16, 0:16]
+    for cy, cx, top in ((5, 5, 4.0), (5, 8, 3.5), (12, 12, 4.0)):
+        score[0] = np.maximum(score[0], top - np.hypot(yy - cy, xx - cx) * 1.5)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    labels, n = ndi.label(score > 0, structure=structure)
+    assert n == 2  # the first two touch
+    out = split_at_peaks(labels, score)
+    assert len(np.unique(out[out > 0])) == 3
+    assert out[0, 5, 5] != out[0, 5, 8] and out[0, 5, 5] > 0 and out[0, 5, 8] > 0
+    assert ((out > 0) == (labels > 0)).all()
+    np.testing.assert_array_equal(split_at_peaks(labels, score, min_distance_px=3) > 0, labels > 0)
+    assert len(np.unique(split_at_peaks(labels, score, min_distance_px=3)[out > 0])) == 2
+    empty = np.zeros((2, 8, 8), dtype=np.int32)
+    np.testing.assert_array_equal(split_at_peaks(empty, np.zeros((2, 8, 8))), empty)
+
+
+def test_logits_split_two_touching_spots_into_two_pairs(rng) -> None:
+    """Spots 3.3 band px apart whose mask disks touch: one pair without logits, two with them."""
+    w, p = 256, (0.045, 0.045)  # 3.7 FFT px per band px
+    geom = band_geometry(w, p)
+    ks = [(-19.05, 48.51), (-30.66, 47.63)]  # 11.6 FFT px apart
+    gs = [(ky / (w * p[0]), kx / (w * p[1])) for ky, kx in ks]
+    win = cosine_window(w, p, gs, rng=rng, noise=0.5)
+    band = band_spectra(win[None], geom)
+    mask = _mask_at(geom, ks)[None]
+    r, c = geom.to_band(
+        np.array([k[0] for k in ks] + [-k[0] for k in ks]),
+        np.array([k[1] for k in ks] + [-k[1] for k in ks]),
+    )
+    yy, xx = np.mgrid[0 : geom.size, 0 : geom.size]
+    logits = np.max(
+        [4.0 - 2.0 * np.hypot(yy - a, xx - b) for a, b in zip(r, c, strict=True)], axis=0
+    )
+    assert len(pairs_from_masks(mask, band, geom, pixel_size_nm=p)[0]) == 1
+    pairs = pairs_from_masks(mask, band, geom, pixel_size_nm=p, logits=logits[None])[0]
+    assert sorted((round(q.ky), round(q.kx)) for q in pairs) == sorted(
+        (round(a), round(b)) for a, b in ks
+    )
+    with pytest.raises(AnalysisParameterError, match="logits"):
+        pairs_from_masks(mask, band, geom, pixel_size_nm=p, logits=logits)
 
 
 # --- properties --------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from hrtem_core.synthetic import (
     label_mask,
     make_dataset,
     spacing_of,
+    spot_peaks,
     synthetic_example,
     synthetic_window,
 )
-from hrtem_core.windows import band_geometry, window_spectra
+from hrtem_core.windows import band_geometry, hann_2d, window_spectra
 
 CLEAN = {
     "crystal": True,
@@ -187,3 +188,33 @@ def test_make_dataset_shapes_and_reproducible():
 def test_electron_wavelength():
     assert electron_wavelength_nm(300.0) == pytest.approx(0.0019687, rel=1e-3)
     assert electron_wavelength_nm(200.0) == pytest.approx(0.0025079, rel=1e-3)
+
+
+def test_spot_peaks_are_each_spots_own_fft_peak_without_its_neighbour():
+    """Known answer: a spot's own peak is |F| of that fringe alone at its nearest FFT pixel."""
+    w = 256
+    geom = band_geometry(w, (0.02, 0.02))
+    k = np.array([[-20.3, 31.6], [-24.1, 34.9]])  # FFT px; the second is the strong neighbour
+    coef = np.array([0.8 * np.exp(0.3j), 24.0 * np.exp(-1.1j)])
+    yy, xx = np.mgrid[0:w, 0:w]
+    weight = hann_2d(w).astype(np.float64) * (1.0 + 0.2 * xx / w)  # apodization x illumination
+
+    def fringe(j):
+        return (coef[j] * np.exp(2j * np.pi * (k[j, 0] * yy + k[j, 1] * xx) / w)).real * weight
+
+    def fft_at(img, kk):
+        f = np.abs(np.fft.fft2(img))
+        return f[int(np.rint(kk[0])) % w, int(np.rint(kk[1])) % w]
+
+    peaks = spot_peaks(k, coef, weight, geom)
+    for j in range(2):
+        np.testing.assert_allclose(peaks[j], fft_at(fringe(j), k[j]), rtol=1e-4)
+    # With the neighbour present |F| at the spot barely changes, but the largest |F| within
+    # +-4 FFT px (one band pixel at 4 FFT px per band pixel: generator 1.0's 3 x 3 band maximum
+    # reached that far) is the neighbour's, 30 times the spot's own peak.
+    f = np.fft.fftshift(np.abs(np.fft.fft2(fringe(0) + fringe(1))))
+    iy, ix = (np.rint(k[0]).astype(int) + w // 2).tolist()
+    np.testing.assert_allclose(f[iy, ix], peaks[0], rtol=0.01)
+    assert f[iy - 4 : iy + 5, ix - 4 : ix + 5].max() > 10 * peaks[0]
+    outside = spot_peaks(np.array([[0.0, geom.radius_x + 3.0]]), coef[:1], weight, geom)
+    assert outside[0] == 0.0

@@ -9,6 +9,7 @@ from scipy.signal.windows import hann
 from hrtem_core.errors import AnalysisParameterError
 from hrtem_core.windows import (
     MIN_WINDOW_PX,
+    BandGeometry,
     band_geometry,
     band_spectra,
     crop_band,
@@ -18,6 +19,7 @@ from hrtem_core.windows import (
     iter_window_batches,
     log_band,
     log_band_from_crop,
+    resample_band,
     window_grid,
     window_spectra,
     window_view,
@@ -234,3 +236,40 @@ def test_band_spectra_equal_cropped_full_spectra(rng, w, p) -> None:
     np.testing.assert_allclose(fast, full, rtol=1e-5, atol=1e-5 * full.max())
     with pytest.raises(AnalysisParameterError, match="band geometry"):
         band_spectra(wins, band_geometry(w + 2, p))
+
+
+# --- resampling to the band grid ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_in", [65, 103, 255, 511])
+def test_resample_band_max_pools_every_fft_pixel_into_its_nearest_band_pixel(rng, n_in) -> None:
+    """Coarser than the band grid: each band pixel is the max of the FFT pixels mapped to it."""
+    size = 64
+    r = (n_in - 1) // 2
+    geom = BandGeometry(window_px=2 * n_in, radius_y=r, radius_x=r, size=size)
+    stack = rng.random((2, n_in, n_in)).astype(np.float32)
+    out = resample_band(stack, size)
+    assert out.shape == (2, size, size)
+    k = np.arange(-r, r + 1)
+    idx = np.rint(geom.to_band(k, k)[0]).astype(int)  # nearest band pixel of each FFT pixel
+    assert idx.min() == 0 and idx.max() == size - 1
+    expected = np.full((2, size, size), -np.inf, dtype=np.float32)
+    np.maximum.at(expected, (slice(None), idx[:, None], idx[None, :]), stack)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_resample_band_keeps_a_one_pixel_spot_that_sampling_would_miss() -> None:
+    """A spot one FFT pixel wide survives at 4 FFT px per band pixel (bilinear sampling loses it)."""
+    stack = np.zeros((1, 255, 255), dtype=np.float32)
+    stack[0, 127 + 9, 127 - 22] = 1.0
+    out = resample_band(stack, 64)
+    assert out.max() == 1.0 and np.count_nonzero(out) == 1
+
+
+def test_resample_band_is_bilinear_where_the_band_is_finer() -> None:
+    """Finer than the band grid: a linear ramp stays linear, pixel centres aligned."""
+    n_in, size = 27, 64
+    ramp = np.broadcast_to(np.arange(n_in, dtype=np.float32), (1, n_in, n_in)).copy()
+    out = resample_band(ramp, size)
+    pos = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+    np.testing.assert_allclose(out[0], np.broadcast_to(pos, (size, size)), atol=1e-5)
