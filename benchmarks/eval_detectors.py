@@ -4,9 +4,10 @@
 
 The set is drawn by :func:`hrtem_core.synthetic.synthetic_example` with a seed the training never
 used and the *wider* parameter ranges (:meth:`SyntheticRanges.wider`: pixel sizes, spacings,
-doses, amplitudes, defocus, drift beyond the training ranges). Both detectors run through
+doses, amplitudes, defocus, drift beyond the training ranges). Both detectors run the steps of
 :func:`hrtem_core.spots.detect_pairs` (band masks -> :func:`~hrtem_core.spots.pairs_from_masks`,
-sub-pixel refinement, Friedel pairs, harmonics folded into their fundamental).
+for the U-Net with its logits to split touching spots unless ``--no-split``; sub-pixel
+refinement, Friedel pairs, harmonics folded into their fundamental).
 
 Matching, per window, on Friedel pairs: a predicted pair ``k`` matches a true spot ``k_t`` when
 ``min(|k - k_t|, |k + k_t|) <= tol`` FFT px (one-to-one, Hungarian assignment). True spots that are
@@ -14,11 +15,13 @@ harmonics (``n g``, n >= 2) of a labelled spot count when found and are not miss
 (the extractor folds them into the fundamental); so do *unresolved* spots, closer than
 ``max(2.5, 1.5 / scale)`` FFT px to a stronger true spot (a Hann-apodized spot is ~4 FFT px wide
 and one band pixel spans ``1 / scale`` FFT px, so such spots merge into one); "F1 strict" counts
-them as missed. Predictions on borderline (*ignored*) spots are neither right nor wrong. The
-spot SNR is the generator's visibility (peak over the local RMS of everything else; labels
-start at 5). Spacing error ``|d - d_t| / d_t`` over matched pairs with
-``l = |k_t| >= 10`` FFT px (also for spots of SNR >= 10 only); angle error ``|angle - angle_t|`` (mod 180). Doses in electrons per
-pixel: low < 10, moderate 10-100, high >= 100.
+them as missed; the assignment prefers required spots, so a prediction between a spot and its
+unresolved weaker neighbour finds the spot. Predictions on borderline (*ignored*) spots are
+neither right nor wrong. The spot SNR is the generator's visibility (peak over the local RMS of
+everything else; labels start at 5). Spacing error ``|d - d_t| / d_t`` over matched pairs with
+``l = |k_t| >= 10`` FFT px (also for spots of SNR >= 10 only); angle error
+``|angle - angle_t|`` (mod 180). Doses in electrons per pixel: low < 10, moderate 10-100,
+high >= 100.
 
 Writes a Markdown table to stdout and to ``benchmarks/results/eval_detectors.md``; with
 ``--update-settings`` the metrics are stored under ``"evaluation"`` in ``models/unet_spots.json``.

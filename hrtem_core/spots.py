@@ -433,8 +433,7 @@ def split_at_peaks(
     n_y, n_x = labels.shape[1:]
     yy = np.clip(rr[:, None] + o[None, :], 0, n_y - 1)
     xx = np.clip(cc[:, None] + o[None, :], 0, n_x - 1)
-    # Neighbours from another component (touching only diagonally beyond d) never win: they are
-    # compared by label as well.
+    # Only pixels of the same component compete (another component may lie within d).
     vals = masked[wi[:, None, None], yy[:, :, None], xx[:, None, :]]
     same = labels[wi[:, None, None], yy[:, :, None], xx[:, None, :]] == lab[:, None, None]
     vals = np.where(same, vals, -np.inf).reshape(wi.size, -1)
