@@ -52,6 +52,7 @@ from hrtem_core.synthetic import (  # noqa: E402
 )
 from hrtem_core.unet.load import (  # noqa: E402
     DEFAULT_WEIGHTS,
+    PRECISIONS,
     load_model,
     predict_logits,
     predict_masks,
@@ -252,7 +253,8 @@ def markdown(results: dict) -> str:
         "stronger one closer than the spot width (max(2.5 FFT px, 1.5 band px)) as optional, "
         "F1 strict as missed; p95 (SNR >= 10): spots at least twice the labelling threshold. "
         "Dose: low < 10, moderate 10–100, high >= 100 e/px. "
-        f"Weights: `{meta['weights']}`; {meta['date']}.",
+        f"Weights: `{meta['weights']}`, U-Net in {meta.get('unet_precision', 'float32')}; "
+        f"{meta['date']}.",
         "",
         "| dose | detector | windows | precision | recall | F1 | F1 strict | "
         "spacing err. median | spacing err. p95 | p95 (SNR >= 10) | "
@@ -293,7 +295,7 @@ def markdown(results: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Generate the held-out set, detect, score; returns the results dict."""
     torch.set_num_threads(max(1, args.threads))
-    model = load_model(args.weights, device="cpu")
+    model = load_model(args.weights, device="cpu", precision=args.precision)
     ranges = SyntheticRanges().wider() if args.ranges == "wider" else SyntheticRanges()
     t0 = time.perf_counter()
     per = {det: [] for det in DETECTOR_NAMES}
@@ -342,6 +344,7 @@ def run(args: argparse.Namespace) -> dict:
             "seed": args.seed,
             "ranges_kind": args.ranges,
             "unet_threshold": args.threshold,
+            "unet_precision": str(model.dtype).removeprefix("torch."),
             "tol_px": args.tol_px,
             "generator_version": GENERATOR_VERSION,
             "ranges": ranges.to_dict(),
@@ -386,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         help="parameter ranges of the held-out set (default: wider than training)",
     )
     ap.add_argument("--threshold", type=float, default=0.5, help="U-Net spot probability threshold")
+    ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="U-Net arithmetic (default auto: bfloat16 on a CPU with native bfloat16)",
+    )
     ap.add_argument("--chunk", type=int, default=200, help="windows per U-Net batch")
     ap.add_argument(
         "--no-split",

@@ -19,6 +19,8 @@ from hrtem_core.unet import (
     predict_logits,
     predict_masks,
 )
+from hrtem_core.unet import load as unet_load
+from hrtem_core.unet.model import to_inference_dtype
 from hrtem_core.windows import band_geometry, log_band, window_spectra
 
 
@@ -69,7 +71,7 @@ def test_forward_is_deterministic(rng):
 
 def test_save_load_round_trip(tmp_path, rng):
     net, path = _save_tiny(tmp_path)
-    model = load_model(path, device="cpu")
+    model = load_model(path, device="cpu", precision="float32")
     assert model.device.type == "cpu"
     assert model.input_px == 64
     assert not model.module.training
@@ -261,8 +263,62 @@ def _fringes(w, p, gs, rng, *, noise):
     return img.astype(np.float32)
 
 
+def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):
+    _, path = _save_tiny(tmp_path)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(unet_load, "cpu_has_native_bfloat16", lambda native=native: native)
+        assert load_model(path, device="cpu").dtype == expected
+        assert load_model(path, device="cpu", precision="float32").dtype == torch.float32
+        assert load_model(path, device="cpu", precision="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(AnalysisParameterError, match="precision"):
+        load_model(path, device="cpu", precision="float16")
+    assert isinstance(unet_load.cpu_has_native_bfloat16(), bool)
+
+
+def test_bfloat16_body_float32_head(tmp_path, rng):
+    net, path = _save_tiny(tmp_path, base_channels=4, depth=3)
+    mixed = to_inference_dtype(fuse_for_inference(net), torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in mixed.down.parameters())
+    assert all(p.dtype == torch.float32 for p in mixed.head.parameters())
+    x = torch.from_numpy(rng.standard_normal((6, 1, 64, 64)).astype(np.float32))
+    with torch.inference_mode():
+        y = mixed(x.to(torch.bfloat16))
+        ref = net(x)
+    assert y.dtype == torch.float32
+    # Logits are float32 sums over bfloat16 features: close, and not quantized to 8 bits.
+    torch.testing.assert_close(y, ref, rtol=0.05, atol=0.05)
+    assert torch.unique(y).numel() > 0.9 * y.numel()
+    model = load_model(path, device="cpu", precision="bfloat16")
+    bands = x[:, 0].numpy()
+    logits = predict_logits(model, bands)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, ref[:, 0].numpy(), rtol=0.05, atol=0.05)
+
+
+def test_shipped_model_in_bfloat16_agrees_with_float32(rng):
+    """Masks of the shipped U-Net in both precisions agree on real (synthetic) bands."""
+    from hrtem_core.synthetic import SyntheticRanges, example_arrays, synthetic_example
+
+    f32 = load_model(device="cpu", precision="float32")
+    b16 = load_model(device="cpu", precision="bfloat16")
+    bands = np.stack(
+        [
+            example_arrays(
+                synthetic_example(np.random.default_rng([5, i]), ranges=SyntheticRanges())
+            )[0]
+            for i in range(24)
+        ]
+    )
+    a, b = predict_logits(f32, bands), predict_logits(b16, bands)
+    assert np.abs(a - b).max() < 1.0
+    assert np.median(np.abs(a - b)) < 0.05
+    assert ((a > 0) != (b > 0)).mean() < 2e-3
+    assert (a > 0).any()
+
+
 @pytest.mark.slow
-def test_shipped_model_known_answers_across_windows_and_pixel_sizes():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_shipped_model_known_answers_across_windows_and_pixel_sizes(precision):
     """The shipped U-Net through detect_pairs: spacings within the targets, angles, no false spots.
 
     Two crossed fringe sets per window over window sizes 128-512 px, pixel sizes 0.01-0.05 nm
@@ -271,7 +327,7 @@ def test_shipped_model_known_answers_across_windows_and_pixel_sizes():
     """
     from hrtem_core.spots import detect_pairs
 
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", precision=precision)
     rng = np.random.default_rng(11)
     errors, n_cases = [], 0
     for w, p in (

@@ -116,9 +116,33 @@ def fuse_for_inference(net: nn.Module) -> nn.Module:
     return fused
 
 
+class _Float32(nn.Module):
+    """Casts its input to float32 (the logit head of a reduced-precision network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+def to_inference_dtype(net: UNet, dtype: torch.dtype) -> UNet:
+    """``net`` (modified in place) with its body in ``dtype`` and its logit head in float32.
+
+    For bfloat16 inference on CPU: the convolutions run in ``dtype``, and the last feature maps
+    are cast to float32 before the 1x1 head, so the logits are a float32 sum over the channels.
+    Computed in bfloat16 (8 significant bits) the logits themselves would be quantized into
+    plateaus of equal values, which split single spots at their many tied "peaks"
+    (:func:`hrtem_core.spots.split_at_peaks`). The input must be cast to ``dtype`` by the
+    caller; the output is float32.
+    """
+    head = net.head
+    net.to(dtype)
+    if dtype != torch.float32:
+        net.head = nn.Sequential(_Float32(), head.float())
+    return net
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["UNet", "count_parameters", "fuse_for_inference"]
+__all__ = ["UNet", "count_parameters", "fuse_for_inference", "to_inference_dtype"]
