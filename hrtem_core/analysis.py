@@ -25,6 +25,7 @@ Definitions (see ``docs/analysis-cli.md``):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import time
@@ -51,7 +52,7 @@ from hrtem_core.indexing import (
     format_match,
     index_window,
 )
-from hrtem_core.windows import WindowGrid, window_grid, window_view
+from hrtem_core.windows import WindowGrid, window_grid
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hrtem_core.cards import CardDatabase
@@ -374,9 +375,9 @@ def analyze_image(
     tables : IndexingTables or None, keyword-only
         Precomputed :func:`make_tables` (a series shares them); built from ``cards`` otherwise.
     detector_workers : int, keyword-only
-        Threads of the spot detector (``detect_pairs(workers=...)``; -1: the available cores,
-        at most 8). Give 1 where several processes already share the cores (batch workers,
-        ``analyze_series(workers=...)``). The result does not depend on it.
+        Threads of the spot detector (``detect_pairs_in_image(workers=...)``; -1: the available
+        cores, at most 8). Give 1 where several processes already share the cores (batch
+        workers, ``analyze_series(workers=...)``). The result does not depend on it.
 
     Returns
     -------
@@ -408,23 +409,28 @@ def analyze_image(
         tables = make_tables(cards, params)
     model = load_spot_model(model, params.detector)
 
-    from hrtem_core.spots import detect_pairs
+    from hrtem_core.spots import detect_pairs_in_image
 
     n = grid.n_windows
     all_pairs: list[tuple[SpotPair, ...]] = [()] * n
     all_index: list[WindowIndex] = [None] * n  # type: ignore[list-item]
     if progress is not None:
         progress(0.0, f"{micrograph.name}: {n} windows")
-    # The windows are a strided view of the image (no copy); the detector copies only the chunk
-    # it transforms. The grid is processed in blocks of whole window rows (about batch_size
-    # windows each): one detector call and one progress call per block, and the detector's
-    # per-window arrays (band spectra, masks) never exceed one block, whatever the image size.
-    view = window_view(np.asarray(data, dtype=np.float32), grid)
-    rows_per_block = max(1, int(params.batch_size) // grid.n_cols)
-    for r0 in range(0, grid.n_rows, rows_per_block):
-        r1 = min(r0 + rows_per_block, grid.n_rows)
-        found = detect_pairs(
-            view[r0:r1],
+    # No window is copied out of the image: the detector transforms image rows shared by the
+    # overlapping windows (grid_band_spectra). The grid is processed in blocks of whole window
+    # rows (about batch_size windows each): one detector call and one progress call per block,
+    # and the detector's per-window arrays (band spectra, masks) never exceed one block,
+    # whatever the image size.
+    image32 = np.asarray(data, dtype=np.float32)
+    # Blocks as even as possible: the detector spreads each block over its threads, and a short
+    # last block would leave cores idle.
+    n_blocks = -(-grid.n_rows // max(1, int(params.batch_size) // grid.n_cols))
+    bounds = [grid.n_rows * k // n_blocks for k in range(n_blocks + 1)]
+    for r0, r1 in itertools.pairwise(bounds):
+        found = detect_pairs_in_image(
+            image32,
+            grid,
+            rows=(r0, r1),
             pixel_size_nm=(py, px),
             detector=params.detector,
             model=model,

@@ -35,6 +35,7 @@ deviations; it draws small disks at those maxima on the band grid.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -52,8 +53,10 @@ from hrtem_core.windows import (
     band_geometry,
     band_spectra,
     crop_band,
+    grid_band_spectra,
     hann_2d,
     log_band_from_crop,
+    row_median,
     window_view,
 )
 
@@ -714,8 +717,8 @@ def _pairs_from_seeds(
     inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
     ring[inner, inner] = False
     ring_vals = bg_patch[:, ring]
-    bg = np.median(ring_vals, axis=1)
-    spread = 1.4826 * np.median(np.abs(ring_vals - bg[:, None]), axis=1)
+    bg = row_median(ring_vals)
+    spread = 1.4826 * row_median(np.abs(ring_vals - bg[:, None]))
     intensity = m_plus - bg
     snr = intensity / np.maximum(spread, 1e-12 * np.maximum(np.abs(bg), 1e-30))
 
@@ -966,8 +969,8 @@ def classical_masks(
 def _robust_spread(x: np.ndarray, *, step: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Per-row median and 1.4826 MAD of (n, U) values, from every ``step``-th value (fast)."""
     sample = x[:, ::step] if x.shape[1] >= 64 * step else x
-    med = np.median(sample, axis=1)
-    mad = 1.4826 * np.median(np.abs(sample - med[:, None]), axis=1)
+    med = row_median(sample)
+    mad = 1.4826 * row_median(np.abs(sample - med[:, None]))
     return med, np.maximum(mad, 1e-6)
 
 
@@ -1031,6 +1034,99 @@ def _map_threads(fn: Any, items: list[int], n_threads: int) -> None:
             pass
 
 
+def _check_options(detector: str, refine: str, batch_size: int) -> None:
+    if detector not in DETECTORS:
+        raise AnalysisParameterError(
+            f"unknown spot detector {detector!r}: choose one of {', '.join(DETECTORS)}"
+        )
+    if refine not in ("parabolic", "dft"):
+        raise AnalysisParameterError(f"unknown refinement {refine!r}: choose 'parabolic' or 'dft'")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AnalysisParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def _detect_chunks(
+    chunks: list[tuple[int, int]],
+    band_of: Any,
+    windows_of: Any,
+    geometry: BandGeometry,
+    p: tuple[float, float],
+    *,
+    detector: str,
+    model: Any,
+    refine: str,
+    min_l_px: float,
+    threshold: float,
+    batch_size: int,
+    workers: int,
+) -> list[tuple[SpotPair, ...]]:
+    """Spot pairs of windows ``0 .. chunks[-1][1] - 1``, chunk by chunk, chunks in threads.
+
+    ``band_of(start, stop)`` gives the chunk's band magnitudes, ``windows_of(start, stop)`` its
+    real-space windows (for ``refine="dft"`` only).
+    """
+    spot_model = None
+    if detector == "unet":
+        from hrtem_core.unet.load import load_model, predict_logits
+
+        spot_model = load_model() if model is None else model
+    found: list[tuple[SpotPair, ...]] = [()] * (chunks[-1][1] if chunks else 0)
+
+    def run_chunk(chunk: tuple[int, int]) -> None:
+        # Everything for one chunk of windows: band, (U-Net: log band, logits, masks), spot
+        # pairs. Chunks run in parallel threads (scipy.fft, numpy and torch release the GIL),
+        # each single-threaded: no step waits on another core, and nothing of size (n, w, w)
+        # or (n, S, S) is ever held. Every step is per window, so the chunking changes nothing.
+        start, stop = chunk
+        band = band_of(start, stop)
+        wins = windows_of(start, stop) if refine == "dft" else None
+        if spot_model is None:
+            # The peaks are known at FFT resolution: seed the refinement with them directly
+            # (two spots closer than a band pixel would merge into one mask component).
+            _, peaks = classical_masks(
+                band,
+                geometry,
+                pixel_size_nm=p,
+                threshold=threshold,
+                min_l_px=min_l_px,
+                return_peaks=True,
+            )
+            pairs = pairs_from_peaks(
+                peaks, band, geometry, pixel_size_nm=p, windows=wins, min_l_px=min_l_px
+            )
+        else:
+            logits = predict_logits(
+                spot_model, log_band_from_crop(band, geometry), batch_size=batch_size, threads=1
+            )
+            pairs = pairs_from_masks(
+                logits > 0.0,  # sigmoid > 0.5
+                band,
+                geometry,
+                pixel_size_nm=p,
+                windows=wins,
+                min_l_px=min_l_px,
+                logits=logits,
+            )
+        found[start:stop] = pairs
+
+    n_threads = _n_threads(workers, len(chunks))
+    on_gpu = getattr(getattr(spot_model, "device", None), "type", "cpu") != "cpu"
+    if spot_model is not None and on_gpu:
+        n_threads = 1  # one GPU stream; the CPU steps are small
+    if spot_model is not None and not on_gpu and n_threads > 1:
+        import torch
+
+        before = torch.get_num_threads()  # one intra-op thread per chunk thread
+        torch.set_num_threads(1)
+        try:
+            _map_threads(run_chunk, chunks, n_threads)
+        finally:
+            torch.set_num_threads(before)
+    else:
+        _map_threads(run_chunk, chunks, n_threads)
+    return found
+
+
 def detect_pairs(
     windows: np.ndarray,
     *,
@@ -1047,12 +1143,14 @@ def detect_pairs(
 ) -> list[tuple[SpotPair, ...]]:
     """Bragg-spot pairs of every window, batched.
 
-    The band of each window's spectrum (:func:`~hrtem_core.windows.band_spectra`, in batches of
-    ``batch_size`` windows; or ``crop_band(spectra)`` when full spectra are given) with
-    ``geometry = band_geometry(w, p, d_min_nm=d_min_nm)``; masks from the detector
+    Per chunk of ``batch_size`` windows: the band of each window's spectrum
+    (:func:`~hrtem_core.windows.band_spectra`, or ``crop_band(spectra)`` when full spectra are
+    given) with ``geometry = band_geometry(w, p, d_min_nm=d_min_nm)``; masks from the detector
     (:func:`classical_masks`, or the U-Net's logits of the log band, the same input as
     :func:`~hrtem_core.windows.log_band`, thresholded at probability 0.5); then
-    :func:`pairs_from_masks` (with the logits, to split touching spots).
+    :func:`pairs_from_masks` (with the logits, to split touching spots). Windows cut from one
+    image on a grid go faster through :func:`detect_pairs_in_image` (same result up to float32
+    rounding).
 
     Parameters
     ----------
@@ -1077,7 +1175,8 @@ def detect_pairs(
     threshold : float, keyword-only
         Threshold of the classical detector [robust standard deviations].
     batch_size : int, keyword-only
-        Windows per chunk (FFT, log band and U-Net batch; bounds the memory, stays in cache).
+        Windows per chunk (FFT, log band, U-Net batch and spot pairs; bounds the memory, stays
+        in cache).
     workers : int, keyword-only
         Threads over which the chunks are spread, each single-threaded (-1: the available
         cores, at most 8).
@@ -1087,14 +1186,7 @@ def detect_pairs(
     list of tuple of SpotPair
         One tuple per window (strongest pair first).
     """
-    if detector not in DETECTORS:
-        raise AnalysisParameterError(
-            f"unknown spot detector {detector!r}: choose one of {', '.join(DETECTORS)}"
-        )
-    if refine not in ("parabolic", "dft"):
-        raise AnalysisParameterError(f"unknown refinement {refine!r}: choose 'parabolic' or 'dft'")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AnalysisParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+    _check_options(detector, refine, batch_size)
     p = _pixel_pair(pixel_size_nm)
     windows = np.asarray(windows)
     if windows.ndim not in (3, 4) or windows.shape[-1] != windows.shape[-2]:
@@ -1106,19 +1198,12 @@ def detect_pairs(
     w = windows.shape[-1]
     geometry = band_geometry(w, p, d_min_nm=d_min_nm)
 
-    def batch(start: int, stop: int) -> np.ndarray:
+    def windows_of(start: int, stop: int) -> np.ndarray:
         if windows.ndim == 3:
             return windows[start:stop]
         idx = np.arange(start, stop)
         return windows[idx // n_cols, idx % n_cols]  # copies only this batch
 
-    spot_model = None
-    if detector == "unet":
-        from hrtem_core.unet.load import load_model, predict_logits
-
-        spot_model = load_model() if model is None else model
-    band = np.empty((n, 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1), np.float32)
-    logits = np.zeros((n, geometry.size, geometry.size), dtype=np.float32)
     if spectra is not None:
         spectra = np.asarray(spectra)
         if spectra.shape != (n, w, w):
@@ -1126,83 +1211,112 @@ def detect_pairs(
                 f"spectra of shape {spectra.shape} do not match the windows {windows.shape}"
             )
 
-    def run_chunk(start: int) -> None:
-        # Band (and, for the U-Net, its log band and masks) of one chunk of windows. Chunks run
-        # in parallel threads (scipy.fft, numpy and torch release the GIL), each single-threaded:
-        # no step waits on another core, and nothing of size (n, w, w) is ever held.
-        stop = min(start + batch_size, n)
-        if spectra is not None:
-            band[start:stop] = crop_band(spectra[start:stop], geometry)
-        else:
-            band[start:stop] = band_spectra(batch(start, stop), geometry, workers=1)
-        if spot_model is not None:
-            bands_in = log_band_from_crop(band[start:stop], geometry)
-            logits[start:stop] = predict_logits(spot_model, bands_in, threads=1)
-
-    starts = list(range(0, n, batch_size))
-    n_threads = _n_threads(workers, len(starts))
-    on_gpu = getattr(getattr(spot_model, "device", None), "type", "cpu") != "cpu"
-    if spot_model is not None and on_gpu:
-        n_threads = 1  # one GPU stream; the CPU steps are small
-    if spot_model is not None and not on_gpu and n_threads > 1:
-        import torch
-
-        before = torch.get_num_threads()  # one intra-op thread per chunk thread
-        torch.set_num_threads(1)
-        try:
-            _map_threads(run_chunk, starts, n_threads)
-        finally:
-            torch.set_num_threads(before)
+        def band_of(start: int, stop: int) -> np.ndarray:
+            return crop_band(spectra[start:stop], geometry)
     else:
-        _map_threads(run_chunk, starts, n_threads)
-    if refine == "dft" and windows.ndim == 4:
-        windows = windows.reshape(n, w, w)  # the refinement reads whole windows (a copy)
-    if detector == "classical":
-        # The peaks are known at FFT resolution: seed the refinement with them directly (two
-        # spots closer than a band pixel would merge into one mask component).
-        _, peaks = classical_masks(
-            band,
-            geometry,
-            pixel_size_nm=p,
-            threshold=threshold,
-            min_l_px=min_l_px,
-            return_peaks=True,
-        )
-        return pairs_from_peaks(
-            peaks,
-            band,
-            geometry,
-            pixel_size_nm=p,
-            windows=windows if refine == "dft" else None,
-            min_l_px=min_l_px,
-        )
-    return pairs_from_masks(
-        logits > 0.0,  # sigmoid > 0.5
-        band,
+
+        def band_of(start: int, stop: int) -> np.ndarray:
+            return band_spectra(windows_of(start, stop), geometry, workers=1)
+
+    chunks = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    return _detect_chunks(
+        chunks,
+        band_of,
+        windows_of,
         geometry,
-        pixel_size_nm=p,
-        windows=windows if refine == "dft" else None,
+        p,
+        detector=detector,
+        model=model,
+        refine=refine,
         min_l_px=min_l_px,
-        logits=logits,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
     )
 
 
 def detect_pairs_in_image(
     image: np.ndarray,
     grid: WindowGrid,
-    **kwargs: Any,
+    *,
+    pixel_size_nm: tuple[float, float] | float,
+    rows: tuple[int, int] | None = None,
+    detector: str = "unet",
+    model: Any = None,
+    d_min_nm: float = 0.1,
+    refine: str = "parabolic",
+    min_l_px: float = 2.0,
+    threshold: float = CLASSICAL_THRESHOLD,
+    batch_size: int = 64,
+    workers: int = -1,
 ) -> list[tuple[SpotPair, ...]]:
-    """:func:`detect_pairs` over every window of ``grid`` without copying the windows out first.
+    """:func:`detect_pairs` over the windows of ``grid`` (or of its rows ``r0 .. r1 - 1``).
 
-    The windows are a strided view of ``image`` (float32); each FFT batch copies only its own
-    windows. Keyword arguments are those of :func:`detect_pairs` (``pixel_size_nm`` required).
+    The same steps, but the band spectra come from
+    :func:`~hrtem_core.windows.grid_band_spectra`, which shares the row transforms of
+    overlapping windows (at ``s = w / 4`` about 1.5x faster than transforming each window), in
+    chunks of whole grid rows (about ``2 * batch_size`` windows; the U-Net still predicts
+    ``batch_size`` at a time). No window is copied out of the image except for
+    ``refine="dft"``. The result equals ``detect_pairs(window_view(image, grid))`` up to
+    float32 rounding of the band (about 1e-7 relative).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The image (converted to float32).
+    grid : WindowGrid
+        From :func:`~hrtem_core.windows.window_grid` for this image's shape.
+    rows : (int, int), optional, keyword-only
+        Grid rows ``r0 <= r < r1`` to analyse (default all).
+    pixel_size_nm, detector, model, d_min_nm, refine, min_l_px, threshold, batch_size, workers
+        As :func:`detect_pairs`.
 
     Returns
     -------
     list of tuple of SpotPair
-        One tuple per window, row-major (window ``i = r * n_cols + c``).
+        One tuple per window of the rows, row-major (window ``i = (r - r0) * n_cols + c``).
     """
-    return detect_pairs(window_view(np.asarray(image, dtype=np.float32), grid), **kwargs)
+    _check_options(detector, refine, batch_size)
+    p = _pixel_pair(pixel_size_nm)
+    img = np.asarray(image, dtype=np.float32)
+    view = window_view(img, grid)  # also checks the shape
+    r0, r1 = (0, grid.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= r0 < r1 <= grid.n_rows:
+        raise AnalysisParameterError(
+            f"grid rows {r0}..{r1 - 1} lie outside the grid's {grid.n_rows} rows"
+        )
+    n_cols, w = grid.n_cols, grid.window_px
+    geometry = band_geometry(w, p, d_min_nm=d_min_nm)
+    # Chunks of whole grid rows, about 2 * batch_size windows each, as even as possible (the
+    # threads take them in turn; one short chunk at the end would leave a core idle).
+    n_chunks = -(-(r1 - r0) // max(1, (2 * batch_size) // n_cols))
+    bounds = [(r1 - r0) * k // n_chunks for k in range(n_chunks + 1)]
+    chunks = [(a * n_cols, b * n_cols) for a, b in itertools.pairwise(bounds)]
+
+    offset = float(img.mean(dtype=np.float64))  # the same for every block: see grid_band_spectra
+
+    def band_of(start: int, stop: int) -> np.ndarray:
+        rows_of_chunk = (r0 + start // n_cols, r0 + stop // n_cols)
+        return grid_band_spectra(img, grid, geometry, rows=rows_of_chunk, offset=offset, workers=1)
+
+    def windows_of(start: int, stop: int) -> np.ndarray:
+        idx = np.arange(start, stop) + r0 * n_cols
+        return view[idx // n_cols, idx % n_cols]
+
+    return _detect_chunks(
+        chunks,
+        band_of,
+        windows_of,
+        geometry,
+        p,
+        detector=detector,
+        model=model,
+        refine=refine,
+        min_l_px=min_l_px,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+    )
 
 
 __all__ = [

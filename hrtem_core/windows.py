@@ -426,6 +426,107 @@ def band_spectra(
     return band
 
 
+def grid_band_spectra(
+    image: np.ndarray,
+    grid: WindowGrid,
+    geometry: BandGeometry,
+    *,
+    rows: tuple[int, int] | None = None,
+    offset: float | None = None,
+    apodize: bool = True,
+    workers: int = 1,
+) -> np.ndarray:
+    """:func:`band_spectra` of the windows of ``grid`` rows ``r0..r1 - 1``, row transforms shared.
+
+    Overlapping windows share image rows: the windows of one grid column hold the same stretch
+    of each image row they cover. The transform is separable (and so is the 2-D Hann window,
+    ``h(y) h(x)``), so the real FFT along x of each apodized row stretch, ``X_c(y, kx)``, is
+    computed once per image row and grid column and shared by up to ``ceil(w / s)`` windows;
+    each window then takes the complex FFT along y of ``h(y - y0) X_c(y, kx)`` over its own rows,
+    for the ``radius_x + 1`` non-negative kx of the band only. The windows' mean subtraction is
+    applied afterwards, exactly, by linearity: ``FFT[(x - mu) h] = FFT[x h] - mu FFT[h]``
+    (``FFT[h]`` is non-zero only next to the DC). At stride ``s = w / 4`` the x transforms cost
+    a quarter of :func:`band_spectra`'s; the result equals it up to float32 rounding (about
+    1e-7 of the band's largest magnitude), and a window's band does not depend on ``rows``
+    (each window's arithmetic is the same whichever block it is computed in).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The image (converted to float32).
+    grid : WindowGrid
+        From :func:`window_grid` for this image's shape.
+    geometry : BandGeometry
+        Band geometry for the grid's window size.
+    rows : (int, int), optional, keyword-only
+        Grid rows ``r0 <= r < r1`` (default all).
+    offset : float, optional, keyword-only
+        Subtracted from the image before the row transforms (it changes only the DC, which the
+        mean subtraction removes; a value near the image mean keeps the float32 transforms
+        accurate). Default: the mean of the whole image (pass it in when calling block by
+        block, to compute it once).
+    apodize : bool, keyword-only
+        Apply the Hann window (default True).
+    workers : int, keyword-only
+        Threads for scipy.fft (default 1).
+
+    Returns
+    -------
+    ndarray, shape ((r1 - r0) * n_cols, 2 radius_y + 1, 2 radius_x + 1), float32
+        Fftshifted ``|F|`` of the band of each window, row-major, DC at ``(radius_y, radius_x)``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape != grid.image_shape:
+        raise AnalysisParameterError(
+            f"image shape {img.shape} does not match the window grid {grid.image_shape}"
+        )
+    w, s = grid.window_px, grid.stride_px
+    if w != geometry.window_px:
+        raise AnalysisParameterError(
+            f"windows of {w} px do not match the band geometry of a {geometry.window_px} px window"
+        )
+    r0, r1 = (0, grid.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= r0 < r1 <= grid.n_rows:
+        raise AnalysisParameterError(
+            f"grid rows {r0}..{r1 - 1} lie outside the grid's {grid.n_rows} rows"
+        )
+    ry, rx = geometry.radius_y, geometry.radius_x
+    n_r, n_c = r1 - r0, grid.n_cols
+    if offset is None:
+        offset = float(img.mean(dtype=np.float64))
+    block = img[r0 * s : (r1 - 1) * s + w, : (n_c - 1) * s + w] - np.float32(offset)
+    h = hann(w, sym=False).astype(np.float32) if apodize else np.ones(w, np.float32)
+    # Row stretches of every grid column: (rows of the block, n_c, w), a view.
+    strips = np.lib.stride_tricks.sliding_window_view(block, w, axis=1)[:, ::s][:, :n_c]
+    row_sums = strips.sum(axis=-1, dtype=np.float64)  # (H, n_c)
+    xs = scipy.fft.rfft(strips * h, axis=-1, workers=workers)[..., : rx + 1]  # (H, n_c, rx + 1)
+    # Window means: the sums of each window's w row sums (summed per window, so a window's mean
+    # does not depend on the block).
+    win_sums = np.lib.stride_tricks.sliding_window_view(row_sums, w, axis=0)[::s][:n_r]
+    mu = (win_sums.sum(axis=-1) / (w * w)).astype(np.float32)  # (n_r, n_c)
+    # Each window's w rows of X (a strided view), apodized along y: (n_r, n_c, rx + 1, w).
+    cols = np.lib.stride_tricks.sliding_window_view(xs, w, axis=0)[::s][:n_r]
+    fy = scipy.fft.fft(cols * h, axis=-1, workers=workers, overwrite_x=True)
+    ky = np.r_[w - ry : w, 0 : ry + 1]  # ky = -ry .. ry
+    fy = fy[..., ky]  # (n_r, n_c, rx + 1, 2 ry + 1)
+    # The mean's transform mu FFT[h](ky) FFT[h](kx), non-zero only next to the DC.
+    hk = np.fft.fft(h.astype(np.float64))
+    near = np.flatnonzero(np.abs(hk) > 1e-9 * np.abs(hk[0]))
+    near_x = near[near <= rx]
+    for j in near:
+        sj = j if j <= ry else j - w  # signed ky
+        if abs(sj) > ry:
+            continue
+        corr = (hk[j] * hk[near_x]).astype(np.complex64)  # over kx in near_x
+        fy[:, :, near_x, sj + ry] -= mu[:, :, None] * corr[None, None, :]
+    right = np.abs(fy).astype(np.float32, copy=False).reshape(n_r * n_c, rx + 1, 2 * ry + 1)
+    right = right.transpose(0, 2, 1)  # (n, ky, kx >= 0)
+    band = np.empty((n_r * n_c, 2 * ry + 1, 2 * rx + 1), dtype=np.float32)
+    band[:, :, rx:] = right
+    band[:, :, :rx] = right[:, ::-1, rx:0:-1]  # |F(ky, -kx)| = |F(-ky, kx)|
+    return band
+
+
 def log_band(spectra: np.ndarray, geometry: BandGeometry) -> np.ndarray:
     """The U-Net input: the band's log-magnitude, resampled to size x size and standardized.
 
@@ -469,14 +570,45 @@ def log_band_from_crop(band: np.ndarray, geometry: BandGeometry) -> np.ndarray:
         )
     band = band.astype(np.float32, copy=True)
     band[:, ry, rx] = 0.0
-    med = np.median(band.reshape(band.shape[0], -1), axis=1)[:, None, None]
+    med = row_median(band.reshape(band.shape[0], -1))[:, None, None]
     band = np.log1p(band / np.maximum(med, 1e-12))
     out = resample_band(band, geometry.size)
     flat = out.reshape(out.shape[0], -1)
-    m = np.median(flat, axis=1)[:, None, None]
-    mad = np.median(np.abs(flat - m[:, :, 0]), axis=1)[:, None, None] * 1.4826
+    m = row_median(flat)[:, None, None]
+    mad = row_median(np.abs(flat - m[:, :, 0]))[:, None, None] * 1.4826
     out = (out - m) / np.maximum(mad, 1e-6)
     return out.astype(np.float32, copy=False)
+
+
+def row_median(values: np.ndarray) -> np.ndarray:
+    """Median of each row of finite values: ``np.median(values, axis=1)``, several times faster.
+
+    One ``np.partition`` at the middle index per row (``np.median`` also partitions at the last
+    index to look for NaNs, which costs about as much again); for an even number of values the
+    lower middle value is the largest of the left part. The result equals ``np.median`` exactly
+    for finite input (with NaNs it is undefined).
+
+    Parameters
+    ----------
+    values : ndarray, shape (n, m), m >= 1
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        In the dtype of ``values`` (float64 for integer input).
+    """
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[1] < 1:
+        raise ValueError(f"row_median needs a (n, m) array with m >= 1, got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    half = values.shape[1] // 2
+    part = np.partition(values, half, axis=1)
+    upper = part[:, half]
+    if values.shape[1] % 2:
+        return upper
+    lower = part[:, :half].max(axis=1)
+    return ((lower + upper) / 2).astype(values.dtype, copy=False)  # as np.mean of the two
 
 
 def resample_band(stack: np.ndarray, size: int) -> np.ndarray:
@@ -564,10 +696,12 @@ __all__ = [
     "crop_band",
     "extract_windows",
     "frequency_nm_inv",
+    "grid_band_spectra",
     "hann_2d",
     "iter_window_batches",
     "log_band",
     "log_band_from_crop",
+    "row_median",
     "window_grid",
     "window_spectra",
     "window_view",

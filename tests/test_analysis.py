@@ -8,6 +8,7 @@ detector keeps the tests fast (one U-Net test runs when ``models/unet_spots.pt``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -166,15 +167,16 @@ def test_progress_is_called_per_block_of_window_rows(db, rutile_result) -> None:
     _res, _ = rutile_result
     calls: list[tuple[float, str]] = []
     image = np.zeros((512, 512), np.float32) + np.random.default_rng(0).normal(size=(512, 512))
-    params = dataclasses.replace(PARAMS, batch_size=15)  # 7 x 7 windows: blocks of 2 rows
+    # 7 x 7 windows, at most 2 rows (15 windows) per block: 4 blocks as even as possible.
+    params = dataclasses.replace(PARAMS, batch_size=15)
     analysis.analyze_image(
         micrograph(image), params=params, cards=db, progress=lambda f, m: calls.append((f, m))
     )
     fractions = [f for f, _ in calls]
     assert len(calls) == 1 + math.ceil(7 / 2)
-    assert fractions == [0.0, 14 / 49, 28 / 49, 42 / 49, 1.0]
+    assert fractions == [0.0, 7 / 49, 21 / 49, 35 / 49, 1.0]
     assert all(isinstance(m, str) and m for _, m in calls)
-    assert calls[1][1].endswith("14/49 windows")
+    assert calls[1][1].endswith("7/49 windows")
 
 
 def rutile_image(db) -> np.ndarray:
@@ -191,8 +193,8 @@ def rutile_image(db) -> np.ndarray:
 
 @pytest.mark.parametrize("batch_size", [1, 15, 49, 10_000])
 def test_row_blocks_give_the_windows_of_the_copying_path(db, rutile_result, batch_size) -> None:
-    """Any block size: the same pairs as the detector on copied-out windows, the same table."""
-    from hrtem_core.spots import detect_pairs
+    """Any block size: the same pairs and table; the copying path agrees to float32 rounding."""
+    from hrtem_core.spots import detect_pairs, detect_pairs_in_image
     from hrtem_core.windows import extract_windows
 
     res, _ = rutile_result
@@ -200,10 +202,16 @@ def test_row_blocks_give_the_windows_of_the_copying_path(db, rutile_result, batc
     params = dataclasses.replace(PARAMS, batch_size=batch_size)
     again = analysis.analyze_image(micrograph(image, defocus=-8.0), params=params, cards=db)
     pd.testing.assert_frame_equal(again.windows, res.windows, check_exact=True)
+    whole = detect_pairs_in_image(image, res.grid, pixel_size_nm=(0.02, 0.02), detector="classical")
+    assert again.pairs == tuple(tuple(p) for p in whole)
     copied = detect_pairs(
         extract_windows(image, res.grid), pixel_size_nm=(0.02, 0.02), detector="classical"
     )
-    assert again.pairs == tuple(tuple(p) for p in copied)
+    assert [len(p) for p in again.pairs] == [len(p) for p in copied]
+    for got, ref in zip(again.pairs, copied, strict=True):
+        for a, b in zip(got, ref, strict=True):
+            assert a.spacing_nm == pytest.approx(b.spacing_nm, rel=1e-5)
+            assert a.angle_deg == pytest.approx(b.angle_deg, abs=1e-3)
     assert sum(map(len, again.pairs)) > 20  # the crystal half has pairs
 
 
@@ -216,11 +224,11 @@ def test_large_image_windows_are_never_materialised(db, monkeypatch) -> None:
     data = np.zeros((8192, 8192), np.float32)  # pages untouched: the fake detector reads none
     seen: list[tuple] = []
 
-    def fake_detect_pairs(windows, **kwargs):
-        seen.append((windows.shape, np.may_share_memory(windows, data), kwargs["workers"]))
-        return [()] * (windows.shape[0] * windows.shape[1])
+    def fake_detect_pairs_in_image(image, grid, *, rows, **kwargs):
+        seen.append((rows, np.may_share_memory(image, data), kwargs["workers"]))
+        return [()] * ((rows[1] - rows[0]) * grid.n_cols)
 
-    monkeypatch.setattr(spots, "detect_pairs", fake_detect_pairs)
+    monkeypatch.setattr(spots, "detect_pairs_in_image", fake_detect_pairs_in_image)
     params = analysis.AnalysisParams(window_px=256, stride_px=64, detector="classical")
     calls: list[float] = []
     tracemalloc.start()
@@ -233,23 +241,26 @@ def test_large_image_windows_are_never_materialised(db, monkeypatch) -> None:
         tracemalloc.stop()
     assert res.grid.n_windows == 125 * 125 and len(res.windows) == 125 * 125
     assert len(seen) == math.ceil(125 / 2) and len(calls) == 1 + len(seen)
-    assert all(v and workers == -1 for _, v, workers in seen)  # views of the image, no copy
-    assert {shape for shape, _, _ in seen} == {(2, 125, 256, 256), (1, 125, 256, 256)}
-    assert calls == sorted(calls) and calls[-1] == 1.0 and calls[1] == 250 / 15625
+    assert all(v and workers == -1 for _, v, workers in seen)  # the image itself, no copy
+    blocks = [rows for rows, _, _ in seen]  # whole rows, at most 2, covering the grid in order
+    assert blocks[0][0] == 0 and blocks[-1][1] == 125
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+    assert {r1 - r0 for r0, r1 in blocks} == {1, 2}
+    assert calls == sorted(calls) and calls[-1] == 1.0 and calls[1] == blocks[0][1] * 125 / 15625
     assert peak < 200e6  # all windows: 4.1e9 bytes
 
 
 def test_detector_threads_are_passed_through(db, monkeypatch) -> None:
     from hrtem_core import spots
 
-    real = spots.detect_pairs
+    real = spots.detect_pairs_in_image
     seen: list[int] = []
 
-    def spy(windows, **kwargs):
+    def spy(image, grid, **kwargs):
         seen.append(kwargs["workers"])
-        return real(windows, **kwargs)
+        return real(image, grid, **kwargs)
 
-    monkeypatch.setattr(spots, "detect_pairs", spy)
+    monkeypatch.setattr(spots, "detect_pairs_in_image", spy)
     image = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
     analysis.analyze_image(micrograph(image), params=PARAMS, cards=db, detector_workers=1)
     analysis.analyze_image(micrograph(image), params=PARAMS, cards=db)
@@ -349,15 +360,15 @@ def test_series_profile_and_best_focus(db) -> None:
     from hrtem_core import spots
 
     share = max(1, len(os.sched_getaffinity(0)) // 2)
-    real = spots.detect_pairs
+    real = spots.detect_pairs_in_image
 
-    def spy(windows, **kwargs):
+    def spy(image, grid, **kwargs):
         if kwargs.get("workers") != share:
             raise AssertionError(f"detector workers {kwargs.get('workers')}, expected {share}")
-        return real(windows, **kwargs)
+        return real(image, grid, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(spots, "detect_pairs", spy)
+        mp.setattr(spots, "detect_pairs_in_image", spy)
         par = analysis.analyze_series(imgs, params=PARAMS, cards=db, workers=2)
     pd.testing.assert_frame_equal(par.profile, prof)
     for a, b in zip(par.results, series.results, strict=True):

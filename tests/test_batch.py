@@ -374,14 +374,14 @@ def test_worker_runs_the_detector_on_one_thread(image_dir, monkeypatch) -> None:
     from hrtem_core import spots
     from hrtem_core.analysis import AnalysisParams
 
-    real = spots.detect_pairs
+    real = spots.detect_pairs_in_image
     seen: list[int] = []
 
-    def spy(windows, **kwargs):
+    def spy(image, grid, **kwargs):
         seen.append(kwargs["workers"])
-        return real(windows, **kwargs)
+        return real(image, grid, **kwargs)
 
-    monkeypatch.setattr(spots, "detect_pairs", spy)
+    monkeypatch.setattr(spots, "detect_pairs_in_image", spy)
     settings = batch.make_settings(
         AnalysisParams(window_px=128, detector="classical"), pixel_size_nm=PIXEL_NM
     )

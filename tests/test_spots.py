@@ -471,8 +471,20 @@ def test_detect_pairs_in_image_equals_extracted_windows(rng) -> None:
     grid = window_grid(img.shape, window_px=128, stride_px=96)
     a = detect_pairs_in_image(img, grid, pixel_size_nm=p, detector="classical")
     b = detect_pairs(extract_windows(img, grid), pixel_size_nm=p, detector="classical")
-    assert a == b and len(a) == grid.n_windows
-    assert all(len(x) == 2 for x in a)
+    assert len(a) == len(b) == grid.n_windows
+    assert all(len(x) == len(y) == 2 for x, y in zip(a, b, strict=True))
+    for x, y in zip(a, b, strict=True):
+        for pa, pb in zip(x, y, strict=True):  # the shared row transforms: float32 rounding only
+            assert pa.spacing_nm == pytest.approx(pb.spacing_nm, rel=1e-6)
+            assert pa.angle_deg == pytest.approx(pb.angle_deg, abs=1e-4)
+            assert pa.snr == pytest.approx(pb.snr, rel=1e-4)
+    # Rows of the grid: the same windows as the whole grid, bit for bit.
+    part = detect_pairs_in_image(img, grid, pixel_size_nm=p, detector="classical", rows=(1, 3))
+    assert part == a[grid.n_cols : 3 * grid.n_cols]
+    with pytest.raises(AnalysisParameterError, match="outside"):
+        detect_pairs_in_image(img, grid, pixel_size_nm=p, detector="classical", rows=(2, 2))
+    with pytest.raises(AnalysisParameterError, match="does not match"):
+        detect_pairs_in_image(img[:-1], grid, pixel_size_nm=p, detector="classical")
 
 
 def test_unet_detector_goes_through_predict_logits(rng, monkeypatch) -> None:

@@ -15,11 +15,13 @@ from hrtem_core.windows import (
     crop_band,
     extract_windows,
     frequency_nm_inv,
+    grid_band_spectra,
     hann_2d,
     iter_window_batches,
     log_band,
     log_band_from_crop,
     resample_band,
+    row_median,
     window_grid,
     window_spectra,
     window_view,
@@ -273,3 +275,75 @@ def test_resample_band_is_bilinear_where_the_band_is_finer() -> None:
     out = resample_band(ramp, size)
     pos = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
     np.testing.assert_allclose(out[0], np.broadcast_to(pos, (size, size)), atol=1e-5)
+
+
+# --- shared row transforms and fast medians ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("w", "s", "p", "apodize"),
+    [
+        (256, 64, (0.02, 0.02), True),
+        (128, 96, (0.03, 0.031), True),
+        (200, 50, (0.02, 0.02), True),
+        (128, 128, (0.005, 0.005), True),  # band capped at Nyquist, no overlap
+        (128, 32, (0.02, 0.02), False),
+    ],
+)
+def test_grid_band_spectra_equal_per_window_band_spectra(rng, w, s, p, apodize) -> None:
+    # Counts with a large offset and a lattice: the mean subtraction must still be exact.
+    ny, nx = 3 * w + 17, 2 * w + 5
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    image = 500.0 + 20 * np.cos(2 * np.pi * (yy * 0.11 + xx * 0.07))
+    image = rng.poisson(image + 30 * rng.random((ny, nx))).astype(np.float32)
+    grid = window_grid(image.shape, window_px=w, stride_px=s)
+    geometry = band_geometry(w, p)
+    windows = extract_windows(image, grid)
+    ref = band_spectra(windows, geometry, apodize=apodize)
+    got = grid_band_spectra(image, grid, geometry, apodize=apodize)
+    n_y, n_x = 2 * geometry.radius_y + 1, 2 * geometry.radius_x + 1
+    assert got.shape == ref.shape == (grid.n_windows, n_y, n_x)
+    # Against the float64 transform of each mean-subtracted window: at least as accurate as
+    # the per-window float32 transform, everywhere (next to the DC included).
+    x = windows.astype(np.float64)
+    x -= x.mean(axis=(1, 2), keepdims=True)
+    if apodize:
+        x *= hann_2d(w).astype(np.float64)
+    truth = crop_band(np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))), geometry)
+    err, err_ref = np.abs(got - truth), np.abs(ref - truth)
+    assert err.max() <= 1e-6 * truth.max()
+    assert err.max() <= max(err_ref.max(), 1e-7 * truth.max())
+    assert (err / np.maximum(truth, 1.0)).max() < 1e-3
+    # Blocks of rows: bit for bit the windows of the whole grid.
+    for rows in ((0, 1), (1, grid.n_rows), (grid.n_rows - 1, grid.n_rows)):
+        part = grid_band_spectra(image, grid, geometry, rows=rows, apodize=apodize)
+        np.testing.assert_array_equal(part, got[rows[0] * grid.n_cols : rows[1] * grid.n_cols])
+
+
+def test_grid_band_spectra_rejects_bad_input(rng) -> None:
+    image = rng.random((300, 300)).astype(np.float32)
+    grid = window_grid(image.shape, window_px=128, stride_px=64)
+    geometry = band_geometry(128, (0.02, 0.02))
+    with pytest.raises(AnalysisParameterError, match="does not match the window grid"):
+        grid_band_spectra(image[:-1], grid, geometry)
+    with pytest.raises(AnalysisParameterError, match="band geometry"):
+        grid_band_spectra(image, grid, band_geometry(256, (0.02, 0.02)))
+    for rows in ((1, 1), (-1, 2), (0, grid.n_rows + 1)):
+        with pytest.raises(AnalysisParameterError, match="outside"):
+            grid_band_spectra(image, grid, geometry, rows=rows)
+
+
+def test_row_median_equals_numpy_median(rng) -> None:
+    for _ in range(100):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 200)))
+        for dtype in (np.float32, np.float64):
+            values = (rng.standard_normal(shape) * 10 ** rng.uniform(-3, 3)).astype(dtype)
+            got = row_median(values)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, np.median(values, axis=1))
+    ints = rng.integers(0, 10, (4, 6))
+    np.testing.assert_array_equal(row_median(ints), np.median(ints, axis=1))
+    np.testing.assert_array_equal(row_median(np.array([[3.0, 1.0, 2.0, 10.0]])), [2.5])
+    for bad in (np.zeros(5), np.zeros((2, 0)), np.zeros((2, 2, 2))):
+        with pytest.raises(ValueError, match="row_median"):
+            row_median(bad)
