@@ -132,6 +132,8 @@ def load_model(
     ------
     ReadError
         The weights or settings file is missing, unreadable, or does not fit the architecture.
+    AnalysisParameterError
+        An unknown device or precision.
     """
     weights = Path(path) if path is not None else DEFAULT_WEIGHTS
     js = settings_path(weights)
