@@ -1293,11 +1293,9 @@ def detect_pairs_in_image(
     bounds = [(r1 - r0) * k // n_chunks for k in range(n_chunks + 1)]
     chunks = [(a * n_cols, b * n_cols) for a, b in itertools.pairwise(bounds)]
 
-    offset = float(img.mean(dtype=np.float64))  # the same for every block: see grid_band_spectra
-
     def band_of(start: int, stop: int) -> np.ndarray:
         rows_of_chunk = (r0 + start // n_cols, r0 + stop // n_cols)
-        return grid_band_spectra(img, grid, geometry, rows=rows_of_chunk, offset=offset, workers=1)
+        return grid_band_spectra(img, grid, geometry, rows=rows_of_chunk, workers=1)
 
     def windows_of(start: int, stop: int) -> np.ndarray:
         idx = np.arange(start, stop) + r0 * n_cols

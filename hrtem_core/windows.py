@@ -426,6 +426,15 @@ def band_spectra(
     return band
 
 
+def image_offset(image: np.ndarray) -> float:
+    """A value near the mean of ``image``: the mean of every 16th pixel along each axis.
+
+    The offset :func:`grid_band_spectra` subtracts before its row transforms; a subsample keeps
+    it cheap on large images (it is recomputed for every block of rows) and deterministic.
+    """
+    return float(np.asarray(image)[::16, ::16].mean(dtype=np.float64))
+
+
 def grid_band_spectra(
     image: np.ndarray,
     grid: WindowGrid,
@@ -463,8 +472,7 @@ def grid_band_spectra(
     offset : float, optional, keyword-only
         Subtracted from the image before the row transforms (it changes only the DC, which the
         mean subtraction removes; a value near the image mean keeps the float32 transforms
-        accurate). Default: the mean of the whole image (pass it in when calling block by
-        block, to compute it once).
+        accurate). Default: :func:`image_offset` (the same for every block of rows).
     apodize : bool, keyword-only
         Apply the Hann window (default True).
     workers : int, keyword-only
@@ -493,7 +501,7 @@ def grid_band_spectra(
     ry, rx = geometry.radius_y, geometry.radius_x
     n_r, n_c = r1 - r0, grid.n_cols
     if offset is None:
-        offset = float(img.mean(dtype=np.float64))
+        offset = image_offset(img)
     block = img[r0 * s : (r1 - 1) * s + w, : (n_c - 1) * s + w] - np.float32(offset)
     h = hann(w, sym=False).astype(np.float32) if apodize else np.ones(w, np.float32)
     # Row stretches of every grid column: (rows of the block, n_c, w), a view.
@@ -698,6 +706,7 @@ __all__ = [
     "frequency_nm_inv",
     "grid_band_spectra",
     "hann_2d",
+    "image_offset",
     "iter_window_batches",
     "log_band",
     "log_band_from_crop",

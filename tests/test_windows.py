@@ -17,6 +17,7 @@ from hrtem_core.windows import (
     frequency_nm_inv,
     grid_band_spectra,
     hann_2d,
+    image_offset,
     iter_window_batches,
     log_band,
     log_band_from_crop,
@@ -312,12 +313,29 @@ def test_grid_band_spectra_equal_per_window_band_spectra(rng, w, s, p, apodize) 
     truth = crop_band(np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))), geometry)
     err, err_ref = np.abs(got - truth), np.abs(ref - truth)
     assert err.max() <= 1e-6 * truth.max()
-    assert err.max() <= max(err_ref.max(), 1e-7 * truth.max())
+    assert err_ref.max() <= 1e-5 * truth.max()
+    # Pixel by pixel (next to the DC included) within 0.1 % of the float64 value.
     assert (err / np.maximum(truth, 1.0)).max() < 1e-3
     # Blocks of rows: bit for bit the windows of the whole grid.
     for rows in ((0, 1), (1, grid.n_rows), (grid.n_rows - 1, grid.n_rows)):
         part = grid_band_spectra(image, grid, geometry, rows=rows, apodize=apodize)
         np.testing.assert_array_equal(part, got[rows[0] * grid.n_cols : rows[1] * grid.n_cols])
+
+
+def test_image_offset_is_near_the_mean_and_the_band_does_not_depend_on_it(rng) -> None:
+    image = rng.poisson(300.0, (520, 530)).astype(np.float32)
+    assert image_offset(image) == pytest.approx(float(image.mean()), rel=0.01)
+    grid = window_grid(image.shape, window_px=128, stride_px=64)
+    geometry = band_geometry(128, (0.02, 0.02))
+    a = grid_band_spectra(image, grid, geometry)
+    b = grid_band_spectra(image, grid, geometry, offset=0.0)
+    # The offset only sets the float32 rounding of the large DC term, which reaches the
+    # pixels next to the DC (worse without it); elsewhere the bands agree.
+    far = np.ones(a.shape[1:], bool)
+    far[
+        geometry.radius_y - 1 : geometry.radius_y + 2, geometry.radius_x - 1 : geometry.radius_x + 2
+    ] = False
+    np.testing.assert_allclose(a[:, far], b[:, far], rtol=1e-4, atol=1e-5 * a.max())
 
 
 def test_grid_band_spectra_rejects_bad_input(rng) -> None:
