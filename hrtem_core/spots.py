@@ -1280,11 +1280,7 @@ def detect_pairs_in_image(
     p = _pixel_pair(pixel_size_nm)
     img = np.asarray(image, dtype=np.float32)
     view = window_view(img, grid)  # also checks the shape
-    r0, r1 = (0, grid.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
-    if not 0 <= r0 < r1 <= grid.n_rows:
-        raise AnalysisParameterError(
-            f"grid rows {r0}..{r1 - 1} lie outside the grid's {grid.n_rows} rows"
-        )
+    r0, r1 = grid.row_range(rows)
     n_cols, w = grid.n_cols, grid.window_px
     geometry = band_geometry(w, p, d_min_nm=d_min_nm)
     # Chunks of whole grid rows, about 2 * batch_size windows each, as even as possible (the

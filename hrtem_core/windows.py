@@ -94,6 +94,28 @@ class WindowGrid:
         w, s = self.window_px, self.stride_px
         return ((self.n_rows - 1) * s + w, (self.n_cols - 1) * s + w)
 
+    def row_range(self, rows: tuple[int, int] | None) -> tuple[int, int]:
+        """Grid rows ``(r0, r1)``, ``0 <= r0 < r1 <= n_rows``; None: all rows.
+
+        Raises
+        ------
+        AnalysisParameterError
+            The rows are empty or lie outside the grid.
+        """
+        r0, r1 = (0, self.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= r0 < r1 <= self.n_rows:
+            raise AnalysisParameterError(
+                f"grid rows {r0}..{r1 - 1} lie outside the grid's {self.n_rows} rows"
+            )
+        return r0, r1
+
+    def check_image(self, image: np.ndarray) -> None:
+        """Raise :class:`AnalysisParameterError` unless ``image`` has this grid's shape."""
+        if image.shape != self.image_shape:
+            raise AnalysisParameterError(
+                f"image shape {image.shape} does not match the window grid {self.image_shape}"
+            )
+
 
 def window_grid(
     image_shape: tuple[int, ...],
@@ -173,10 +195,7 @@ def window_view(image: np.ndarray, grid: WindowGrid) -> np.ndarray:
     ndarray, shape (n_rows, n_cols, w, w)
         Window ``(r, c)`` is ``image[r*s : r*s + w, c*s : c*s + w]``.
     """
-    if image.shape != grid.image_shape:
-        raise AnalysisParameterError(
-            f"image shape {image.shape} does not match the window grid {grid.image_shape}"
-        )
+    grid.check_image(image)
     w, s = grid.window_px, grid.stride_px
     view = np.lib.stride_tricks.sliding_window_view(image, (w, w))[::s, ::s]
     return view[: grid.n_rows, : grid.n_cols]
@@ -220,10 +239,23 @@ def iter_window_batches(
         yield idx, extract_windows(image, grid, indices=idx)
 
 
+def _hann_1d(window_px: int) -> np.ndarray:
+    """Periodic 1-D Hann window, shape (w,) float32, peak 1."""
+    return hann(int(window_px), sym=False).astype(np.float32)
+
+
 def hann_2d(window_px: int) -> np.ndarray:
     """Separable 2-D Hann apodization window, shape (w, w) float32, peak 1."""
-    h = hann(int(window_px), sym=False).astype(np.float32)
+    h = _hann_1d(window_px)
     return np.outer(h, h)
+
+
+def _check_window_geometry(window_px: int, geometry: BandGeometry) -> None:
+    if window_px != geometry.window_px:
+        raise AnalysisParameterError(
+            f"windows of {window_px} px do not match the band geometry of a "
+            f"{geometry.window_px} px window"
+        )
 
 
 def window_spectra(windows: np.ndarray, *, apodize: bool = True, workers: int = -1) -> np.ndarray:
@@ -407,10 +439,7 @@ def band_spectra(
     if x.ndim != 3 or x.shape[1] != x.shape[2]:
         raise AnalysisParameterError(f"expected windows of shape (n, w, w), got {x.shape}")
     w = x.shape[-1]
-    if w != geometry.window_px:
-        raise AnalysisParameterError(
-            f"windows of {w} px do not match the band geometry of a {geometry.window_px} px window"
-        )
+    _check_window_geometry(w, geometry)
     ry, rx = geometry.radius_y, geometry.radius_x
     x -= x.mean(axis=(1, 2), keepdims=True)
     if apodize:
@@ -484,26 +513,16 @@ def grid_band_spectra(
         Fftshifted ``|F|`` of the band of each window, row-major, DC at ``(radius_y, radius_x)``.
     """
     img = np.asarray(image, dtype=np.float32)
-    if img.shape != grid.image_shape:
-        raise AnalysisParameterError(
-            f"image shape {img.shape} does not match the window grid {grid.image_shape}"
-        )
+    grid.check_image(img)
     w, s = grid.window_px, grid.stride_px
-    if w != geometry.window_px:
-        raise AnalysisParameterError(
-            f"windows of {w} px do not match the band geometry of a {geometry.window_px} px window"
-        )
-    r0, r1 = (0, grid.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
-    if not 0 <= r0 < r1 <= grid.n_rows:
-        raise AnalysisParameterError(
-            f"grid rows {r0}..{r1 - 1} lie outside the grid's {grid.n_rows} rows"
-        )
+    _check_window_geometry(w, geometry)
+    r0, r1 = grid.row_range(rows)
     ry, rx = geometry.radius_y, geometry.radius_x
     n_r, n_c = r1 - r0, grid.n_cols
     if offset is None:
         offset = image_offset(img)
     block = img[r0 * s : (r1 - 1) * s + w, : (n_c - 1) * s + w] - np.float32(offset)
-    h = hann(w, sym=False).astype(np.float32) if apodize else np.ones(w, np.float32)
+    h = _hann_1d(w) if apodize else np.ones(w, np.float32)
     # Row stretches of every grid column: (rows of the block, n_c, w), a view.
     strips = np.lib.stride_tricks.sliding_window_view(block, w, axis=1)[:, ::s][:, :n_c]
     row_sums = strips.sum(axis=-1, dtype=np.float64)  # (H, n_c)
