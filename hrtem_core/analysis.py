@@ -39,6 +39,9 @@ import pandas as pd
 from hrtem_core import __version__
 from hrtem_core.errors import AnalysisParameterError, HRTEMError
 from hrtem_core.indexing import (
+    AMBIGUITY_DECADES,
+    MAX_CHANCE,
+    MAX_ZONE_INDEX,
     STATUS_AMBIGUOUS,
     STATUS_INDEXED,
     STATUS_NO_SPOTS,
@@ -47,10 +50,11 @@ from hrtem_core.indexing import (
     IndexingTables,
     WindowIndex,
     build_tables,
+    check_decision_options,
     check_tolerances,
     format_hkl,
     format_match,
-    index_window,
+    index_windows,
 )
 from hrtem_core.windows import WindowGrid, window_grid
 
@@ -86,8 +90,11 @@ WINDOW_COLUMNS: tuple[str, ...] = (
     "plane_family",
     "zone_axis",
     "score",
+    "evidence",
     "n_explained",
     "spacing_residuals_pct",
+    "spacing_sigma_pct",
+    "angle_residuals_deg",
     "alternatives",
     "status",
 )
@@ -142,8 +149,14 @@ class AnalysisParams:
     include_forbidden : bool
         Also match forbidden reflections that double diffraction in the zone does not explain
         (with a lower weight); those it explains are always matched.
-    ambiguity_margin : float
-        Relative score margin within which other phases are listed as alternatives (default 0.15).
+    ambiguity_decades : float
+        Other phases whose odds against chance are within this many decades of the best are
+        listed as alternatives (default 1; :mod:`hrtem_core.indexing`).
+    max_chance : float
+        A window names a phase only when the odds "chance : card" of its best match are at most
+        this (default 0.01: score >= 0.99).
+    max_zone_index : int
+        Largest zone-axis index considered (default 3).
     batch_size : int
         Windows per block of whole window rows (at least one row): one detector call and one
         progress call per block; bounds the detector's memory on large images.
@@ -157,7 +170,9 @@ class AnalysisParams:
     angle_tol_deg: float = 2.0
     phases: tuple[str, ...] | None = None
     include_forbidden: bool = False
-    ambiguity_margin: float = 0.15
+    ambiguity_decades: float = AMBIGUITY_DECADES
+    max_chance: float = MAX_CHANCE
+    max_zone_index: int = MAX_ZONE_INDEX
     batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -178,10 +193,11 @@ class AnalysisParams:
             or not (math.isfinite(d) and d > 0)
         ):
             raise AnalysisParameterError(f"smallest spacing d_min must be > 0 nm, got {d!r}")
-        if not (0.0 <= float(self.ambiguity_margin) < 1.0):
-            raise AnalysisParameterError(
-                f"ambiguity margin must be in [0, 1), got {self.ambiguity_margin!r}"
-            )
+        check_decision_options(
+            ambiguity_decades=self.ambiguity_decades,
+            max_chance=self.max_chance,
+            max_zone_index=self.max_zone_index,
+        )
         for name in ("window_px", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
@@ -344,7 +360,9 @@ def make_tables(cards: CardDatabase, params: AnalysisParams) -> IndexingTables:
         angle_tol_deg=params.angle_tol_deg,
         include_forbidden=params.include_forbidden,
         d_min_nm=params.d_min_nm,
-        ambiguity_margin=params.ambiguity_margin,
+        ambiguity_decades=params.ambiguity_decades,
+        max_chance=params.max_chance,
+        max_zone_index=params.max_zone_index,
     )
 
 
@@ -413,7 +431,6 @@ def analyze_image(
 
     n = grid.n_windows
     all_pairs: list[tuple[SpotPair, ...]] = [()] * n
-    all_index: list[WindowIndex] = [None] * n  # type: ignore[list-item]
     if progress is not None:
         progress(0.0, f"{micrograph.name}: {n} windows")
     # No window is copied out of the image: the detector transforms image rows shared by the
@@ -439,13 +456,13 @@ def analyze_image(
         )
         start = r0 * grid.n_cols
         for i, pairs in enumerate(found, start=start):
-            pairs = tuple(pairs)
-            all_pairs[i] = pairs
-            all_index[i] = index_window(pairs, tables)
+            all_pairs[i] = tuple(pairs)
         done = r1 * grid.n_cols
         if progress is not None:
             progress(done / n, f"{micrograph.name}: {done}/{n} windows")
 
+    # Every window is indexed at once: one whole-array search per phase (indexing.index_windows).
+    all_index = index_windows(all_pairs, tables)
     windows = windows_table(grid, all_pairs, all_index)
     phases, families = phase_tables(windows, grid, tables)
     elapsed = time.perf_counter() - t0
@@ -479,8 +496,16 @@ def windows_table(
 
     Multi-valued cells are ``;``-joined in the window's plane order (spacing descending):
     ``spacings_nm``, ``directions_deg`` (in-plane direction of g), ``hkl`` / ``families`` (``-``
-    for a plane the phase does not explain), ``spacing_residuals_pct``; ``angles_deg`` lists the
-    acute angles between every pair of planes (1-2, 1-3, ..., 2-3, ...).
+    for a plane the phase does not explain), ``spacing_residuals_pct`` and
+    ``spacing_sigma_pct`` (each plane's uncertainty); ``angles_deg`` lists the acute angles
+    between every pair of planes (1-2, 1-3, ..., 2-3, ...), ``angle_residuals_deg`` the
+    named phase's angle residuals for every pair of explained planes.
+
+    Only a window that names a phase (status ``indexed`` or ``ambiguous``) fills ``phase_card``,
+    ``phase_name``, ``hkl``, ``families``, ``plane_family`` and ``zone_axis``; the candidates of a
+    ``spacing-only`` or ``unmatched`` window are listed in ``alternatives``, and its ``score`` is
+    that of its best candidate (at most 0.5). ``evidence`` is ``-log10`` of the odds "chance :
+    card" of the score's match [decades].
     """
     rc = grid.row_col
     centers = grid.centers
@@ -509,12 +534,21 @@ def windows_table(
             "plane_family": "",
             "zone_axis": "",
             "score": 0.0,
+            "evidence": 0.0,
             "n_explained": 0,
             "spacing_residuals_pct": "",
+            "spacing_sigma_pct": _fmt([100 * q.spacing_sigma_rel for q in planes], 2),
+            "angle_residuals_deg": "",
             "alternatives": " | ".join(format_match(a) for a in wi.alternatives),
             "status": wi.status,
         }
-        if best is not None:
+        if best is not None and not wi.named:
+            row.update(
+                score=round(float(best.score), 4),
+                evidence=round(float(best.evidence), 3),
+                alternatives=" | ".join(format_match(a) for a in (best, *wi.alternatives)),
+            )
+        elif best is not None:
             strongest = max(
                 (k for k in range(len(planes)) if best.families[k] is not None),
                 key=lambda k: (planes[k].intensity, planes[k].spacing_nm),
@@ -527,7 +561,9 @@ def windows_table(
                 plane_family=format_hkl(best.families[strongest]),
                 zone_axis=format_hkl(best.zone_axis),
                 score=round(float(best.score), 4),
+                evidence=round(float(best.evidence), 3),
                 n_explained=int(best.n_explained),
+                angle_residuals_deg=_fmt(best.angle_residuals_deg, 2),
                 spacing_residuals_pct=";".join(
                     f"{100 * r:.2f}" if r is not None else "-" for r in best.rel_residuals
                 ),
@@ -543,6 +579,7 @@ def windows_table(
             "n_pairs": "int64",
             "n_explained": "int64",
             "score": "float64",
+            "evidence": "float64",
         }
     )
 

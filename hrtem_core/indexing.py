@@ -1,47 +1,65 @@
-"""Index the lattice planes of one window: spacings + interplanar angles -> phase, (hkl), zone axis.
+"""Index the lattice planes of windows: spacings + interplanar angles -> phase, (hkl), zone axis.
 
-Method (Zhu et al., ESI-1 and ESI-3, generalised to every crystal system):
+Method (Zhu et al., ESI-1 and ESI-3, generalised to every crystal system), and what the score means
+(the full text is in ``docs/analysis-cli.md``, "What the score means, and when a window is
+unmatched"):
 
 1. **Spacings.** Each measured spacing ``d`` is matched against the enabled phases' reflection
-   families within a relative tolerance (default 3 %) with :func:`hrtem_core.cards.spacing_candidates`.
-2. **Angles.** The angle between two planes is the angle between their reciprocal-lattice vectors,
-   ``cos(beta) = h1^T G* h2 / sqrt(h1^T G* h1 * h2^T G* h2)`` with the reciprocal metric tensor
-   ``G*`` (this is ESI-3 eqs. 2-5 for orthorhombic, cubic, hexagonal and tetragonal cells, and it is
-   also right for monoclinic and triclinic cells). It is evaluated on precomputed Cartesian g
-   vectors (``B h``), which is the same thing.
-3. **Members, not families.** The measured acute angle between two planes fixes *which members* of
-   their families are seen: the first plane is represented by its family's representative ``h1``
-   (any member is equivalent by symmetry), and every member ``h2`` of the second family whose acute
-   angle to ``h1`` matches (default 2 degrees) defines a zone axis ``[uvw] = h1 x h2``.
-4. **Zone consistency.** For three or more planes, every further plane must be a member ``h_k`` of
-   one of its candidate families that lies in the same zone (``h_k . [uvw] = 0``, exact integers),
-   at the measured *oriented* in-plane angle from ``h1`` (both viewing directions ``+-[uvw]`` are
-   tried) and at the measured acute angle to every plane already accepted.
-5. **Score.** ``score = coverage * q_d * q_a * q_z`` in [0, 1], with ``coverage = sum(w_k) / n`` over
-   the explained planes (``w = 1``, or ``forbidden_weight`` for a kinematically forbidden
-   reflection), ``q_d = mean exp(-(r_k / tol_d)^2 / 2)`` over the relative spacing residuals,
-   ``q_a = mean exp(-(dbeta / tol_a)^2 / 2)`` over all pairs of explained planes, and a mild
-   preference for zone axes with a short period along the beam, ``q_z = exp(-0.1 t / nm)`` with
-   ``t = |u a + v b + w c|`` [nm] (:func:`zone_prior`). Phases are
-   ranked by (angle-confirmed, weighted number of explained planes, score). Other phases whose
-   score is within ``ambiguity_margin`` (relative) of the best, at the same rank, are kept as
-   alternatives and the window is "ambiguous" (near-twins such as maghemite / magnetite). A
-   near-twin that lost a plane only to the tolerance bound (a spacing inside the best phase's
-   tolerance but just outside its own) is listed too: see :func:`_edge_twin` (``tolerance_edge``).
+   families within a relative tolerance (``|d - d_ref| / d_ref <= spacing_tol``, default 3 %: the
+   single spacing rule of the project, as :func:`hrtem_core.cards.spacing_candidates`).
+2. **Angles and zone.** The angle between two planes is the angle between their reciprocal-lattice
+   vectors (``cos(beta) = h1^T G* h2 / sqrt(h1^T G* h1 h2^T G* h2)``, ESI-3 eqs. 2-5 for the
+   orthogonal systems, the metric tensor ``G*`` for every system), evaluated on Cartesian ``g =
+   B h``. A hypothesis fixes a zone axis ``[uvw]`` (at most ``max_zone_index`` in every index,
+   default 3), a viewing sense, and a reference plane ``i`` assigned to its family's
+   representative ``h_i``; every member ``h`` of the zone then has a predicted in-plane direction
+   ``phi_i + s psi(h)`` (``psi`` the angle from ``h_i`` about the zone axis). Each other plane is
+   assigned the in-zone member of a spacing-matched family nearest its measured direction, within
+   ``angle_tol_deg``. All hypotheses are found at once for all windows: per phase, the member
+   directions are tabulated per pair of families, sorted by ``(family pair, psi)``, and every
+   measured plane pair of every window is looked up with ``searchsorted`` (:func:`index_windows`).
+3. **Kinematic intensities.** A zone whose strong reflections (kinematic ``|F|^2`` from the
+   phase's structure or the card's intensities) are all missing while only weak ones (below
+   ``WEAK_FRACTION`` of the zone's strongest) are matched is rejected: a superlattice of weak
+   spots does not identify a phase whose strong spots are absent. Kinematically forbidden
+   reflections (screw axes, glide planes) are matched only where double diffraction in the zone
+   produces them (:func:`_dd_ok`), or with ``include_forbidden`` at a penalty.
+4. **Score: the chance of a coincidence.** Every measured spacing and direction carries its own
+   standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus
+   ``SIGMA_SYSTEMATIC_REL`` of calibration for spacings). The *chance expectation* ``E`` of a
+   hypothesis is the expected number of equally good matches that random planes would produce
+   against the same card, under the null model "no enabled card fits": spacings log-uniform over
+   the detector's band ``[d_lo, d_hi]``, directions uniform:
 
-6. **Forbidden reflections.** A kinematically forbidden reflection (screw axis / glide plane) is
-   matched in a zone where double diffraction produces it, i.e. where it is the sum of two allowed
-   reflections of the same zone (e.g. (002) = (1-11) + (-111) in a spinel's [110] zone; see
-   :func:`_dd_ok`); there it counts fully. Other forbidden reflections are matched only with
-   ``include_forbidden`` and then weigh ``forbidden_weight`` (0.5) in the coverage.
+   * per explained plane, ``P_d = N_fam * 2 max(|r|, sigma_r) / ln(d_hi / d_lo)``: ``N_fam`` the
+     card's (visible) families in the band, so a card dense in reflections pays for explaining
+     spacings easily;
+   * per explained plane besides the reference, ``P_a = n * 2 max(|dphi|, sigma_phi) / 180 deg``,
+     ``n`` the number of directions its family offers: every member direction over all allowed
+     zones for the first one (the zone is chosen by it), the family's members in the chosen zone
+     for the others;
+   * a factor ``1 / UNEXPLAINED_PENALTY`` per plane of the window the hypothesis leaves
+     unexplained, and ``1 / FORBIDDEN_WEIGHT`` per forbidden reflection matched without double
+     diffraction.
 
-A window with a single plane (or whose planes no phase explains with a matching angle) gets
-spacing-only candidates and the status ``"spacing-only"``: the best by spacing residual, and every
-other phase with a matching spacing as an alternative (spacing alone proves little).
+   ``E = prod P_d * prod P_a * penalties``; the **score** is ``1 / (1 + E)``, the probability that
+   the match is not a coincidence under this model. Candidates are ranked by ``E`` (not by the
+   number of planes first): explaining more planes lowers ``E`` only when they fit.
+5. **Decisions.** A window is ``indexed`` when its best angle-confirmed hypothesis has ``E <=
+   max_chance`` (default 1e-3: score >= 0.999); other phases within ``ambiguity_decades`` (default
+   1, a factor 10 in ``E``) of the best are listed and the window is ``ambiguous`` (near-twins
+   such as maghemite / magnetite; a near-twin that lost a plane only at the tolerance edge is
+   found by :func:`_edge_twin`). A window with one plane, or whose angle-confirmed matches are
+   weaker than ``max_chance``, is ``spacing-only``: its candidates are listed, no phase is
+   named, and its score is at most 0.5 (``0.5 / (1 + E)``: one spacing cannot tell a card from
+   an unlisted phase with a line at the same ``d``), so it never scores above an angle-confirmed
+   window. A window with two or more planes that no card explains with a matching angle, or
+   whose spacings no card has, is ``unmatched`` (its spacings are still reported). A window with
+   no significant spot pair is ``no-spots``.
 
-Per-phase family members and their Cartesian g vectors are precomputed once per analysis in
-:class:`IndexingTables` (:func:`build_tables`); :func:`index_window` then costs a few hundred
-microseconds per window.
+Per-phase tables are built once per analysis (:func:`build_tables`); :func:`index_windows`
+indexes every window of an image in whole-array operations, and identical plane sets share one
+result.
 """
 
 from __future__ import annotations
@@ -73,22 +91,43 @@ STATUSES = (
     STATUS_UNMATCHED,
     STATUS_NO_SPOTS,
 )
+#: Statuses that name a phase.
+NAMED_STATUSES = (STATUS_INDEXED, STATUS_AMBIGUOUS)
 
-#: Weight of a kinematically forbidden reflection in the coverage term (allowed: 1).
+#: Largest zone-axis index: ``max(|u|, |v|, |w|) <= MAX_ZONE_INDEX`` (crossed fringes are seen
+#: along low-index zones; a high-index zone that "explains" two spacings is a coincidence).
+MAX_ZONE_INDEX = 3
+#: A window names a phase when its best match has a chance expectation ``E <= MAX_CHANCE``.
+MAX_CHANCE = 0.05
+#: Other phases within this many decades of the best ``E`` are listed (the window is ambiguous).
+AMBIGUITY_DECADES = 1.0
+#: Probability that a real crystal shows a plane its card does not explain (another crystal
+#: overlapping, a defect, a false spot): the factor an unexplained plane costs a hypothesis.
+UNEXPLAINED_PENALTY = 0.05
+#: A kinematically forbidden reflection matched without double diffraction (only with
+#: ``include_forbidden``) counts as this fraction of an allowed one (its ``P`` is divided by it).
 FORBIDDEN_WEIGHT = 0.5
-#: Default relative margin under the best score within which other phases are kept as alternatives.
-AMBIGUITY_MARGIN = 0.15
-#: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %).
-#: A phase that explains the best match's planes once its spacing tolerance is widened by this
-#: edge is a near-twin (:func:`_edge_twin`): it is listed as an alternative.
+#: Calibration uncertainty of the pixel size (relative, one standard deviation): a scale error
+#: common to every spacing of a window (a pixel size that is 1.5 % off moves all spacings alike).
+SIGMA_CALIBRATION_REL = 0.015
+#: Per-plane model uncertainty added in quadrature to each spot's own: the card's spacing
+#: (composition, strain: relative) and the in-plane direction (image distortion [deg]).
+SIGMA_MODEL_REL = 0.003
+SIGMA_MODEL_ANGLE_DEG = 0.3
+#: Fit uncertainties used for planes that carry none (relative spacing; direction [deg]).
+DEFAULT_SIGMA_REL = 0.004
+DEFAULT_SIGMA_ANGLE_DEG = 0.25
+#: Kinematic intensity rule: a zone match whose matched reflections are all below this fraction
+#: of the zone's strongest reflection is rejected.
+WEAK_FRACTION = 0.1
+#: Families weaker than this fraction of the phase's strongest count 1/4 in the card density.
+VISIBLE_FRACTION = 0.01
+#: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %):
+#: a phase that explains the best match's planes with its tolerance widened by this edge is a
+#: near-twin (:func:`_edge_twin`).
 TOLERANCE_EDGE = 0.25
-#: Strength of the low-index zone-axis preference on the index norm (:func:`zone_prior` without a cell).
-ZONE_PRIOR = 0.03
-#: Strength of the short-period zone-axis preference [1/nm] (:func:`zone_prior` with a cell).
-ZONE_PRIOR_PER_NM = 0.1
-#: At most this many planes (the strongest) of one window enter the combinatorial search.
+#: At most this many planes (the strongest) of one window are indexed.
 MAX_PLANES = 8
-
 
 # --------------------------------------------------------------------------------------------
 # Measured planes
@@ -107,11 +146,31 @@ class MeasuredPlane:
         In-plane direction of g, ``degrees(atan2(-gy, gx)) mod 180`` [deg].
     intensity : float
         Peak magnitude above background (for ordering only).
+    sigma_rel : float
+        Standard uncertainty of ``d`` from the fit, relative (``sigma_l / l``); NaN: unknown
+        (:data:`DEFAULT_SIGMA_REL` is used).
+    sigma_angle_deg : float
+        Standard uncertainty of the direction [deg] (``sigma_l / l`` in radians); NaN: unknown.
     """
 
     spacing_nm: float
     angle_deg: float
     intensity: float = 0.0
+    sigma_rel: float = math.nan
+    sigma_angle_deg: float = math.nan
+
+    @property
+    def spacing_sigma_rel(self) -> float:
+        """Relative uncertainty of ``d`` against a card: the fit's and :data:`SIGMA_MODEL_REL`
+        (the common calibration error is treated apart, :data:`SIGMA_CALIBRATION_REL`)."""
+        s = self.sigma_rel if math.isfinite(self.sigma_rel) else DEFAULT_SIGMA_REL
+        return math.hypot(s, SIGMA_MODEL_REL)
+
+    @property
+    def direction_sigma_deg(self) -> float:
+        """Uncertainty of the direction [deg]: the fit's and :data:`SIGMA_MODEL_ANGLE_DEG`."""
+        s = self.sigma_angle_deg if math.isfinite(self.sigma_angle_deg) else DEFAULT_SIGMA_ANGLE_DEG
+        return math.hypot(s, SIGMA_MODEL_ANGLE_DEG)
 
 
 def measured_planes(
@@ -120,12 +179,13 @@ def measured_planes(
     """Planes of a window in canonical order: spacing descending, then direction.
 
     The ``max_planes`` strongest pairs (by ``intensity``) are kept; the order of ``pairs`` does not
-    matter.
+    matter. Uncertainties come from ``sigma_l_px / l_px`` where the pairs carry them.
 
     Parameters
     ----------
     pairs : sequence of SpotPair
-        Anything with ``spacing_nm``, ``angle_deg`` and (optionally) ``intensity`` attributes.
+        Anything with ``spacing_nm``, ``angle_deg`` and (optionally) ``intensity``, ``l_px`` and
+        ``sigma_l_px`` attributes.
     max_planes : int, keyword-only
         Cap on the planes kept.
 
@@ -138,11 +198,16 @@ def measured_planes(
         d = float(p.spacing_nm)
         if not (math.isfinite(d) and d > 0):
             continue
+        sig = float(getattr(p, "sigma_l_px", math.nan))
+        lpx = float(getattr(p, "l_px", math.nan))
+        rel = sig / lpx if (math.isfinite(sig) and math.isfinite(lpx) and lpx > 0) else math.nan
         planes.append(
             MeasuredPlane(
                 spacing_nm=d,
                 angle_deg=float(p.angle_deg) % 180.0,
                 intensity=float(getattr(p, "intensity", 0.0) or 0.0),
+                sigma_rel=rel,
+                sigma_angle_deg=math.degrees(rel) if math.isfinite(rel) else math.nan,
             )
         )
     if len(planes) > max_planes:
@@ -167,76 +232,9 @@ def measured_angles_deg(planes: Sequence[MeasuredPlane]) -> tuple[float, ...]:
     return tuple(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Per-analysis tables
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class PhaseTable:
-    """Reflection families of one phase with their members and unit Cartesian g vectors.
-
-    Attributes
-    ----------
-    card_id, name, space_group : str
-    family_hkl : tuple of (h, k, l)
-        Family representatives (card rows or computed), ``n_f`` of them.
-    family_d_nm : ndarray, shape (n_f,)
-    family_forbidden : ndarray of bool, shape (n_f,)
-    family_index : dict
-        ``(h, k, l)`` representative -> family index.
-    member_hkl : ndarray of int, shape (n_m, 3)
-        Every member of every family, one of each Friedel pair (+-h is one plane).
-    member_family : ndarray of int, shape (n_m,)
-    member_g : ndarray, shape (n_m, 3)
-        Unit Cartesian reciprocal vectors ``B h / |B h|``.
-    family_slices : tuple of (start, stop)
-        Rows of ``member_*`` that belong to each family.
-    rep_g : ndarray, shape (n_f, 3)
-        Unit Cartesian g of each family representative.
-    allowed_pm : ndarray of int, shape (n_a, 3)
-        Every kinematically allowed member, both signs (for the double-diffraction rule).
-    allowed_set : frozenset of (h, k, l)
-        The same as a set.
-    """
-
-    card_id: str
-    name: str
-    space_group: str
-    cell: Any
-    family_hkl: tuple[HKL, ...]
-    family_d_nm: np.ndarray
-    family_forbidden: np.ndarray
-    family_index: dict
-    member_hkl: np.ndarray
-    member_family: np.ndarray
-    member_g: np.ndarray
-    family_slices: tuple[tuple[int, int], ...]
-    rep_g: np.ndarray
-    allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
-    allowed_set: frozenset = frozenset()
-    _dd_cache: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True, eq=False)
-class IndexingTables:
-    """Everything :func:`index_window` needs, precomputed once per analysis.
-
-    Build with :func:`build_tables`.
-    """
-
-    db: Any
-    phases: tuple[PhaseTable, ...]
-    card_ids: tuple[str, ...]
-    spacing_tol: float
-    angle_tol_deg: float
-    include_forbidden: bool
-    d_min_nm: float
-    ambiguity_margin: float = AMBIGUITY_MARGIN
-    forbidden_weight: float = FORBIDDEN_WEIGHT
-    max_planes: int = MAX_PLANES
-    tolerance_edge: float = TOLERANCE_EDGE
-    _phase_pos: dict = field(default_factory=dict)
+def _wrap90(a: np.ndarray | float) -> np.ndarray:
+    """Wrap angles [deg] to [-90, 90): the difference of two plane directions (mod 180)."""
+    return (np.asarray(a) + 90.0) % 180.0 - 90.0
 
 
 def _canonical_sign(hkl: np.ndarray) -> np.ndarray:
@@ -250,14 +248,218 @@ def _canonical_sign(hkl: np.ndarray) -> np.ndarray:
     return hkl * sign[:, None]
 
 
+# --------------------------------------------------------------------------------------------
+# Per-analysis tables
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PhaseTable:
+    """Reflection families of one phase, their members, and the direction tables of its zones.
+
+    Attributes
+    ----------
+    card_id, name, space_group : str
+    cell : UnitCell
+    family_hkl : tuple of (h, k, l)
+        Family representatives (card rows or computed), ``n_f`` of them.
+    family_d_nm : ndarray, shape (n_f,)
+    family_forbidden : ndarray of bool, shape (n_f,)
+    family_intensity : ndarray, shape (n_f,)
+        Kinematic intensity per reflection relative to the strongest family (0..1): ``|F|^2``
+        from the phase's crystal structure where the project knows it
+        (:func:`hrtem_core.simulate.known_structure`), else the card's ``intensity_rel`` divided
+        by the multiplicity; NaN when neither is known (the intensity rule is then skipped).
+    family_index : dict
+        ``(h, k, l)`` representative -> family index.
+    member_hkl : ndarray of int, shape (n_m, 3)
+        Every member of every family, one of each Friedel pair (+-h is one plane), the
+        representative first in its family.
+    member_family : ndarray of int, shape (n_m,)
+    member_g : ndarray, shape (n_m, 3)
+        Unit Cartesian reciprocal vectors ``B h / |B h|``.
+    family_slices : tuple of (start, stop)
+        Rows of ``member_*`` that belong to each family.
+    rep_g : ndarray, shape (n_f, 3)
+    zones : ndarray of int, shape (n_z, 3)
+        The zone axes ``[uvw]`` (reduced, first non-zero index positive, max index <=
+        ``max_zone_index``) that contain a representative and another member.
+    zone_count : ndarray of int, shape (n_z, n_f)
+        Members of each family in each zone that can appear there (allowed, or produced by
+        double diffraction, or any with ``include_forbidden``).
+    zone_max_intensity : ndarray, shape (n_z,)
+        Largest ``family_intensity`` among the reflections of each zone (NaN: unknown).
+    entry_key : ndarray, shape (n_e,)
+        Sorted lookup keys ``(fa * n_f + fc) * 1000 + 100 + psi`` of the direction table: for a
+        representative ``h_a`` of family ``fa`` and a member ``h_c`` of family ``fc`` sharing an
+        allowed zone, ``psi`` [deg, mod 180] is the angle from ``g_a`` to ``g_c`` about the zone
+        axis. Entries within the angle tolerance of 0 or 180 deg are repeated shifted by 180.
+    entry_member, entry_zone : ndarray of int, shape (n_e,)
+        ``h_c``'s member row, and the zone's row in ``zones``.
+    entry_psi : ndarray, shape (n_e,)
+    entry_penalty, entry_penalty_ref : ndarray, shape (n_e,)
+        log10 of the chance factor of a forbidden reflection matched without double diffraction
+        (only with ``include_forbidden``; 0 otherwise), for ``h_c`` and for ``h_a``.
+    block_count : ndarray of int, shape (n_f, n_f)
+        Entries per family pair (without the repeats): the directions a plane of family ``fc``
+        can take relative to ``h_a``.
+    density_weight : ndarray, shape (n_f,)
+        Weight of each family in the card density ``N_fam``: 1, 1/4 for a kinematically weak
+        family, 1/2 for a forbidden one.
+    """
+
+    card_id: str
+    name: str
+    space_group: str
+    cell: Any
+    family_hkl: tuple[HKL, ...]
+    family_d_nm: np.ndarray
+    family_forbidden: np.ndarray
+    family_intensity: np.ndarray
+    family_index: dict
+    member_hkl: np.ndarray
+    member_family: np.ndarray
+    member_g: np.ndarray
+    family_slices: tuple[tuple[int, int], ...]
+    rep_g: np.ndarray
+    zones: np.ndarray
+    zone_count: np.ndarray
+    zone_max_intensity: np.ndarray
+    entry_key: np.ndarray
+    entry_member: np.ndarray
+    entry_zone: np.ndarray
+    entry_psi: np.ndarray
+    entry_penalty: np.ndarray
+    entry_penalty_ref: np.ndarray
+    block_count: np.ndarray
+    density_weight: np.ndarray
+    allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    allowed_set: frozenset = frozenset()
+    _dd_cache: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class IndexingTables:
+    """Everything :func:`index_windows` needs, precomputed once per analysis.
+
+    Build with :func:`build_tables`.
+    """
+
+    db: Any
+    phases: tuple[PhaseTable, ...]
+    card_ids: tuple[str, ...]
+    spacing_tol: float
+    angle_tol_deg: float
+    include_forbidden: bool
+    d_min_nm: float
+    ambiguity_decades: float = AMBIGUITY_DECADES
+    max_chance: float = MAX_CHANCE
+    max_zone_index: int = MAX_ZONE_INDEX
+    forbidden_weight: float = FORBIDDEN_WEIGHT
+    max_planes: int = MAX_PLANES
+    tolerance_edge: float = TOLERANCE_EDGE
+    _phase_pos: dict = field(default_factory=dict)
+
+
+def _reduce(uvw: Sequence[int]) -> HKL:
+    """Divide by the gcd and make the first non-zero index positive."""
+    u, v, w = (int(x) for x in uvw)
+    g = math.gcd(math.gcd(abs(u), abs(v)), abs(w)) or 1
+    u, v, w = u // g, v // g, w // g
+    first = u or v or w
+    if first < 0:
+        u, v, w = -u, -v, -w
+    return (u, v, w)
+
+
+def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) -> bool:
+    """Can double diffraction in zone ``[uvw]`` produce the (kinematically forbidden) ``hkl``?
+
+    True when ``hkl = g1 + g2`` with ``g1`` and ``g2`` kinematically allowed reflections of the
+    phase that both lie in the zone (``g . [uvw] = 0``): e.g. (002) = (1 -1 1) + (-1 1 1) in the
+    [110] zone of a spinel, or (600) = (3 1 -1) + (3 -1 1) in [011]. Screw-axis and glide-plane
+    extinctions are filled in this way in zone-axis images (and by the non-linear interference of
+    the two beams in the HRTEM image); lattice-centring extinctions never are (the sum of two
+    centring-allowed reflections is allowed). Only the tabulated reflections (``d >= d_min``) are
+    used as ``g1`` and ``g2``.
+    """
+    h = tuple(int(v) for v in hkl)
+    z = tuple(int(v) for v in uvw)
+    key = (h, z)
+    hit = pt._dd_cache.get(key)
+    if hit is None:
+        hit = False
+        if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
+            g1 = pt.allowed_pm[(pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0]
+            for g in (np.asarray(h, dtype=np.int64)[None, :] - g1).tolist():
+                if tuple(g) in pt.allowed_set:
+                    hit = True
+                    break
+        pt._dd_cache[key] = hit
+    return hit
+
+
+def _family_intensities(phase: Phase, reps: Sequence[HKL], mult: Sequence[int]) -> np.ndarray:
+    """Relative kinematic intensity per reflection of each family (0..1), NaN if unknown."""
+    from hrtem_core.simulate import known_structure
+
+    n = len(reps)
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    structure = known_structure(phase.card_id)
+    if structure is not None:
+        f = structure.structure_factor_nm(np.asarray(reps, dtype=float), phase.cell)
+        out = np.abs(f) ** 2
+    else:
+        card = {tuple(int(v) for v in r.hkl): r for r in phase.reflections}
+        vals = []
+        for rep, m in zip(reps, mult, strict=True):
+            r = card.get(rep)
+            i_rel = None if r is None else r.intensity_rel
+            vals.append(np.nan if i_rel is None else float(i_rel) / max(int(m), 1))
+        out = np.asarray(vals, dtype=float)
+        if not np.all(np.isfinite(out)):
+            return np.full(n, np.nan)  # partial card intensities: no rule
+    top = float(np.max(out)) if np.all(np.isfinite(out)) else 0.0
+    return out / top if top > 0 else np.full(n, np.nan)
+
+
+def _zone_keys(z: np.ndarray, k: int) -> np.ndarray:
+    """Integer key of each zone row (indices in ``-k .. k``)."""
+    b = 2 * k + 1
+    return ((z[:, 0] + k) * b + (z[:, 1] + k)) * b + (z[:, 2] + k)
+
+
+def _reduce_rows(raw: np.ndarray) -> np.ndarray:
+    """:func:`_reduce` for rows of integer vectors (non-zero rows)."""
+    g = np.gcd(np.gcd(np.abs(raw[:, 0]), np.abs(raw[:, 1])), np.abs(raw[:, 2]))
+    g = np.where(g == 0, 1, g)
+    return _canonical_sign_first(raw // g[:, None])
+
+
+def _canonical_sign_first(v: np.ndarray) -> np.ndarray:
+    """Flip each row so that its first non-zero index (u, then v, then w) is positive."""
+    first = np.where(v[:, 0] != 0, v[:, 0], np.where(v[:, 1] != 0, v[:, 1], v[:, 2]))
+    return v * np.where(first < 0, -1, 1)[:, None]
+
+
 def _phase_table(
-    phase: Phase, *, include_forbidden: bool, d_min_nm: float, spacing_tol: float
+    phase: Phase,
+    *,
+    include_forbidden: bool,
+    d_min_nm: float,
+    spacing_tol: float,
+    angle_tol_deg: float,
+    max_zone_index: int,
+    forbidden_weight: float,
 ) -> PhaseTable:
     from hrtem_core.crystallography import family_members
 
     reps: list[HKL] = []
     ds: list[float] = []
     forb: list[bool] = []
+    mults: list[int] = []
     members: list[np.ndarray] = []
     fam_of: list[np.ndarray] = []
     slices: list[tuple[int, int]] = []
@@ -283,10 +485,12 @@ def _phase_table(
         reps.append(rep)
         ds.append(float(ref.d_nm))
         forb.append(bool(ref.forbidden))
+        mults.append(int(getattr(ref, "multiplicity", 2 * len(mem)) or 2 * len(mem)))
         members.append(mem)
         fam_of.append(np.full(len(mem), fam, dtype=np.int64))
         slices.append((start, start + len(mem)))
         start += len(mem)
+    n_f = len(reps)
     if members:
         member_hkl = np.vstack(members)
         member_family = np.concatenate(fam_of)
@@ -296,26 +500,147 @@ def _phase_table(
         member_hkl = np.zeros((0, 3), dtype=np.int64)
         member_family = np.zeros(0, dtype=np.int64)
         g = np.zeros((0, 3))
-    rep_g = g[[s for s, _ in slices]] if slices else np.zeros((0, 3))
+    rep_rows = np.asarray([s for s, _ in slices], dtype=np.int64)
+    rep_g = g[rep_rows] if n_f else np.zeros((0, 3))
     forb_arr = np.asarray(forb, dtype=bool)
     allowed = member_hkl[~forb_arr[member_family]] if len(member_hkl) else member_hkl
     allowed_pm = np.vstack([allowed, -allowed]) if len(allowed) else np.zeros((0, 3), np.int64)
-    return PhaseTable(
+    intensity = _family_intensities(phase, reps, mults)
+    weight = np.ones(n_f)
+    if np.all(np.isfinite(intensity)) and n_f:
+        weight = np.where(intensity < VISIBLE_FRACTION, 0.25, 1.0)
+    weight = np.where(forb_arr, 0.5, weight) if n_f else weight
+
+    pt_stub = PhaseTable(
         card_id=phase.card_id,
         name=phase.name,
         space_group=phase.space_group,
         cell=phase.cell,
         family_hkl=tuple(reps),
         family_d_nm=np.asarray(ds, dtype=float),
-        family_forbidden=np.asarray(forb, dtype=bool),
+        family_forbidden=forb_arr,
+        family_intensity=intensity,
         family_index={r: i for i, r in enumerate(reps)},
         member_hkl=member_hkl,
         member_family=member_family,
         member_g=g,
         family_slices=tuple(slices),
         rep_g=rep_g,
+        zones=np.zeros((0, 3), np.int64),
+        zone_count=np.zeros((0, n_f), np.int64),
+        zone_max_intensity=np.zeros(0),
+        entry_key=np.zeros(0),
+        entry_member=np.zeros(0, np.int64),
+        entry_zone=np.zeros(0, np.int64),
+        entry_psi=np.zeros(0),
+        entry_penalty=np.zeros(0),
+        entry_penalty_ref=np.zeros(0),
+        block_count=np.zeros((n_f, n_f), np.int64),
+        density_weight=weight,
         allowed_pm=allowed_pm,
         allowed_set=frozenset(map(tuple, allowed_pm.tolist())),
+    )
+    if n_f == 0:
+        return pt_stub
+    return _with_zone_tables(
+        pt_stub,
+        include_forbidden=include_forbidden,
+        angle_tol_deg=angle_tol_deg,
+        max_zone_index=max_zone_index,
+        forbidden_weight=forbidden_weight,
+    )
+
+
+def _with_zone_tables(
+    pt: PhaseTable,
+    *,
+    include_forbidden: bool,
+    angle_tol_deg: float,
+    max_zone_index: int,
+    forbidden_weight: float,
+) -> PhaseTable:
+    """Fill the zone and direction tables of a phase table (see :class:`PhaseTable`)."""
+    import dataclasses
+
+    k = int(max_zone_index)
+    n_f = len(pt.family_hkl)
+    n_m = len(pt.member_hkl)
+    reps = pt.member_hkl[[s for s, _ in pt.family_slices]]
+    # Every (representative a, member c) pair: zone a x c, reduced, within the index limit.
+    fa = np.repeat(np.arange(n_f), n_m)
+    mc = np.tile(np.arange(n_m), n_f)
+    raw = np.cross(reps[fa], pt.member_hkl[mc])
+    ok = np.any(raw != 0, axis=1)
+    fa, mc, raw = fa[ok], mc[ok], raw[ok]
+    zone = _reduce_rows(raw)
+    ok = np.max(np.abs(zone), axis=1) <= k
+    fa, mc, zone = fa[ok], mc[ok], zone[ok]
+    zkey = _zone_keys(zone, k)
+    _, first, z_of = np.unique(zkey, return_index=True, return_inverse=True)
+    zones = zone[first]
+    n_z = len(zones)
+    # Which member can appear in which zone (allowed, double diffraction, or any if included).
+    in_zone = (zones @ pt.member_hkl.T) == 0  # (n_z, n_m)
+    forb_m = pt.family_forbidden[pt.member_family]
+    can = in_zone & ~forb_m[None, :]
+    pen_m = np.zeros((n_z, n_m))  # log10 chance factor of a member in a zone
+    bad = np.log10(1.0 / forbidden_weight)
+    for zi, mi in zip(*np.nonzero(in_zone & forb_m[None, :]), strict=True):
+        if _dd_ok(pt, pt.member_hkl[mi], zones[zi]):
+            can[zi, mi] = True
+        elif include_forbidden:
+            can[zi, mi] = True
+            pen_m[zi, mi] = bad
+    zone_count = np.zeros((n_z, n_f), dtype=np.int64)
+    for zi in range(n_z):
+        zone_count[zi] = np.bincount(pt.member_family[can[zi]], minlength=n_f)
+    inten = pt.family_intensity
+    if np.all(np.isfinite(inten)):
+        zmax = np.array(
+            [float(np.max(inten[zone_count[zi] > 0], initial=0.0)) for zi in range(n_z)]
+        )
+    else:
+        zmax = np.full(n_z, np.nan)
+    # Entries: both ends must be able to appear in the zone.
+    rep_rows = np.asarray([s for s, _ in pt.family_slices], dtype=np.int64)
+    ok = can[z_of, rep_rows[fa]] & can[z_of, mc]
+    fa, mc, z_of = fa[ok], mc[ok], z_of[ok]
+    pen_ref = pen_m[z_of, rep_rows[fa]]
+    penalty = pen_m[z_of, mc]
+    fc = pt.member_family[mc]
+    n_dir = np.asarray(pt.cell.direct_cartesian(zones.astype(float)), dtype=float)
+    n_dir = n_dir / np.linalg.norm(n_dir, axis=1, keepdims=True)
+    ga = pt.rep_g[fa]
+    gc = pt.member_g[mc]
+    cr = np.cross(ga, gc)
+    psi = np.degrees(
+        np.arctan2(np.einsum("ij,ij->i", cr, n_dir[z_of]), np.einsum("ij,ij->i", ga, gc))
+    )
+    psi = np.mod(psi, 180.0)
+    psi = np.where(psi >= 180.0, 0.0, psi)
+    block = fa * n_f + fc
+    block_count = np.bincount(block, minlength=n_f * n_f).reshape(n_f, n_f)
+    # Repeat entries near 0 / 180 deg shifted by 180, so a window of +-tol never wraps.
+    tol = float(angle_tol_deg)
+    lo = psi < tol
+    hi = psi > 180.0 - tol
+    idx = np.concatenate([np.arange(len(psi)), np.flatnonzero(lo), np.flatnonzero(hi)])
+    psi_all = np.concatenate([psi, psi[lo] + 180.0, psi[hi] - 180.0])
+    key = block[idx] * 1000.0 + 100.0 + psi_all
+    order = np.argsort(key, kind="stable")
+    idx = idx[order]
+    return dataclasses.replace(
+        pt,
+        zones=zones,
+        zone_count=zone_count,
+        zone_max_intensity=zmax,
+        entry_key=key[order],
+        entry_member=mc[idx],
+        entry_zone=z_of[idx],
+        entry_psi=psi[idx],
+        entry_penalty=penalty[idx],
+        entry_penalty_ref=pen_ref[idx],
+        block_count=block_count,
     )
 
 
@@ -356,11 +681,13 @@ def build_tables(
     angle_tol_deg: float = 2.0,
     include_forbidden: bool = False,
     d_min_nm: float = 0.1,
-    ambiguity_margin: float = AMBIGUITY_MARGIN,
+    ambiguity_decades: float = AMBIGUITY_DECADES,
+    max_chance: float = MAX_CHANCE,
+    max_zone_index: int = MAX_ZONE_INDEX,
     forbidden_weight: float = FORBIDDEN_WEIGHT,
     max_planes: int = MAX_PLANES,
 ) -> IndexingTables:
-    """Precompute family members and Cartesian g vectors of the phases (once per analysis).
+    """Precompute the families, members, zones and direction tables of the phases (once).
 
     Parameters
     ----------
@@ -373,34 +700,49 @@ def build_tables(
         Interplanar-angle tolerance [deg] (default 2).
     include_forbidden : bool, keyword-only
         Also match kinematically forbidden reflections that the zone does not produce by double
-        diffraction (weighted ``forbidden_weight``); those it produces are always matched.
+        diffraction (at a chance factor ``1 / forbidden_weight``); those it produces are always
+        matched.
     d_min_nm : float, keyword-only
         Smallest spacing of interest [nm].
-    ambiguity_margin : float, keyword-only
-        Relative score margin for alternatives (default 0.15).
+    ambiguity_decades : float, keyword-only
+        Other phases whose chance expectation is within this many decades of the best are listed
+        as alternatives (default 1).
+    max_chance : float, keyword-only
+        Largest chance expectation ``E`` at which a window names a phase (default 1e-3).
+    max_zone_index : int, keyword-only
+        Largest zone-axis index (default 3).
     forbidden_weight : float, keyword-only
-        Coverage weight of a forbidden reflection (default 0.5).
+        See :data:`FORBIDDEN_WEIGHT`.
     max_planes : int, keyword-only
         At most this many (strongest) planes per window are indexed.
 
     Raises
     ------
     AnalysisParameterError
-        A tolerance that is not a positive finite number.
+        A tolerance or option out of range.
     CardDatabaseError
         Unknown card ids, or no phase to index against.
     """
     check_tolerances(spacing_tol=spacing_tol, angle_tol_deg=angle_tol_deg)
     if not (math.isfinite(d_min_nm) and d_min_nm > 0):
         raise AnalysisParameterError(f"smallest spacing d_min must be > 0 nm, got {d_min_nm!r}")
-    if not (0.0 <= ambiguity_margin < 1.0):
+    check_decision_options(
+        ambiguity_decades=ambiguity_decades, max_chance=max_chance, max_zone_index=max_zone_index
+    )
+    if not (0.0 < forbidden_weight <= 1.0):
         raise AnalysisParameterError(
-            f"ambiguity margin must be in [0, 1), got {ambiguity_margin!r}"
+            f"forbidden weight must be in (0, 1], got {forbidden_weight!r}"
         )
     phases = select_phases(db, card_ids)
     tables = tuple(
         _phase_table(
-            p, include_forbidden=include_forbidden, d_min_nm=d_min_nm, spacing_tol=spacing_tol
+            p,
+            include_forbidden=include_forbidden,
+            d_min_nm=d_min_nm,
+            spacing_tol=spacing_tol,
+            angle_tol_deg=angle_tol_deg,
+            max_zone_index=int(max_zone_index),
+            forbidden_weight=float(forbidden_weight),
         )
         for p in phases
     )
@@ -412,12 +754,42 @@ def build_tables(
         angle_tol_deg=float(angle_tol_deg),
         include_forbidden=bool(include_forbidden),
         d_min_nm=float(d_min_nm),
-        ambiguity_margin=float(ambiguity_margin),
+        ambiguity_decades=float(ambiguity_decades),
+        max_chance=float(max_chance),
+        max_zone_index=int(max_zone_index),
         forbidden_weight=float(forbidden_weight),
         max_planes=int(max_planes),
     )
     out._phase_pos.update({t.card_id: i for i, t in enumerate(tables)})
     return out
+
+
+def check_decision_options(
+    *, ambiguity_decades: float, max_chance: float, max_zone_index: int
+) -> None:
+    """Raise :class:`AnalysisParameterError` unless the decision options are in range."""
+    try:
+        amb = float(ambiguity_decades)
+        mc = float(max_chance)
+    except (TypeError, ValueError):
+        raise AnalysisParameterError(
+            f"ambiguity decades and max chance must be numbers, got {ambiguity_decades!r}, "
+            f"{max_chance!r}"
+        ) from None
+    if not (math.isfinite(amb) and 0.0 <= amb <= 6.0):
+        raise AnalysisParameterError(
+            f"ambiguity decades must be in [0, 6], got {ambiguity_decades!r}"
+        )
+    if not (math.isfinite(mc) and 0.0 < mc < 1.0):
+        raise AnalysisParameterError(f"max chance must be in (0, 1), got {max_chance!r}")
+    if (
+        isinstance(max_zone_index, bool)
+        or not isinstance(max_zone_index, int | np.integer)
+        or not 1 <= int(max_zone_index) <= 12
+    ):
+        raise AnalysisParameterError(
+            f"largest zone-axis index must be an integer from 1 to 12, got {max_zone_index!r}"
+        )
 
 
 def check_tolerances(*, spacing_tol: float, angle_tol_deg: float) -> None:
@@ -467,9 +839,17 @@ class PhaseMatch:
     angle_residuals_deg : tuple of float
         ``|measured - theoretical|`` acute angle for every pair of explained planes [deg].
     score : float
-        In [0, 1] (module docstring).
+        ``1 / (1 + chance)`` for an angle-confirmed match, ``0.5 / (1 + chance)`` for a
+        spacing-only one (module docstring).
     n_explained : int
     angle_confirmed : bool
+    chance : float
+        The chance expectation ``E`` (module docstring): the expected number of equally good
+        matches of random planes against this card.
+    spacing_sigma_rel : tuple of float
+        Per plane: the relative spacing uncertainty used (fit and model).
+    density_log10 : float
+        The card-density part of ``log10(chance)`` (:func:`_family_density`).
     """
 
     card_id: str
@@ -484,12 +864,25 @@ class PhaseMatch:
     score: float
     n_explained: int
     angle_confirmed: bool
-    weight: float = 0.0
+    chance: float = 1.0
+    spacing_sigma_rel: tuple[float, ...] = ()
+    density_log10: float = 0.0
 
     @property
-    def rank_key(self) -> tuple[bool, float, float]:
-        """Sort key, larger is better: (angle-confirmed, weighted planes explained, score)."""
-        return (self.angle_confirmed, round(self.weight, 6), self.score)
+    def fit_log10(self) -> float:
+        """log10 odds without the card-density term: how well the residuals fit, alone (used to
+        order near-twins, which differ in density but not in what they predict)."""
+        return math.log10(max(self.chance, 1e-300)) - self.density_log10
+
+    @property
+    def evidence(self) -> float:
+        """``-log10(chance)`` [decades]: larger is better."""
+        return -math.log10(max(self.chance, 1e-300))
+
+    @property
+    def rank_key(self) -> tuple[bool, float]:
+        """Sort key, larger is better: (angle-confirmed, evidence)."""
+        return (self.angle_confirmed, round(self.evidence, 9))
 
 
 @dataclass(frozen=True)
@@ -503,8 +896,11 @@ class WindowIndex:
     angles_deg : tuple of float
         Acute angles between every pair of planes (i < j) [deg].
     best : PhaseMatch or None
+        The named phase (``indexed``/``ambiguous``), or the best candidate of a
+        ``spacing-only`` window (not a name: see ``named``); None otherwise.
     alternatives : tuple of PhaseMatch
-        Other phases within the ambiguity margin of the best, best first.
+        Other phases within ``ambiguity_decades`` of the best (named windows), or the other
+        candidates (``spacing-only`` and ``unmatched`` windows), best first.
     status : str
         ``indexed``, ``ambiguous``, ``spacing-only``, ``unmatched`` or ``no-spots``.
     """
@@ -515,82 +911,480 @@ class WindowIndex:
     alternatives: tuple[PhaseMatch, ...]
     status: str
 
+    @property
+    def named(self) -> bool:
+        """True when the window names a phase (``indexed`` or ``ambiguous``)."""
+        return self.status in NAMED_STATUSES
+
 
 # --------------------------------------------------------------------------------------------
-# Search
+# Search: all windows at once, per phase
 # --------------------------------------------------------------------------------------------
 
-
-def _q(x: np.ndarray | float) -> np.ndarray | float:
-    return np.exp(-0.5 * np.square(x))
+_LOG_UNEXPLAINED = math.log10(1.0 / UNEXPLAINED_PENALTY)
 
 
-def _wrap90(a: np.ndarray) -> np.ndarray:
-    """Wrap angles [deg] to [-90, 90): the difference of two plane directions (mod 180)."""
-    return (np.asarray(a) + 90.0) % 180.0 - 90.0
+@dataclass(frozen=True)
+class _Planes:
+    """The planes of many windows, flattened (window ``w`` owns ``start[w] .. start[w] + n[w]``)."""
+
+    d: np.ndarray
+    phi: np.ndarray
+    sig_r: np.ndarray
+    sig_a: np.ndarray
+    win: np.ndarray
+    local: np.ndarray
+    start: np.ndarray
+    n: np.ndarray
 
 
-def _spacing_matches(
-    tables: IndexingTables, planes: Sequence[MeasuredPlane]
-) -> list[list[list[tuple[int, float]]]]:
-    """Per phase, per plane: candidate ``(family index, rel. residual)`` sorted by |residual|.
+def _flatten(plane_sets: Sequence[Sequence[MeasuredPlane]]) -> _Planes:
+    n = np.array([len(p) for p in plane_sets], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
+    flat = [q for ps in plane_sets for q in ps]
+    return _Planes(
+        d=np.array([q.spacing_nm for q in flat], dtype=float),
+        phi=np.array([q.angle_deg for q in flat], dtype=float),
+        sig_r=np.array([q.spacing_sigma_rel for q in flat], dtype=float),
+        sig_a=np.array([q.direction_sigma_deg for q in flat], dtype=float),
+        win=np.repeat(np.arange(len(n)), n),
+        local=np.concatenate([np.arange(k) for k in n]).astype(np.int64)
+        if len(n)
+        else np.zeros(0, np.int64),
+        start=start,
+        n=n,
+    )
 
-    The rule of :func:`hrtem_core.cards.spacing_candidates` (``|d - d_ref| / d_ref <= tol``, the
-    single spacing rule of the project), vectorised over the precomputed family spacings; ties are
-    ordered as there (then by hkl). Forbidden families are always returned (see ``_dd_ok``).
+
+def _pair_queries(fl: _Planes) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair (i != j) of planes of the same window, as global plane indices."""
+    qi: list[np.ndarray] = []
+    qj: list[np.ndarray] = []
+    for k in np.unique(fl.n):
+        if k < 2:
+            continue
+        ii, jj = np.nonzero(~np.eye(int(k), dtype=bool))
+        base = fl.start[fl.n == k][:, None]
+        qi.append((base + ii[None, :]).ravel())
+        qj.append((base + jj[None, :]).ravel())
+    if not qi:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(qi), np.concatenate(qj)
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges ``lo[k] .. hi[k] - 1``: (k per element, element index)."""
+    cnt = np.maximum(hi - lo, 0)
+    k = np.repeat(np.arange(len(lo)), cnt)
+    idx = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+    return k, idx
+
+
+def _spacing_candidates(
+    pt: PhaseTable, d: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plane, family, relative residual) with ``|d - d_ref| / d_ref <= tol``, sorted by plane,
+    then |residual|, then family (the representative's hkl descending breaks exact ties)."""
+    fd = pt.family_d_nm
+    if len(fd) == 0 or len(d) == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0)
+    order = np.argsort(fd, kind="stable")
+    ds = fd[order]
+    lo = np.searchsorted(ds, d / (1.0 + tol) * (1.0 - 1e-12), side="left")
+    hi = np.searchsorted(ds, d / (1.0 - tol) * (1.0 + 1e-12), side="right")
+    p, idx = _expand(lo, hi)
+    f = order[idx]
+    r = (d[p] - fd[f]) / fd[f]
+    ok = np.abs(r) <= tol
+    p, f, r = p[ok], f[ok], r[ok]
+    o = np.lexsort((f, np.abs(r), p))
+    return p[o], f[o], r[o]
+
+
+_LN10 = math.log(10.0)
+_LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _log10_odds_spacing(
+    s0: np.ndarray,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    slog: np.ndarray,
+    m: np.ndarray,
+    ln_density: np.ndarray,
+) -> np.ndarray:
+    """log10 of the odds "chance : card" of the explained spacings of each hypothesis.
+
+    Under the card, the relative residuals are ``r_k = delta + e_k``: a calibration error
+    ``delta ~ N(0, SIGMA_CALIBRATION_REL^2)`` common to the window and independent
+    ``e_k ~ N(0, sigma_k^2)``, so ``r ~ N(0, D + sigma_c^2 1 1^T)`` with ``D = diag(sigma_k^2)``;
+    by Sherman-Morrison, ``r^T S^-1 r = S2 - S1^2 / (1 / sigma_c^2 + S0)`` and
+    ``det S = prod sigma_k^2 (1 + sigma_c^2 S0)``, with the sums ``S0 = sum 1/sigma^2``,
+    ``S1 = sum r/sigma^2``, ``S2 = sum r^2/sigma^2`` (``slog = sum ln sigma^2``). Under chance,
+    each residual has the density of the card's families per unit of ``ln d`` around the
+    measured spacing (:func:`_family_density`); ``ln_density`` is the sum of their logs.
     """
-    d = np.array([p.spacing_nm for p in planes], dtype=float)
-    return [_phase_spacing_matches(pt, d, tables.spacing_tol) for pt in tables.phases]
+    inv_c = 1.0 / SIGMA_CALIBRATION_REL**2
+    chi2 = s2 - s1 * s1 / (inv_c + s0)
+    logdet = slog + np.log1p(s0 / inv_c)
+    ln_card = -0.5 * chi2 - 0.5 * logdet - m * _LN_SQRT_2PI
+    return (ln_density - ln_card) / _LN10
 
 
-def _phase_spacing_matches(
-    pt: PhaseTable, d_nm: np.ndarray, rel_tol: float
-) -> list[list[tuple[int, float]]]:
-    """Per plane of spacings ``d_nm`` (n,) [nm]: ``(family index, rel. residual)`` of one phase."""
-    if len(pt.family_d_nm) == 0:
-        return [[] for _ in range(len(d_nm))]
-    res = (d_nm[:, None] - pt.family_d_nm[None, :]) / pt.family_d_nm[None, :]
-    per_plane: list[list[tuple[int, float]]] = []
-    for k in range(len(d_nm)):
-        hit = np.flatnonzero(np.abs(res[k]) <= rel_tol)
-        items = [(int(f), float(res[k, f])) for f in hit]
-        items.sort(key=lambda c: (abs(c[1]), tuple(-x for x in pt.family_hkl[c[0]])))
-        per_plane.append(items)
-    return per_plane
+def _family_density(pt: PhaseTable, d: np.ndarray, half_width: float) -> np.ndarray:
+    """Weighted number of the card's families per unit ``ln d`` around each spacing ``d``.
+
+    ``sum_f w_f [|ln(d / d_f)| <= H] / (2 H)`` with ``H`` the spacing tolerance, at least
+    ``1 / (2 H)`` (the matched family itself): ``2 H`` times it is the expected number of the
+    card's families that a random spacing near ``d`` matches within the tolerance. A card dense in
+    reflections in the measured range explains random spacings easily and pays for it here.
+    """
+    if len(pt.family_d_nm) == 0 or len(d) == 0:
+        return np.full(len(d), 1.0 / (2.0 * half_width))
+    ld = np.log(pt.family_d_nm)
+    order = np.argsort(ld)
+    cw = np.concatenate([[0.0], np.cumsum(pt.density_weight[order])])
+    lo = np.searchsorted(ld[order], np.log(d) - half_width, side="left")
+    hi = np.searchsorted(ld[order], np.log(d) + half_width, side="right")
+    return np.maximum(cw[hi] - cw[lo], 1.0) / (2.0 * half_width)
 
 
-def _spacing_only(
+def _log10_odds_angle(n_dir: np.ndarray, delta: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """log10 of the odds "chance : card" of one direction: uniform over ``n_dir`` directions in
+    180 deg against ``N(delta; 0, sigma)``."""
+    ln_card = -0.5 * np.square(delta / sig) - np.log(sig) - _LN_SQRT_2PI
+    ln_chance = np.log(np.maximum(n_dir, 1) / 180.0)
+    return (ln_chance - ln_card) / _LN10
+
+
+@dataclass(frozen=True)
+class _PhaseResult:
+    """One phase's best hypotheses for every window (``-1`` / ``inf`` where none).
+
+    ``best_*`` are per window; ``rows_*`` hold the non-reference planes of each window's best
+    hypothesis (window ``w`` owns ``rows_start[w] .. rows_start[w] + rows_n[w]``).
+    """
+
+    log_chance: np.ndarray
+    log_density: np.ndarray
+    n_explained: np.ndarray
+    ref_plane: np.ndarray
+    ref_family: np.ndarray
+    ref_residual: np.ndarray
+    zone: np.ndarray
+    sign: np.ndarray
+    rows_start: np.ndarray
+    rows_n: np.ndarray
+    rows_plane: np.ndarray
+    rows_member: np.ndarray
+    rows_family: np.ndarray
+    rows_residual: np.ndarray
+    rows_delta: np.ndarray
+    so_log_chance: np.ndarray
+    so_family: np.ndarray
+    so_residual: np.ndarray
+
+
+def _search_phase(
     pt: PhaseTable,
-    cands: list[list[tuple[int, float]]],
-    n: int,
-    tables: IndexingTables,
-) -> PhaseMatch | None:
-    """Best family per plane by spacing alone (no angle confirmation)."""
+    fl: _Planes,
+    qi: np.ndarray,
+    qj: np.ndarray,
+    *,
+    spacing_tol: float,
+    angle_tol_deg: float,
+    include_forbidden: bool,
+) -> _PhaseResult:
+    """All hypotheses of one phase for all windows of ``fl``; the best per window."""
+    n_w = len(fl.n)
+    n_p = len(fl.d)
+    n_f = len(pt.family_hkl)
+    ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
+    tol_a = float(angle_tol_deg)
+
+    # 1. Spacing candidates of every plane.
+    cp, cf, cr = _spacing_candidates(pt, fl.d, spacing_tol)
+    cstart = np.searchsorted(cp, np.arange(n_p), side="left")
+    ccount = np.searchsorted(cp, np.arange(n_p), side="right") - cstart
+
+    # 2. Spacing-only: per plane its best family (allowed ones first when no zone is known).
+    so_family = np.full(n_p, -1, dtype=np.int64)
+    so_res = np.zeros(n_p)
+    if len(cp):
+        usable = np.ones(len(cp), dtype=bool) if include_forbidden else ~pt.family_forbidden[cf]
+        o = np.lexsort((cf, np.abs(cr), ~usable, cp))
+        first = np.unique(cp[o], return_index=True)[1]
+        pick = o[first]
+        pick = pick[usable[pick]]
+        so_family[cp[pick]] = cf[pick]
+        so_res[cp[pick]] = cr[pick]
+    has = so_family >= 0
+    hw = has.astype(float) / np.square(fl.sig_r)
+    so_m = np.bincount(fl.win, weights=has.astype(float), minlength=n_w)
+    so_log = (
+        _log10_odds_spacing(
+            np.bincount(fl.win, weights=hw, minlength=n_w),
+            np.bincount(fl.win, weights=hw * so_res, minlength=n_w),
+            np.bincount(fl.win, weights=hw * so_res * so_res, minlength=n_w),
+            np.bincount(fl.win, weights=np.where(has, 2.0 * np.log(fl.sig_r), 0.0), minlength=n_w),
+            so_m,
+            np.bincount(fl.win, weights=np.where(has, ln_rho, 0.0), minlength=n_w),
+        )
+        + (fl.n - so_m) * _LOG_UNEXPLAINED
+    )
+    so_log = np.where(so_m > 0, so_log, np.inf)
+
+    empty = _PhaseResult(
+        log_chance=np.full(n_w, np.inf),
+        log_density=np.zeros(n_w),
+        n_explained=np.zeros(n_w, np.int64),
+        ref_plane=np.full(n_w, -1, np.int64),
+        ref_family=np.full(n_w, -1, np.int64),
+        ref_residual=np.zeros(n_w),
+        zone=np.full(n_w, -1, np.int64),
+        sign=np.zeros(n_w, np.int64),
+        rows_start=np.zeros(n_w, np.int64),
+        rows_n=np.zeros(n_w, np.int64),
+        rows_plane=np.zeros(0, np.int64),
+        rows_member=np.zeros(0, np.int64),
+        rows_family=np.zeros(0, np.int64),
+        rows_residual=np.zeros(0),
+        rows_delta=np.zeros(0),
+        so_log_chance=so_log,
+        so_family=so_family,
+        so_residual=so_res,
+    )
+    if len(qi) == 0 or len(pt.entry_key) == 0:
+        return empty
+
+    # 3. Combine the candidates of both planes of every pair query.
+    ni, nj = ccount[qi], ccount[qj]
+    q, off = _expand(np.zeros(len(qi), np.int64), ni * nj)
+    if len(q) == 0:
+        return empty
+    a_idx = cstart[qi][q] + off // nj[q]
+    c_idx = cstart[qj][q] + off % nj[q]
+    fa, fc = cf[a_idx], cf[c_idx]
+    block = (fa * n_f + fc).astype(float) * 1000.0 + 100.0
+    dphi = np.mod(fl.phi[qj[q]] - fl.phi[qi[q]], 180.0)
+
+    # 4. Look up the member directions of the family pair within the angle tolerance.
+    m_combo: list[np.ndarray] = []
+    m_entry: list[np.ndarray] = []
+    m_sign: list[np.ndarray] = []
+    for sgn in (1, -1):
+        target = np.mod(sgn * dphi, 180.0)
+        lo = np.searchsorted(pt.entry_key, block + target - tol_a, side="left")
+        hi = np.searchsorted(pt.entry_key, block + target + tol_a, side="right")
+        k, e = _expand(lo, hi)
+        m_combo.append(k)
+        m_entry.append(e)
+        m_sign.append(np.full(len(k), sgn, dtype=np.int64))
+    mc = np.concatenate(m_combo)
+    me = np.concatenate(m_entry)
+    ms = np.concatenate(m_sign)
+    if len(mc) == 0:
+        return empty
+    target = np.mod(ms * dphi[mc], 180.0)
+    delta = _wrap90(pt.entry_psi[me] - target)
+    ok = np.abs(delta) <= tol_a + 1e-9
+    mc, me, ms, delta = mc[ok], me[ok], ms[ok], delta[ok]
+    if len(mc) == 0:
+        return empty
+    pi = qi[q[mc]]
+    pj = qj[q[mc]]
+    m_fa = fa[mc]
+    m_ra = cr[a_idx[mc]]
+    m_fc = fc[mc]
+    m_rc = cr[c_idx[mc]]
+    zone = pt.entry_zone[me]
+    member = pt.entry_member[me]
+    sig_a = np.hypot(fl.sig_a[pi], fl.sig_a[pj])
+
+    # 5. Hypotheses (reference plane, its family, zone, viewing sense); per hypothesis and plane
+    # keep the member with the smallest cost.
+    n_z = max(len(pt.zones), 1)
+    hkey = ((pi * n_f + m_fa) * n_z + zone) * 2 + (ms > 0)
+    cost = np.square(m_rc / fl.sig_r[pj]) + np.square(delta / sig_a)
+    o = np.lexsort((member, cost, pj, hkey))
+    keep = np.ones(len(o), dtype=bool)
+    keep[1:] = (hkey[o][1:] != hkey[o][:-1]) | (pj[o][1:] != pj[o][:-1])
+    o = o[keep]
+    hkey, pi, pj, m_fa, m_ra, m_fc, m_rc = hkey[o], pi[o], pj[o], m_fa[o], m_ra[o], m_fc[o], m_rc[o]
+    zone, member, delta, sig_a, ms, me = zone[o], member[o], delta[o], sig_a[o], ms[o], me[o]
+    uh, hstart, hcount = np.unique(hkey, return_index=True, return_counts=True)
+    h_of = np.repeat(np.arange(len(uh)), hcount)
+    first_row = np.zeros(len(hkey), dtype=bool)
+    first_row[hstart] = True
+
+    # 6. Odds "chance : card" of every hypothesis (module docstring).
+    n_dir = np.where(first_row, 2 * pt.block_count[m_fa, m_fc], pt.zone_count[zone, m_fc])
+    row_log = _log10_odds_angle(n_dir.astype(float), delta, sig_a) + pt.entry_penalty[me]
+    h_pi = pi[hstart]
+    h_fa = m_fa[hstart]
+    h_ra = m_ra[hstart]
+    h_zone = zone[hstart]
+    h_sign = ms[hstart]
+    h_win = fl.win[h_pi]
+    n_expl = hcount + 1
+    n_h = len(uh)
+    w_rows = 1.0 / np.square(fl.sig_r[pj])
+    w_ref = 1.0 / np.square(fl.sig_r[h_pi])
+    s0 = np.bincount(h_of, weights=w_rows, minlength=n_h) + w_ref
+    s1 = np.bincount(h_of, weights=m_rc * w_rows, minlength=n_h) + h_ra * w_ref
+    s2 = np.bincount(h_of, weights=m_rc * m_rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
+    slog = np.bincount(h_of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
+    h_dens = np.bincount(h_of, weights=ln_rho[pj], minlength=n_h) + ln_rho[h_pi]
+    log_e = (
+        _log10_odds_spacing(
+            s0,
+            s1,
+            s2,
+            slog,
+            n_expl,
+            h_dens,
+        )
+        + np.bincount(h_of, weights=row_log, minlength=n_h)
+        + pt.entry_penalty_ref[me[hstart]]
+        + (fl.n[h_win] - n_expl) * _LOG_UNEXPLAINED
+    )
+    # 7. Kinematic intensities: weak reflections alone, where the zone has strong ones, are no
+    # match.
+    inten = pt.family_intensity
+    if len(inten) and np.all(np.isfinite(inten)):
+        i_rows = np.maximum.reduceat(inten[m_fc], hstart)
+        i_max = np.maximum(inten[h_fa], i_rows)
+        weak = i_max < WEAK_FRACTION * pt.zone_max_intensity[h_zone]
+        log_e = np.where(weak, np.inf, log_e)
+
+    # 8. The best hypothesis per window: smallest E, then more planes, then a fixed order.
+    o = np.lexsort((h_sign, h_zone, h_fa, fl.local[h_pi], -n_expl, log_e, h_win))
+    o = o[np.isfinite(log_e[o])]
+    first = np.unique(h_win[o], return_index=True)[1]
+    best_h = o[first]
+    wins = h_win[best_h]
+    res = dict(
+        log_chance=np.full(n_w, np.inf),
+        log_density=np.zeros(n_w),
+        n_explained=np.zeros(n_w, np.int64),
+        ref_plane=np.full(n_w, -1, np.int64),
+        ref_family=np.full(n_w, -1, np.int64),
+        ref_residual=np.zeros(n_w),
+        zone=np.full(n_w, -1, np.int64),
+        sign=np.zeros(n_w, np.int64),
+        rows_start=np.zeros(n_w, np.int64),
+        rows_n=np.zeros(n_w, np.int64),
+    )
+    res["log_chance"][wins] = log_e[best_h]
+    res["log_density"][wins] = h_dens[best_h] / _LN10
+    res["n_explained"][wins] = n_expl[best_h]
+    res["ref_plane"][wins] = h_pi[best_h]
+    res["ref_family"][wins] = h_fa[best_h]
+    res["ref_residual"][wins] = h_ra[best_h]
+    res["zone"][wins] = h_zone[best_h]
+    res["sign"][wins] = h_sign[best_h]
+    sel = np.isin(h_of, best_h)
+    rows = np.flatnonzero(sel)
+    # Rows of the chosen hypotheses, grouped by window (one hypothesis per window).
+    rw = fl.win[pi[rows]]
+    ro = np.lexsort((fl.local[pj[rows]], rw))
+    rows = rows[ro]
+    rw = rw[ro]
+    counts = np.bincount(rw, minlength=n_w)
+    res["rows_n"] = counts
+    res["rows_start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return _PhaseResult(
+        **res,
+        rows_plane=pj[rows],
+        rows_member=member[rows],
+        rows_family=m_fc[rows],
+        rows_residual=m_rc[rows],
+        rows_delta=delta[rows],
+        so_log_chance=so_log,
+        so_family=so_family,
+        so_residual=so_res,
+    )
+
+
+def _angle_match(
+    pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes, planes: Sequence[MeasuredPlane]
+) -> PhaseMatch:
+    """The angle-confirmed :class:`PhaseMatch` of window ``w`` from a phase's search result."""
+    n = len(planes)
+    s0 = int(fl.start[w])
+    hkl: list[HKL | None] = [None] * n
+    fams: list[HKL | None] = [None] * n
+    dref: list[float | None] = [None] * n
+    res: list[float | None] = [None] * n
+    forb = [False] * n
+    g: dict[int, np.ndarray] = {}
+    i = int(r.ref_plane[w]) - s0
+    fa = int(r.ref_family[w])
+    rep_row = pt.family_slices[fa][0]
+    hkl[i] = tuple(int(v) for v in pt.member_hkl[rep_row])
+    fams[i] = pt.family_hkl[fa]
+    dref[i] = float(pt.family_d_nm[fa])
+    res[i] = float(r.ref_residual[w])
+    forb[i] = bool(pt.family_forbidden[fa])
+    g[i] = pt.member_g[rep_row]
+    a, b = int(r.rows_start[w]), int(r.rows_start[w] + r.rows_n[w])
+    for k in range(a, b):
+        j = int(r.rows_plane[k]) - s0
+        m = int(r.rows_member[k])
+        f = int(r.rows_family[k])
+        hkl[j] = tuple(int(v) for v in pt.member_hkl[m])
+        fams[j] = pt.family_hkl[f]
+        dref[j] = float(pt.family_d_nm[f])
+        res[j] = float(r.rows_residual[k])
+        forb[j] = bool(pt.family_forbidden[f])
+        g[j] = pt.member_g[m]
+    ks = sorted(g)
+    ares = []
+    for x in range(len(ks)):
+        for y in range(x + 1, len(ks)):
+            th = math.degrees(math.acos(min(1.0, abs(float(g[ks[x]] @ g[ks[y]])))))
+            meas = acute_between_deg(planes[ks[x]].angle_deg, planes[ks[y]].angle_deg)
+            ares.append(abs(th - meas))
+    chance = 10.0 ** float(r.log_chance[w])
+    return PhaseMatch(
+        card_id=pt.card_id,
+        phase_name=pt.name,
+        hkl=tuple(hkl),
+        families=tuple(fams),
+        d_ref_nm=tuple(dref),
+        rel_residuals=tuple(res),
+        forbidden=tuple(forb),
+        zone_axis=tuple(int(v) for v in pt.zones[int(r.zone[w])]),
+        angle_residuals_deg=tuple(ares),
+        score=1.0 / (1.0 + chance),
+        n_explained=len(ks),
+        angle_confirmed=True,
+        chance=chance,
+        spacing_sigma_rel=tuple(p.spacing_sigma_rel for p in planes),
+        density_log10=float(r.log_density[w]),
+    )
+
+
+def _spacing_match(
+    pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes, planes: Sequence[MeasuredPlane]
+) -> PhaseMatch:
+    """The spacing-only :class:`PhaseMatch` of window ``w`` (best family per plane)."""
+    n = len(planes)
+    s0 = int(fl.start[w])
     hkl: list[HKL | None] = [None] * n
     dref: list[float | None] = [None] * n
     res: list[float | None] = [None] * n
     forb = [False] * n
-    weight = 0.0
-    qsum = 0.0
-    m = 0
     for k in range(n):
-        ck = cands[k]
-        if not tables.include_forbidden:
-            # No zone is known, so double diffraction cannot be invoked: allowed families only.
-            ck = [c for c in ck if not pt.family_forbidden[c[0]]]
-        if not ck:
+        f = int(r.so_family[s0 + k])
+        if f < 0:
             continue
-        fi, r = min(ck, key=lambda c: (bool(pt.family_forbidden[c[0]]), abs(c[1]), c[0]))
-        hkl[k] = pt.family_hkl[fi]
-        dref[k] = float(pt.family_d_nm[fi])
-        res[k] = r
-        forb[k] = bool(pt.family_forbidden[fi])
-        weight += tables.forbidden_weight if forb[k] else 1.0
-        qsum += float(_q(r / tables.spacing_tol))
-        m += 1
-    if m == 0:
-        return None
-    score = (weight / n) * (qsum / m)
+        hkl[k] = pt.family_hkl[f]
+        dref[k] = float(pt.family_d_nm[f])
+        res[k] = float(r.so_residual[s0 + k])
+        forb[k] = bool(pt.family_forbidden[f])
+    chance = 10.0 ** float(r.so_log_chance[w])
     return PhaseMatch(
         card_id=pt.card_id,
         phase_name=pt.name,
@@ -601,274 +1395,201 @@ def _spacing_only(
         forbidden=tuple(forb),
         zone_axis=None,
         angle_residuals_deg=(),
-        score=float(score),
-        n_explained=m,
+        score=0.5 / (1.0 + chance),
+        n_explained=sum(h is not None for h in hkl),
         angle_confirmed=False,
-        weight=weight,
+        chance=chance,
+        spacing_sigma_rel=tuple(p.spacing_sigma_rel for p in planes),
     )
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product of (..., 3) arrays (np.cross has a large per-call overhead)."""
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
-
-
-def _reduce(uvw: Sequence[int]) -> HKL:
-    """Divide by the gcd and make the first non-zero index positive."""
-    u, v, w = (int(x) for x in uvw)
-    g = math.gcd(math.gcd(abs(u), abs(v)), abs(w)) or 1
-    u, v, w = u // g, v // g, w // g
-    first = u or v or w
-    if first < 0:
-        u, v, w = -u, -v, -w
-    return (u, v, w)
-
-
-def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) -> bool:
-    """Can double diffraction in zone ``[uvw]`` produce the (kinematically forbidden) ``hkl``?
-
-    True when ``hkl = g1 + g2`` with ``g1`` and ``g2`` kinematically allowed reflections of the
-    phase that both lie in the zone (``g . [uvw] = 0``): e.g. (002) = (1 -1 1) + (-1 1 1) in the
-    [110] zone of a spinel, or (600) = (3 1 -1) + (3 -1 1) in [011]. Screw-axis and glide-plane
-    extinctions are filled in this way in zone-axis images (and by the non-linear interference of
-    the two beams in the HRTEM image); lattice-centring extinctions never are (the sum of two
-    centring-allowed reflections is allowed). Only the tabulated reflections (``d >= d_min``) are
-    used as ``g1`` and ``g2``.
-    """
-    h = tuple(int(v) for v in hkl)
-    z = tuple(int(v) for v in uvw)
-    key = (h, z)
-    hit = pt._dd_cache.get(key)
-    if hit is None:
-        hit = False
-        if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
-            g1 = pt.allowed_pm[(pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0]
-            for g in (np.asarray(h, dtype=np.int64)[None, :] - g1).tolist():
-                if tuple(g) in pt.allowed_set:
-                    hit = True
-                    break
-        pt._dd_cache[key] = hit
-    return hit
-
-
-def _angle_search(
-    pt: PhaseTable,
-    planes: Sequence[MeasuredPlane],
-    cands: list[list[tuple[int, float]]],
+def index_windows(
+    pair_sets: Sequence[Sequence[Any]],
     tables: IndexingTables,
-) -> PhaseMatch | None:
-    """Best angle-consistent assignment (>= 2 planes sharing a zone axis), or None."""
-    n = len(planes)
-    tol_a = tables.angle_tol_deg
-    tol_d = tables.spacing_tol
-    theta = np.array([p.angle_deg for p in planes])
-    diff = np.abs(theta[:, None] - theta[None, :]) % 180.0
-    acute = np.minimum(diff, 180.0 - diff)  # acute_between_deg, vectorised
-    with_c = [k for k in range(n) if cands[k]]
-    if len(with_c) < 2:
-        return None
-    # Candidate members of every plane, concatenated: rows of (plane, family, residual, member).
-    flat = [(k, fi, r) for k in with_c for fi, r in cands[k]]
-    f_plane = np.array([x[0] for x in flat], dtype=np.int64)
-    f_fam = np.array([x[1] for x in flat], dtype=np.int64)
-    f_res = np.array([x[2] for x in flat], dtype=float)
-    f_start = np.array([pt.family_slices[fi][0] for fi in f_fam.tolist()], dtype=np.int64)
-    f_cnt = np.array([pt.family_slices[fi][1] for fi in f_fam.tolist()], dtype=np.int64) - f_start
-    c_plane = np.repeat(f_plane, f_cnt)
-    c_fam = np.repeat(f_fam, f_cnt)
-    c_res = np.repeat(f_res, f_cnt)
-    c_mem = (
-        np.arange(int(f_cnt.sum()), dtype=np.int64)
-        - np.repeat(np.cumsum(f_cnt) - f_cnt, f_cnt)
-        + np.repeat(f_start, f_cnt)
-    )
-    c_hkl = pt.member_hkl[c_mem]
-    c_g = pt.member_g[c_mem]
-    c_forb = pt.family_forbidden[c_fam]
-    c_cost_d = np.square(c_res / tol_d)
+) -> list[WindowIndex]:
+    """Index many windows at once (the whole image): one whole-array search per phase.
 
-    best: PhaseMatch | None = None
-    best_key: tuple | None = None
-    seen: set = set()
-    built: set = set()
-    for i in with_c:
-        for fi, _ri in cands[i]:
-            h_i = pt.member_hkl[pt.family_slices[fi][0]]
-            g_i = pt.rep_g[fi]
-            # Zones from every later plane j whose members meet h_i at the measured acute angle.
-            zones: dict[HKL, np.ndarray] = {}
-            rows = np.flatnonzero(c_plane > i)  # rows are in plane order, as the loop over j was
-            if rows.size:
-                cosang = np.clip(np.abs(c_g[rows] @ g_i), 0.0, 1.0)
-                ang = np.degrees(np.arccos(cosang))
-                r_ok = rows[np.abs(ang - acute[i, c_plane[rows]]) <= tol_a]
-                if r_ok.size:
-                    cross = _cross(h_i[None, :], c_hkl[r_ok])
-                    nonpar = np.any(cross != 0, axis=1)
-                    if np.any(nonpar):
-                        nvecs = _cross(g_i[None, :], c_g[r_ok[nonpar]])
-                        nvecs /= np.linalg.norm(nvecs, axis=1, keepdims=True)
-                        for uvw_raw, nvec in zip(cross[nonpar].tolist(), nvecs, strict=True):
-                            key = _reduce(uvw_raw)
-                            if key not in zones:
-                                zones[key] = nvec
-            for uvw, nvec in zones.items():
-                if not tables.include_forbidden and pt.family_forbidden[fi]:
-                    if not _dd_ok(pt, h_i, uvw):
-                        continue
-                in_zone = (c_hkl @ np.asarray(uvw, dtype=np.int64)) == 0
-                in_zone &= c_plane != i
-                if not tables.include_forbidden:
-                    for row in np.flatnonzero(in_zone & c_forb):
-                        if not _dd_ok(pt, c_hkl[row], uvw):
-                            in_zone[row] = False
-                if not np.any(in_zone):
-                    continue
-                e1 = g_i
-                e2 = _cross(nvec, e1)
-                gz = c_g[in_zone]
-                phi = np.degrees(np.arctan2(gz @ e2, gz @ e1))
-                pz = c_plane[in_zone]
-                delta = theta[pz] - theta[i]
-                for sgn in (1.0, -1.0):
-                    dkey = (i, fi, uvw, sgn)
-                    if dkey in seen:
-                        continue
-                    seen.add(dkey)
-                    res_a = np.abs(_wrap90(phi - sgn * delta))
-                    okz = res_a <= tol_a
-                    if not np.any(okz):
-                        continue
-                    idx = np.flatnonzero(in_zone)[okz]
-                    cost = c_cost_d[idx] + np.square(res_a[okz] / tol_a) + 0.5 * c_forb[idx]
-                    order = np.lexsort((c_mem[idx], cost, c_plane[idx]))
-                    # Greedy in plane order; every accepted pair must match its acute angle.
-                    # plane -> (family, member row in the phase table)
-                    chosen = {i: (fi, pt.family_slices[fi][0])}
-                    chosen_g = {i: g_i}
-                    for k in np.unique(c_plane[idx]):
-                        for row in idx[order][c_plane[idx][order] == k]:
-                            gk = c_g[row]
-                            good = True
-                            for l_, gl in chosen_g.items():
-                                th = math.degrees(math.acos(min(1.0, abs(float(gk @ gl)))))
-                                if abs(th - acute[k, l_]) > tol_a:
-                                    good = False
-                                    break
-                            if good:
-                                chosen[int(k)] = (int(c_fam[row]), int(c_mem[row]))
-                                chosen_g[int(k)] = gk
-                                break
-                    if len(chosen) < 2:
-                        continue
-                    # The same assignment is reached from several reference planes and signs:
-                    # build it once. An assignment whose weight is below the best one's cannot
-                    # win (the rank key compares weights first): skip it (exact pruning).
-                    akey = (uvw, tuple(sorted((k, m) for k, (_f, m) in chosen.items())))
-                    if akey in built:
-                        continue
-                    built.add(akey)
-                    if best_key is not None:
-                        wsum = 0.0
-                        for _f, m in chosen.values():
-                            forb_m = bool(pt.family_forbidden[_f])
-                            wsum += (
-                                tables.forbidden_weight
-                                if forb_m and not _dd_ok(pt, pt.member_hkl[m], uvw)
-                                else 1.0
-                            )
-                        if round(wsum, 6) < best_key[1]:
-                            continue
-                    match = _build_match(pt, planes, cands, chosen, chosen_g, uvw, acute, tables)
-                    # Scores equal to rounding (assignments related by a symmetry the card does
-                    # not have, e.g. (101) / (-101) of a trigonal phase in [010]): the first found
-                    # wins, which does not depend on the order of the spots or an image rotation.
-                    key = (*match.rank_key[:2], round(match.score, 12))
-                    if best_key is None or key > best_key:
-                        best, best_key = match, key
-    return best
-
-
-def _build_match(
-    pt: PhaseTable,
-    planes: Sequence[MeasuredPlane],
-    cands: list[list[tuple[int, float]]],
-    chosen: dict,
-    chosen_g: dict,
-    uvw: HKL,
-    acute: np.ndarray,
-    tables: IndexingTables,
-) -> PhaseMatch:
-    n = len(planes)
-    hkl: list[HKL | None] = [None] * n
-    fams: list[HKL | None] = [None] * n
-    dref: list[float | None] = [None] * n
-    res: list[float | None] = [None] * n
-    forb = [False] * n
-    weight = 0.0
-    qd = 0.0
-    for k, (fam, mem) in chosen.items():
-        res_k = dict(cands[k])[fam]
-        hkl[k] = tuple(int(v) for v in pt.member_hkl[mem])
-        fams[k] = pt.family_hkl[fam]
-        dref[k] = float(pt.family_d_nm[fam])
-        res[k] = float(res_k)
-        forb[k] = bool(pt.family_forbidden[fam])
-        if forb[k] and not _dd_ok(pt, pt.member_hkl[mem], uvw):
-            weight += tables.forbidden_weight
-        else:  # allowed, or forbidden but produced by double diffraction in this zone
-            weight += 1.0
-        qd += float(_q(res_k / tables.spacing_tol))
-    ks = sorted(chosen)
-    ares = []
-    for a in range(len(ks)):
-        for b in range(a + 1, len(ks)):
-            ga, gb = chosen_g[ks[a]], chosen_g[ks[b]]
-            th = math.degrees(math.acos(min(1.0, abs(float(ga @ gb)))))
-            ares.append(abs(th - float(acute[ks[a], ks[b]])))
-    m = len(chosen)
-    qa = float(np.mean(_q(np.asarray(ares) / tables.angle_tol_deg))) if ares else 1.0
-    zp = pt._dd_cache.get(("zone_prior", uvw))
-    if zp is None:
-        zp = pt._dd_cache[("zone_prior", uvw)] = zone_prior(uvw, cell=pt.cell)
-    score = (weight / n) * (qd / m) * qa * zp
-    return PhaseMatch(
-        card_id=pt.card_id,
-        phase_name=pt.name,
-        hkl=tuple(hkl),
-        families=tuple(fams),
-        d_ref_nm=tuple(dref),
-        rel_residuals=tuple(res),
-        forbidden=tuple(forb),
-        zone_axis=uvw,
-        angle_residuals_deg=tuple(float(v) for v in ares),
-        score=float(score),
-        n_explained=m,
-        angle_confirmed=True,
-        weight=weight,
-    )
-
-
-def zone_prior(uvw: Sequence[int], *, cell: Any = None) -> float:
-    """Preference for zone axes with a short repeat along the beam, in [0, 1].
-
-    With ``cell`` (a :class:`~hrtem_core.crystallography.UnitCell`): ``exp(-ZONE_PRIOR_PER_NM * t)``
-    where ``t = |u a + v b + w c| = sqrt([uvw]^T G [uvw])`` [nm] is the period of the atom
-    columns along the zone axis (``G`` the real metric tensor): 0.39 nm for SrTiO3 [001], 1.18 nm
-    for maghemite [110], 1.87 nm for maghemite [012], 10.4 nm for maghemite [7 5 9]. Crossed
-    fringes are seen where the projected columns are short-period; two spacings and one angle that
-    fit a long-period zone are usually a coincidence of a large cell with many reflections, so the
-    period is measured in nm (not in indices) to compare phases of different cell sizes fairly.
-
-    Without ``cell`` (back-compatible): ``exp(-ZONE_PRIOR * (|[uvw]| - 1))`` on the Euclidean norm
-    of the reduced indices.
+    Parameters
+    ----------
+    pair_sets : sequence of sequence of SpotPair
+        Each window's Friedel pairs (anything with ``spacing_nm``, ``angle_deg``, and optionally
+        ``intensity``, ``l_px``, ``sigma_l_px``).
+    tables : IndexingTables
+        From :func:`build_tables`.
+    Returns
+    -------
+    list of WindowIndex
+        One per window, in order. Windows with identical planes share one result.
     """
-    if cell is not None:
-        t_nm = float(np.linalg.norm(cell.direct_cartesian(np.asarray(uvw, dtype=float))))
-        return float(math.exp(-ZONE_PRIOR_PER_NM * t_nm))
-    return float(math.exp(-ZONE_PRIOR * (math.sqrt(sum(int(v) ** 2 for v in uvw)) - 1.0)))
+    planes_of = [measured_planes(p, max_planes=tables.max_planes) for p in pair_sets]
+    keys = [
+        tuple((q.spacing_nm, q.angle_deg, q.sigma_rel, q.intensity) for q in ps) for ps in planes_of
+    ]
+    unique: dict[tuple, int] = {}
+    uniq_planes: list[tuple[MeasuredPlane, ...]] = []
+    for k, ps in zip(keys, planes_of, strict=True):
+        if k not in unique:
+            unique[k] = len(uniq_planes)
+            uniq_planes.append(ps)
+    results = _index_unique(uniq_planes, tables)
+    return [results[unique[k]] for k in keys]
+
+
+def _index_unique(
+    plane_sets: Sequence[tuple[MeasuredPlane, ...]],
+    tables: IndexingTables,
+) -> list[WindowIndex]:
+    fl = _flatten(plane_sets)
+    qi, qj = _pair_queries(fl)
+    opts = dict(
+        spacing_tol=tables.spacing_tol,
+        angle_tol_deg=tables.angle_tol_deg,
+        include_forbidden=tables.include_forbidden,
+    )
+    per_phase = [_search_phase(pt, fl, qi, qj, **opts) for pt in tables.phases]
+    n_w = len(plane_sets)
+    if per_phase:
+        log_a = np.stack([r.log_chance for r in per_phase])  # (n_phases, n_w)
+        log_s = np.stack([r.so_log_chance for r in per_phase])
+    else:
+        log_a = np.full((0, n_w), np.inf)
+        log_s = np.full((0, n_w), np.inf)
+    limit = math.log10(tables.max_chance)
+    twins = _edge_twins(plane_sets, fl, per_phase, log_a, tables, limit)
+    out: list[WindowIndex] = []
+    for w, planes in enumerate(plane_sets):
+        angles = measured_angles_deg(planes)
+        if not planes:
+            out.append(WindowIndex(planes, angles, None, (), STATUS_NO_SPOTS))
+            continue
+        la = log_a[:, w]
+        named = [k for k in np.argsort(la, kind="stable") if la[k] <= limit]
+        if named:
+            best_k = int(named[0])
+            best = _angle_match(tables.phases[best_k], per_phase[best_k], w, fl, planes)
+            alts = [
+                _angle_match(tables.phases[k], per_phase[k], w, fl, planes)
+                for k in named[1:]
+                if la[k] <= la[best_k] + tables.ambiguity_decades
+            ]
+            # Near-twins predict the same planes: they are always listed, and the one whose
+            # residuals fit best leads (their card densities differ, not what they predict).
+            group = [best]
+            for k, twin in twins.get(w, ()):
+                if k != best_k:
+                    alts = [a for a in alts if a.card_id != twin.card_id]
+                    group.append(twin)
+            group.sort(key=lambda m: (round(m.fit_log10, 9), -m.n_explained))
+            best = group[0]
+            alts = [*group[1:], *alts]
+            alts.sort(key=lambda m: m.rank_key, reverse=True)
+            status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
+            out.append(WindowIndex(planes, angles, best, tuple(alts), status))
+            continue
+        weak = [int(k) for k in np.argsort(la, kind="stable") if np.isfinite(la[k])]
+        cands = [_angle_match(tables.phases[k], per_phase[k], w, fl, planes) for k in weak]
+        cands = [dataclasses_replace(c, score=0.5 / (1.0 + c.chance)) for c in cands]
+        ls = log_s[:, w]
+        spacing = [
+            _spacing_match(tables.phases[k], per_phase[k], w, fl, planes)
+            for k in np.argsort(ls, kind="stable")
+            if np.isfinite(ls[k]) and int(k) not in weak
+        ]
+        if cands or (len(planes) == 1 and spacing):
+            allc = cands + spacing
+            out.append(WindowIndex(planes, angles, allc[0], tuple(allc[1:]), STATUS_SPACING_ONLY))
+        else:
+            out.append(WindowIndex(planes, angles, None, tuple(spacing), STATUS_UNMATCHED))
+    return out
+
+
+def dataclasses_replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` (kept local so the module imports stay minimal)."""
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _edge_twins(
+    plane_sets: Sequence[tuple[MeasuredPlane, ...]],
+    fl: _Planes,
+    per_phase: Sequence[_PhaseResult],
+    log_a: np.ndarray,
+    tables: IndexingTables,
+    limit: float,
+) -> dict[int, list[tuple[int, PhaseMatch]]]:
+    """Near-twins that lose a plane only at the tolerance edge, per window: ``[(phase, match)]``.
+
+    A near-twin (e.g. maghemite, a = 0.8352 nm, beside magnetite, a = 0.8396 nm: every spacing
+    0.5 % apart) loses a plane measured 2.5-3 % from the winner's reference because that plane
+    lies 3.0-3.5 % from its own; it then explains fewer planes and pays the unexplained-plane
+    factor although the measurement (about 1 % per spacing) cannot tell the two apart. For every
+    named window, each other phase whose families lie within the edge band
+    (``spacing_tol * tolerance_edge`` relative) of every reference spacing of the best match is
+    searched again with the tolerance widened by that band, in one whole-array search per phase
+    over those windows; it is a near-twin when it then explains at least as many planes. Only
+    cards with near-twin cells are compared (:func:`_twin_cells`): same cell angles, lengths
+    within the edge band.
+    """
+    edge = tables.spacing_tol * tables.tolerance_edge
+    out: dict[int, list[tuple[int, PhaseMatch]]] = {}
+    if edge <= 0 or log_a.shape[0] < 2:
+        return out
+    best_k = np.argmin(log_a, axis=0) if log_a.size else np.zeros(0, np.int64)
+    wide_tol = tables.spacing_tol * (1.0 + tables.tolerance_edge)
+    for k, pt in enumerate(tables.phases):
+        wins = []
+        for w in range(len(plane_sets)):
+            b = int(best_k[w])
+            if b == k or not log_a[b, w] <= limit:
+                continue
+            if not _twin_cells(tables.phases[b].cell, pt.cell, edge):
+                continue
+            rb = per_phase[b]
+            fams = [int(rb.ref_family[w])] + [
+                int(f) for f in rb.rows_family[rb.rows_start[w] : rb.rows_start[w] + rb.rows_n[w]]
+            ]
+            dref = tables.phases[b].family_d_nm[fams]
+            near = np.abs(pt.family_d_nm[None, :] - dref[:, None]) <= edge * dref[:, None]
+            if not near.any(axis=1).all():
+                continue
+            if per_phase[k].n_explained[w] >= rb.n_explained[w]:
+                out.setdefault(w, []).append(
+                    (k, _angle_match(pt, per_phase[k], w, fl, plane_sets[w]))
+                )
+            else:
+                wins.append(w)
+        if not wins:
+            continue
+        sub = [plane_sets[w] for w in wins]
+        sfl = _flatten(sub)
+        sqi, sqj = _pair_queries(sfl)
+        r = _search_phase(
+            pt,
+            sfl,
+            sqi,
+            sqj,
+            spacing_tol=wide_tol,
+            angle_tol_deg=tables.angle_tol_deg,
+            include_forbidden=tables.include_forbidden,
+        )
+        for t, w in enumerate(wins):
+            b = int(best_k[w])
+            if np.isfinite(r.log_chance[t]) and r.n_explained[t] >= per_phase[b].n_explained[w]:
+                out.setdefault(w, []).append((k, _angle_match(pt, r, t, sfl, sub[t])))
+    return out
+
+
+def _twin_cells(a: Any, b: Any, edge: float) -> bool:
+    """Near-twin cells: the same cell angles (within 0.1 deg) and every length within ``edge``
+    (relative), e.g. maghemite a = 0.8352 nm and magnetite a = 0.8396 nm (0.53 %)."""
+    la = (a.a_nm, a.b_nm, a.c_nm)
+    lb = (b.a_nm, b.b_nm, b.c_nm)
+    aa = (a.alpha_deg, a.beta_deg, a.gamma_deg)
+    ab = (b.alpha_deg, b.beta_deg, b.gamma_deg)
+    return all(abs(x - y) <= edge * x for x, y in zip(la, lb, strict=True)) and all(
+        abs(x - y) <= 0.1 for x, y in zip(aa, ab, strict=True)
+    )
 
 
 def index_window(
@@ -880,20 +1601,22 @@ def index_window(
     angle_tol_deg: float = 2.0,
     include_forbidden: bool = False,
     d_min_nm: float = 0.1,
-    ambiguity_margin: float = AMBIGUITY_MARGIN,
+    ambiguity_decades: float = AMBIGUITY_DECADES,
+    max_chance: float = MAX_CHANCE,
+    max_zone_index: int = MAX_ZONE_INDEX,
 ) -> WindowIndex:
-    """Index the planes of one window against the phases of a card database.
+    """Index the planes of one window (:func:`index_windows` for a single window).
 
     Parameters
     ----------
     pairs : sequence of SpotPair
-        The window's Friedel pairs (anything with ``spacing_nm``, ``angle_deg``, ``intensity``).
     db : CardDatabase or IndexingTables
-        The cards, or tables from :func:`build_tables` (then the keyword options below are
-        ignored: the tables carry them). Pass tables when indexing many windows.
-    card_ids, spacing_tol, angle_tol_deg, include_forbidden, d_min_nm, ambiguity_margin
+        The cards, or tables from :func:`build_tables` (then the keyword options other than
+        none are ignored: the tables carry them). Pass tables when indexing many
+        windows, or better, call :func:`index_windows`.
+    card_ids, spacing_tol, angle_tol_deg, include_forbidden, d_min_nm, ambiguity_decades,
+    max_chance, max_zone_index
         As in :func:`build_tables`.
-
     Returns
     -------
     WindowIndex
@@ -908,92 +1631,11 @@ def index_window(
             angle_tol_deg=angle_tol_deg,
             include_forbidden=include_forbidden,
             d_min_nm=d_min_nm,
-            ambiguity_margin=ambiguity_margin,
+            ambiguity_decades=ambiguity_decades,
+            max_chance=max_chance,
+            max_zone_index=max_zone_index,
         )
-    planes = measured_planes(pairs, max_planes=tables.max_planes)
-    angles = measured_angles_deg(planes)
-    n = len(planes)
-    if n == 0:
-        return WindowIndex(planes, angles, None, (), STATUS_NO_SPOTS)
-    matches_all = _spacing_matches(tables, planes)
-    per_phase: list[PhaseMatch] = []
-    searched: dict[str, tuple[PhaseTable, list[list[tuple[int, float]]]]] = {}
-    for pt, cands in zip(tables.phases, matches_all, strict=True):
-        if not any(cands):
-            continue
-        match = _angle_search(pt, planes, cands, tables) if n >= 2 else None
-        if match is None:
-            match = _spacing_only(pt, cands, n, tables)
-        if match is not None:
-            per_phase.append(match)
-            searched[pt.card_id] = (pt, cands)
-    if not per_phase:
-        return WindowIndex(planes, angles, None, (), STATUS_UNMATCHED)
-    order = {cid: i for i, cid in enumerate(tables.card_ids)}
-    per_phase.sort(key=lambda m: (m.rank_key, -order[m.card_id]), reverse=True)
-    best = per_phase[0]
-    if not best.angle_confirmed:
-        # Spacing alone proves little: every phase with a matching spacing stays a candidate.
-        return WindowIndex(planes, angles, best, tuple(per_phase[1:]), STATUS_SPACING_ONLY)
-    floor = best.score * (1.0 - tables.ambiguity_margin)
-    alts: list[PhaseMatch] = []
-    for m in per_phase[1:]:
-        if m.angle_confirmed and abs(m.weight - best.weight) < 1e-9 and m.score >= floor:
-            alts.append(m)
-        elif m.angle_confirmed and m.weight < best.weight - 1e-9:
-            # Fewer planes explained: a near-twin may have lost a plane at the tolerance edge.
-            twin = _edge_twin(*searched[m.card_id], m, planes, best, tables)
-            if twin is not None and twin.score >= floor:
-                alts.append(twin)
-    alts.sort(key=lambda m: (m.rank_key, -order[m.card_id]), reverse=True)
-    status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
-    return WindowIndex(planes, angles, best, tuple(alts), status)
-
-
-def _edge_twin(
-    pt: PhaseTable,
-    cands: list[list[tuple[int, float]]],
-    match: PhaseMatch,
-    planes: Sequence[MeasuredPlane],
-    best: PhaseMatch,
-    tables: IndexingTables,
-) -> PhaseMatch | None:
-    """The phase's match when it explains as many planes as ``best`` within the tolerance edge.
-
-    A near-twin (e.g. maghemite, a = 0.8352 nm, beside magnetite, a = 0.8396 nm: every spacing
-    0.5 % apart) loses a plane measured 2.5-3 % from the winner's reference because that plane
-    lies 3.0-3.5 % from its own: the rank key (weighted planes first) then ranks it lower although
-    the measurement (about 1 % per spacing) cannot tell the two apart. The phase's angle search is
-    repeated with the spacing tolerance widened to ``spacing_tol * (1 + tolerance_edge)``; it is a
-    near-twin when the widened search explains at least the weighted planes of ``best`` (angle-
-    confirmed, zone-consistent). Its score keeps the normal tolerance in ``q_d``, so a plane in the
-    edge band counts with a lower spacing quality (``exp(-r^2/2)``, r > 1 in units of the tolerance).
-
-    ``match`` is the phase's angle-confirmed match at the normal tolerance (``cands``). Only a
-    near-twin of ``best`` in this window is searched: on at least two planes explained by both,
-    its reference spacings agree with the best's within the edge band
-    (``|d_ref - d_ref,best| <= spacing_tol * tolerance_edge * d_ref,best``; 0.53 % for maghemite
-    and magnetite, 0.75 % allowed at 3 %). A plane within the tolerance of the best then lies
-    within the widened tolerance of the twin, so the band is exactly wide enough. The search is
-    also skipped when the planes that gain a candidate in the band are fewer than the weight the
-    phase lacks. Returns None when the phase is no near-twin.
-    """
-    edge = tables.spacing_tol * tables.tolerance_edge
-    if edge <= 0.0 or not (best.angle_confirmed and match.angle_confirmed):
-        return None
-    # Near-twins only: on the planes both explain, the reference spacings agree within the edge.
-    shared = [(a, b) for a, b in zip(match.d_ref_nm, best.d_ref_nm, strict=True) if a and b]
-    if len(shared) < 2 or any(abs(a - b) > edge * b for a, b in shared):
-        return None
-    d = np.array([p.spacing_nm for p in planes], dtype=float)
-    wide = _phase_spacing_matches(pt, d, tables.spacing_tol * (1.0 + tables.tolerance_edge))
-    n_gain = sum(1 for w, c in zip(wide, cands, strict=True) if len(w) > len(c))
-    if n_gain == 0 or match.weight + n_gain < best.weight - 1e-9:
-        return None
-    twin = _angle_search(pt, planes, wide, tables)
-    if twin is None or twin.weight < best.weight - 1e-9:
-        return None
-    return twin
+    return index_windows([pairs], tables)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1009,16 +1651,26 @@ def format_hkl(hkl: Sequence[int] | None) -> str:
 
 
 def format_match(match: PhaseMatch) -> str:
-    """One-line description: ``name [card] (hkl;hkl) [uvw] score``."""
+    """One-line description: ``name [card] (hkl;hkl) [uvw] score E=... residuals``."""
     hk = ";".join(format_hkl(h) if h is not None else "-" for h in match.hkl)
     zone = f" [{format_hkl(match.zone_axis)}]" if match.zone_axis is not None else ""
-    return f"{match.phase_name} ({match.card_id}) {hk}{zone} score {match.score:.3f}"
+    res = ";".join(f"{100 * r:+.1f}%" if r is not None else "-" for r in match.rel_residuals)
+    ang = ""
+    if match.angle_residuals_deg:
+        ang = " dang " + ";".join(f"{a:.1f}" for a in match.angle_residuals_deg)
+    return (
+        f"{match.phase_name} ({match.card_id}) {hk}{zone} score {match.score:.3f} "
+        f"E {match.chance:.1e} dd {res}{ang}"
+    )
 
 
 __all__ = [
-    "AMBIGUITY_MARGIN",
+    "AMBIGUITY_DECADES",
     "FORBIDDEN_WEIGHT",
+    "MAX_CHANCE",
     "MAX_PLANES",
+    "MAX_ZONE_INDEX",
+    "NAMED_STATUSES",
     "STATUSES",
     "STATUS_AMBIGUOUS",
     "STATUS_INDEXED",
@@ -1026,8 +1678,7 @@ __all__ = [
     "STATUS_SPACING_ONLY",
     "STATUS_UNMATCHED",
     "TOLERANCE_EDGE",
-    "ZONE_PRIOR",
-    "ZONE_PRIOR_PER_NM",
+    "UNEXPLAINED_PENALTY",
     "IndexingTables",
     "MeasuredPlane",
     "PhaseMatch",
@@ -1035,12 +1686,13 @@ __all__ = [
     "WindowIndex",
     "acute_between_deg",
     "build_tables",
+    "check_decision_options",
     "check_tolerances",
     "format_hkl",
     "format_match",
     "index_window",
+    "index_windows",
     "measured_angles_deg",
     "measured_planes",
     "select_phases",
-    "zone_prior",
 ]

@@ -35,6 +35,7 @@ deviations; it draws small disks at those maxima on the band grid.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -48,11 +49,13 @@ import scipy.ndimage as ndi
 
 from hrtem_core.errors import AnalysisParameterError, CalibrationError
 from hrtem_core.windows import (
+    FLAT_RELATIVE,
     BandGeometry,
     WindowGrid,
     band_geometry,
     band_spectra,
     crop_band,
+    flat_windows,
     grid_band_spectra,
     hann_2d,
     log_band_from_crop,
@@ -101,6 +104,14 @@ class SpotPair:
         ``intensity`` divided by the local background's robust spread (1.4826 MAD).
     harmonic_orders : tuple of int
         Orders n of the harmonics ``n g`` also seen (supporting evidence), e.g. ``(2,)``.
+    significance : float
+        The peak power over the mean background power, ``z = |F(k)|^2 / <|F|^2>_bg``, the smaller
+        of the local and the azimuthal estimate (:func:`spot_significance`); the pair passed the
+        test ``z >= significance_threshold(...)``. NaN where not computed.
+    sigma_l_px : float
+        Standard uncertainty of the spot position [FFT px] from the sub-pixel fit,
+        ``sqrt(SIGMA_FIT_PX^2 / z + SIGMA_FLOOR_PX^2)`` (:func:`position_sigma_px`). NaN where
+        not computed.
     """
 
     ky: float
@@ -114,6 +125,8 @@ class SpotPair:
     intensity: float
     snr: float
     harmonic_orders: tuple[int, ...] = ()
+    significance: float = math.nan
+    sigma_l_px: float = math.nan
 
 
 def acute_angle_deg(p1: SpotPair, p2: SpotPair) -> float:
@@ -133,6 +146,160 @@ def pair_angles_deg(pairs: Sequence[SpotPair]) -> np.ndarray:
     dot = np.abs(g @ g.T)
     cross = np.abs(g[:, None, 0] * g[None, :, 1] - g[:, None, 1] * g[None, :, 0])
     return np.degrees(np.arctan2(cross, dot))
+
+
+# --------------------------------------------------------------------------------------------
+# Significance of a spot, and its position uncertainty
+# --------------------------------------------------------------------------------------------
+
+#: False-alarm rate per window that the significance threshold is set for: the probability that
+#: a window of pure noise (white, Poisson or an amorphous film) yields a spot pair. The measured
+#: rate over 10,000 noise windows is in ``tests/test_spots.py`` (it must stay <= 1 %).
+FALSE_ALARM_PER_WINDOW = 0.002
+#: Position uncertainty of a sub-pixel peak fit, ``sigma_l = sqrt(SIGMA_FIT_PX^2 / z +
+#: SIGMA_FLOOR_PX^2)`` [FFT px]: the Cramer-Rao bound of a sinusoid's frequency in white noise,
+#: ``sqrt(6) / (2 pi sqrt(z)) = 0.39 / sqrt(z)`` FFT px (Rife & Boorstyn, IEEE Trans. Inf. Theory
+#: 20 (1974) 591) widened 1.4x for the Hann window's broader peak, plus a floor for the residual
+#: bias of the parabolic estimator.
+SIGMA_FIT_PX = 0.55
+SIGMA_FLOOR_PX = 0.05
+_LN2 = math.log(2.0)
+
+
+def significance_threshold(
+    n_pixels: int, *, false_alarm: float = FALSE_ALARM_PER_WINDOW
+) -> float:
+    """Threshold on the spot significance ``z`` for a per-window false-alarm rate.
+
+    Under the null hypothesis "no lattice here" the window's spectrum is locally that of a
+    stationary random field (white noise, shot noise or an amorphous film: complex Gaussian
+    Fourier coefficients), so the power of one FFT pixel over the mean power around it is
+    exponentially distributed, ``P(z > t) = exp(-t)``. A window offers ``n_pixels`` independent
+    places for a spot (the band's half plane: ``|F(-k)| = |F(k)|``), so a Bonferroni bound on
+    the rate of at least one false spot is ``n exp(-t)``; the threshold is
+    ``t = ln(n / false_alarm)`` (16.8 for a 256 px window at 0.02 nm/px).
+
+    Parameters
+    ----------
+    n_pixels : int
+        Independent FFT pixels searched per window (half the band).
+    false_alarm : float, keyword-only
+        Target false-alarm rate per window, in (0, 1).
+    """
+    if not (0.0 < false_alarm < 1.0):
+        raise AnalysisParameterError(f"false-alarm rate must be in (0, 1), got {false_alarm!r}")
+    return math.log(max(int(n_pixels), 1) / false_alarm)
+
+
+def position_sigma_px(significance: np.ndarray | float) -> np.ndarray:
+    """Standard uncertainty [FFT px] of a spot position fitted at significance ``z``."""
+    z = np.maximum(np.asarray(significance, dtype=float), 1e-12)
+    return np.sqrt(SIGMA_FIT_PX**2 / z + SIGMA_FLOOR_PX**2)
+
+
+@functools.lru_cache(maxsize=32)
+def _ring_layout(
+    shape: tuple[int, int], ry: int, rx: int, aspect: float, min_l: float
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], int]:
+    """Radius bin of each pixel of a centred spectrum, the flat indices of each bin, and the
+    number of searchable pixels in the band's half plane.
+
+    The radius is in physical frequency, ``rint(sqrt(ky^2 + (kx p_y / p_x)^2))`` [FFT px along
+    y] (``aspect = p_y / p_x``), so the Thon rings of an isotropic film fall in one bin; pixels
+    outside the band (``|ky| > ry`` or ``|kx| > rx``) get -1.
+    """
+    ny, nx = shape
+    cy, cx = ny // 2, nx // 2
+    ky = np.arange(ny, dtype=float)[:, None] - cy
+    kx = (np.arange(nx, dtype=float)[None, :] - cx) * aspect
+    rbin = np.rint(np.hypot(ky, kx)).astype(np.intp)
+    inside = (np.abs(ky) <= ry) & (np.abs(np.arange(nx)[None, :] - cx) <= rx)
+    rbin = np.where(inside, rbin, -1)
+    flat = rbin.ravel()
+    members = tuple(np.flatnonzero(flat == b) for b in range(int(flat.max()) + 1))
+    kyi = np.arange(ny)[:, None] - cy
+    kxi = np.arange(nx)[None, :] - cx
+    search = (
+        (np.abs(kyi) <= ry - 1) & (np.abs(kxi) <= rx - 1) & (kyi**2 + kxi**2 >= min_l * min_l)
+    )
+    return rbin, members, max(1, int(search.sum()) // 2)
+
+
+def spot_significance(
+    magnitudes: np.ndarray,
+    win: np.ndarray,
+    ky: np.ndarray,
+    kx: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    radius_px: tuple[int, int],
+    min_l_px: float = 2.0,
+) -> tuple[np.ndarray, int]:
+    """Significance ``z`` of peaks at integer offsets ``(ky, kx)`` of spectra ``magnitudes[win]``.
+
+    ``z = |F(k)|^2 / mu``, with the mean background power ``mu`` estimated twice, robustly (a
+    median, over ``ln 2``: the median of an exponential distribution is ``ln 2`` times its mean):
+
+    * locally: the 11 x 11 pixels around the peak without the central 5 x 5 (follows an
+      anisotropic background, e.g. the low-frequency streaks of an edge);
+    * azimuthally: every band pixel at the same ``|k|`` (follows the Thon rings of an amorphous
+      film, which a local patch across a ring would underestimate on its maximum).
+
+    The smaller of the two ``z`` is returned: a peak must stand out against both. ``z`` does not
+    change when the image is scaled or offset. A peak on a background of exactly zero (a
+    noiseless lattice) has ``z = inf``; a zero peak has ``z = 0``.
+
+    Parameters
+    ----------
+    magnitudes : ndarray, shape (n, ny, nx)
+        Centred ``|F|`` (full spectra or the band crop), DC at ``shape // 2``.
+    win, ky, kx : ndarray of int, shape (m,)
+        Window index and integer offset from the DC [FFT px] of each peak.
+    pixel_size_nm : (float, float), keyword-only
+    radius_px : (int, int), keyword-only
+        The band's half-widths ``(radius_y, radius_x)`` [FFT px].
+    min_l_px : float, keyword-only
+        Peaks nearer the DC are not searched (for the number of searched pixels).
+
+    Returns
+    -------
+    z : ndarray, shape (m,)
+    n_searched : int
+        Independent pixels searched per window (half of the band beyond ``min_l_px``), for
+        :func:`significance_threshold`.
+    """
+    ny, nx = magnitudes.shape[-2:]
+    cy, cx = ny // 2, nx // 2
+    py, px = pixel_size_nm
+    rbin, members, n_searched = _ring_layout(
+        (ny, nx), int(radius_px[0]), int(radius_px[1]), float(py / px), float(min_l_px)
+    )
+    win = np.asarray(win, dtype=np.intp)
+    m = win.size
+    if m == 0:
+        return np.zeros(0), n_searched
+    peak = magnitudes[win, cy + ky, cx + kx].astype(np.float64)
+    patch = _gather(magnitudes, win, cy + ky, cx + kx, _BG_HALF_PX)
+    ring = np.ones((2 * _BG_HALF_PX + 1,) * 2, dtype=bool)
+    inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
+    ring[inner, inner] = False
+    med_local = row_median(patch[:, ring])
+    med_ring = np.empty(m)
+    bins = rbin[cy + ky, cx + kx]
+    flat = magnitudes.reshape(magnitudes.shape[0], -1)
+    for b in np.unique(bins):
+        sel = np.flatnonzero(bins == b)
+        idx = members[int(b)] if b >= 0 else np.zeros(0, np.intp)
+        if idx.size == 0:
+            med_ring[sel] = med_local[sel]
+            continue
+        med_ring[sel] = row_median(flat[win[sel][:, None], idx[None, :]].astype(np.float64))
+    bg = np.maximum(med_local, med_ring)
+    power = peak * peak
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(bg > 0, power * _LN2 / np.where(bg > 0, bg * bg, 1.0), np.inf)
+    z = np.where(power > 0, z, 0.0)
+    return z, n_searched
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,6 +889,25 @@ def _pairs_from_seeds(
     intensity = m_plus - bg
     snr = intensity / np.maximum(spread, 1e-12 * np.maximum(np.abs(bg), 1e-30))
 
+    # 6b. Significance: only a peak that stands out of the noise at the window's false-alarm
+    # rate is a lattice plane (a flat, noisy or amorphous region yields none).
+    z, n_searched = spot_significance(
+        magnitudes,
+        cand_win,
+        cand_ky,
+        cand_kx,
+        pixel_size_nm=pixel_size_nm,
+        radius_px=(geometry.radius_y, geometry.radius_x),
+        min_l_px=min_l,
+    )
+    keep = z >= significance_threshold(n_searched)
+    if not keep.all():
+        cand_win, ky, kx, l_px = cand_win[keep], ky[keep], kx[keep], l_px[keep]
+        intensity, snr, z = intensity[keep], snr[keep], z[keep]
+    if cand_win.size == 0:
+        return result
+    sigma_l = position_sigma_px(z)
+
     # 7. Physical quantities.
     gy = ky / (w * py)
     gx = kx / (w * px)
@@ -755,6 +941,8 @@ def _pairs_from_seeds(
                     intensity=float(intensity[idx]),
                     snr=float(snr[idx]),
                     harmonic_orders=tuple(sorted(set(orders.get(j, ())))),
+                    significance=float(z[idx]),
+                    sigma_l_px=float(sigma_l[idx]),
                 )
             )
         result[int(cand_win[group[0]])] = tuple(pairs)
@@ -1219,7 +1407,7 @@ def detect_pairs(
             return band_spectra(windows_of(start, stop), geometry, workers=1)
 
     chunks = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-    return _detect_chunks(
+    found = _detect_chunks(
         chunks,
         band_of,
         windows_of,
@@ -1233,6 +1421,24 @@ def detect_pairs(
         batch_size=batch_size,
         workers=workers,
     )
+    # A flat window holds no lattice: its spectrum is rounding residue (windows.FLAT_RELATIVE).
+    for i in np.flatnonzero(_flat_stack(windows_of, chunks)):
+        found[i] = ()
+    return found
+
+
+def _flat_stack(windows_of: Any, chunks: list[tuple[int, int]]) -> np.ndarray:
+    """:func:`~hrtem_core.windows.flat_windows` for a stack of windows (float64 statistics)."""
+    if not chunks:
+        return np.zeros(0, dtype=bool)
+    offset = float(np.mean([np.mean(windows_of(a, b), dtype=np.float64) for a, b in chunks]))
+    std = []
+    scale = 0.0
+    for a, b in chunks:
+        x = np.asarray(windows_of(a, b), dtype=np.float64) - offset
+        std.append(x.reshape(len(x), -1).std(axis=1))
+        scale = max(scale, float(np.max(np.abs(x))) if x.size else 0.0)
+    return np.concatenate(std) <= FLAT_RELATIVE * scale
 
 
 def detect_pairs_in_image(
@@ -1297,7 +1503,7 @@ def detect_pairs_in_image(
         idx = np.arange(start, stop) + r0 * n_cols
         return view[idx // n_cols, idx % n_cols]
 
-    return _detect_chunks(
+    found = _detect_chunks(
         chunks,
         band_of,
         windows_of,
@@ -1311,11 +1517,16 @@ def detect_pairs_in_image(
         batch_size=batch_size,
         workers=workers,
     )
+    # A flat window holds no lattice: its spectrum is rounding residue (windows.FLAT_RELATIVE).
+    for i in np.flatnonzero(flat_windows(image, grid, rows=(r0, r1))):
+        found[i] = ()
+    return found
 
 
 __all__ = [
     "CLASSICAL_THRESHOLD",
     "DETECTORS",
+    "FALSE_ALARM_PER_WINDOW",
     "HARMONIC_ORDERS",
     "SpotPair",
     "acute_angle_deg",
@@ -1327,4 +1538,7 @@ __all__ = [
     "pairs_from_mask",
     "pairs_from_masks",
     "pairs_from_peaks",
+    "position_sigma_px",
+    "significance_threshold",
+    "spot_significance",
 ]

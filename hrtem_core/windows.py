@@ -464,6 +464,47 @@ def image_offset(image: np.ndarray) -> float:
     return float(np.asarray(image)[::16, ::16].mean(dtype=np.float64))
 
 
+#: A window is flat (no contrast at all: zeros, a constant, a saturated patch) when its standard
+#: deviation is at most this fraction of the image's largest deviation from its offset. Its
+#: spectrum is then float32 rounding residue, not signal (about 1e-7 relative), and it holds no
+#: spot, whatever a detector makes of the residue.
+FLAT_RELATIVE = 1e-5
+
+
+def flat_windows(
+    image: np.ndarray, grid: WindowGrid, *, rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Which windows of ``grid`` rows ``r0..r1 - 1`` are flat (:data:`FLAT_RELATIVE`).
+
+    The windows' standard deviations come from summed-area tables of ``image - offset`` in
+    float64 (exact for a constant image, whatever its value), so the test does not change when
+    the image is scaled or offset.
+
+    Returns
+    -------
+    ndarray of bool, shape ((r1 - r0) * n_cols,)
+    """
+    img = np.asarray(image)
+    grid.check_image(img)
+    r0, r1 = grid.row_range(rows)
+    w, s = grid.window_px, grid.stride_px
+    x = img.astype(np.float64) - image_offset(img)
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    ys = np.arange(r0, r1) * s
+    xs = np.arange(grid.n_cols) * s
+
+    def box_sums(a: np.ndarray) -> np.ndarray:
+        sat = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+        np.cumsum(np.cumsum(a, axis=0), axis=1, out=sat[1:, 1:])
+        y0, x0 = ys[:, None], xs[None, :]
+        return sat[y0 + w, x0 + w] - sat[y0, x0 + w] - sat[y0 + w, x0] + sat[y0, x0]
+
+    n_px = float(w * w)
+    mean = box_sums(x) / n_px
+    var = np.maximum(box_sums(x * x) / n_px - mean * mean, 0.0)
+    return (np.sqrt(var) <= FLAT_RELATIVE * scale).ravel()
+
+
 def grid_band_spectra(
     image: np.ndarray,
     grid: WindowGrid,

@@ -319,7 +319,14 @@ def test_window_not_a_power_of_two_is_allowed(tmp_path, capsys) -> None:
     assert summary["window_px"] == 96 and summary["n_windows"] == 16
     win = pd.read_csv(out / "windows.csv", keep_default_na=False)
     inside = win[win["x_px"] + 48 <= 192]
-    assert (inside["crystalline"] == 1).all() and (inside["phase_card"] == "29-0713").all()
+    assert (inside["crystalline"] == 1).all()
+    # Most 96-px windows hold one plane, (200): a spacing alone names no phase (spacing-only),
+    # but goethite is its candidate; named windows name goethite.
+    named = inside["status"].isin(["indexed", "ambiguous"])
+    assert (inside.loc[named, "phase_card"] == "29-0713").all()
+    assert (inside.loc[~named, "status"] == "spacing-only").all()
+    assert inside.loc[~named, "alternatives"].str.contains("29-0713").all()
+    assert (inside.loc[~named, "phase_card"] == "").all()
 
 
 def test_progress_bar_on_stderr_of_a_terminal(tmp_path, monkeypatch) -> None:
