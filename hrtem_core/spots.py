@@ -166,9 +166,7 @@ SIGMA_FLOOR_PX = 0.05
 _LN2 = math.log(2.0)
 
 
-def significance_threshold(
-    n_pixels: int, *, false_alarm: float = FALSE_ALARM_PER_WINDOW
-) -> float:
+def significance_threshold(n_pixels: int, *, false_alarm: float = FALSE_ALARM_PER_WINDOW) -> float:
     """Threshold on the spot significance ``z`` for a per-window false-alarm rate.
 
     Under the null hypothesis "no lattice here" the window's spectrum is locally that of a
@@ -219,9 +217,7 @@ def _ring_layout(
     members = tuple(np.flatnonzero(flat == b) for b in range(int(flat.max()) + 1))
     kyi = np.arange(ny)[:, None] - cy
     kxi = np.arange(nx)[None, :] - cx
-    search = (
-        (np.abs(kyi) <= ry - 1) & (np.abs(kxi) <= rx - 1) & (kyi**2 + kxi**2 >= min_l * min_l)
-    )
+    search = (np.abs(kyi) <= ry - 1) & (np.abs(kxi) <= rx - 1) & (kyi**2 + kxi**2 >= min_l * min_l)
     return rbin, members, max(1, int(search.sum()) // 2)
 
 
