@@ -128,6 +128,8 @@ VISIBLE_FRACTION = 0.01
 TOLERANCE_EDGE = 0.25
 #: At most this many planes (the strongest) of one window are indexed.
 MAX_PLANES = 8
+#: Reference planes of the hypotheses: the window's strongest planes, at most this many.
+MAX_REFERENCES = 3
 
 # --------------------------------------------------------------------------------------------
 # Measured planes
@@ -336,6 +338,32 @@ class PhaseTable:
     allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     allowed_set: frozenset = frozenset()
     _dd_cache: dict = field(default_factory=dict)
+
+    @property
+    def family_order(self) -> np.ndarray:
+        """Family indices by ascending ``d`` (cached)."""
+        self._cache_density()
+        return self._dd_cache["_order"]
+
+    @property
+    def sorted_log_d(self) -> np.ndarray:
+        """``ln d`` of the families, ascending (cached)."""
+        self._cache_density()
+        return self._dd_cache["_ld"]
+
+    @property
+    def cumulative_weight(self) -> np.ndarray:
+        """Cumulative ``density_weight`` in :attr:`sorted_log_d` order, 0 first (cached)."""
+        self._cache_density()
+        return self._dd_cache["_cw"]
+
+    def _cache_density(self) -> None:
+        if "_ld" not in self._dd_cache:
+            ld = np.log(self.family_d_nm)
+            order = np.argsort(ld, kind="stable")
+            self._dd_cache["_order"] = order
+            self._dd_cache["_ld"] = ld[order]
+            self._dd_cache["_cw"] = np.concatenate([[0.0], np.cumsum(self.density_weight[order])])
 
 
 @dataclass(frozen=True, eq=False)
@@ -936,28 +964,40 @@ class _Planes:
     local: np.ndarray
     start: np.ndarray
     n: np.ndarray
+    strength_rank: np.ndarray
 
 
 def _flatten(plane_sets: Sequence[Sequence[MeasuredPlane]]) -> _Planes:
     n = np.array([len(p) for p in plane_sets], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
     flat = [q for ps in plane_sets for q in ps]
+    inten = np.array([q.intensity for q in flat], dtype=float)
+    win = np.repeat(np.arange(len(n)), n)
+    local = np.concatenate([np.arange(k) for k in n]).astype(np.int64) if len(n) else n
+    # Rank of each plane by intensity within its window (0 = strongest; ties: plane order).
+    order = np.lexsort((local, -inten, win))
+    rank = np.empty(len(flat), dtype=np.int64)
+    rank[order] = np.arange(len(flat)) - np.repeat(start, n)
     return _Planes(
         d=np.array([q.spacing_nm for q in flat], dtype=float),
         phi=np.array([q.angle_deg for q in flat], dtype=float),
         sig_r=np.array([q.spacing_sigma_rel for q in flat], dtype=float),
         sig_a=np.array([q.direction_sigma_deg for q in flat], dtype=float),
-        win=np.repeat(np.arange(len(n)), n),
-        local=np.concatenate([np.arange(k) for k in n]).astype(np.int64)
-        if len(n)
-        else np.zeros(0, np.int64),
+        win=win,
+        local=local,
         start=start,
         n=n,
+        strength_rank=rank,
     )
 
 
 def _pair_queries(fl: _Planes) -> tuple[np.ndarray, np.ndarray]:
-    """Every ordered pair (i != j) of planes of the same window, as global plane indices."""
+    """Ordered pairs (i, j != i) of planes of the same window, as global plane indices, with the
+    reference plane ``i`` among the window's :data:`MAX_REFERENCES` strongest.
+
+    A hypothesis is reached from each of its explained planes as the reference; one that
+    explains none of the strongest planes leaves them all unexplained and cannot compete.
+    """
     qi: list[np.ndarray] = []
     qj: list[np.ndarray] = []
     for k in np.unique(fl.n):
@@ -965,8 +1005,11 @@ def _pair_queries(fl: _Planes) -> tuple[np.ndarray, np.ndarray]:
             continue
         ii, jj = np.nonzero(~np.eye(int(k), dtype=bool))
         base = fl.start[fl.n == k][:, None]
-        qi.append((base + ii[None, :]).ravel())
-        qj.append((base + jj[None, :]).ravel())
+        gi = (base + ii[None, :]).ravel()
+        gj = (base + jj[None, :]).ravel()
+        keep = fl.strength_rank[gi] < MAX_REFERENCES
+        qi.append(gi[keep])
+        qj.append(gj[keep])
     if not qi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(qi), np.concatenate(qj)
@@ -989,7 +1032,7 @@ def _spacing_candidates(
     if len(fd) == 0 or len(d) == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0)
-    order = np.argsort(fd, kind="stable")
+    order = pt.family_order
     ds = fd[order]
     lo = np.searchsorted(ds, d / (1.0 + tol) * (1.0 - 1e-12), side="left")
     hi = np.searchsorted(ds, d / (1.0 - tol) * (1.0 + 1e-12), side="right")
@@ -1042,11 +1085,10 @@ def _family_density(pt: PhaseTable, d: np.ndarray, half_width: float) -> np.ndar
     """
     if len(pt.family_d_nm) == 0 or len(d) == 0:
         return np.full(len(d), 1.0 / (2.0 * half_width))
-    ld = np.log(pt.family_d_nm)
-    order = np.argsort(ld)
-    cw = np.concatenate([[0.0], np.cumsum(pt.density_weight[order])])
-    lo = np.searchsorted(ld[order], np.log(d) - half_width, side="left")
-    hi = np.searchsorted(ld[order], np.log(d) + half_width, side="right")
+    ld, cw = pt.sorted_log_d, pt.cumulative_weight
+    lnd = np.log(d)
+    lo = np.searchsorted(ld, lnd - half_width, side="left")
+    hi = np.searchsorted(ld, lnd + half_width, side="right")
     return np.maximum(cw[hi] - cw[lo], 1.0) / (2.0 * half_width)
 
 
@@ -1486,7 +1528,7 @@ def _index_unique(
             status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
             out.append(WindowIndex(planes, angles, best, tuple(alts), status))
             continue
-        weak = [int(k) for k in np.argsort(la, kind="stable") if np.isfinite(la[k])]
+        weak = [int(k) for k in np.argsort(la, kind="stable") if np.isfinite(la[k])][:3]
         cands = [_angle_match(tables.phases[k], per_phase[k], w, fl, planes) for k in weak]
         cands = [dataclasses_replace(c, score=0.5 / (1.0 + c.chance)) for c in cands]
         ls = log_s[:, w]
