@@ -599,6 +599,11 @@ def _with_zone_tables(
     mc = np.tile(np.arange(n_m), n_f)
     raw = np.cross(reps[fa], pt.member_hkl[mc])
     ok = np.any(raw != 0, axis=1)
+    rep_rows = np.asarray([s for s, _ in pt.family_slices], dtype=np.int64)
+    # Members parallel to the representative (its harmonics, e.g. (440) beside (220)) lie in
+    # every zone that holds it, at psi = 0.
+    par = ~ok & (mc != rep_rows[fa])
+    par_fa, par_mc = fa[par], mc[par]
     fa, mc, raw = fa[ok], mc[ok], raw[ok]
     zone = _reduce_rows(raw)
     ok = np.max(np.abs(zone), axis=1) <= k
@@ -629,10 +634,17 @@ def _with_zone_tables(
         )
     else:
         zmax = np.full(n_z, np.nan)
+    # Parallel members: one entry per zone that holds the representative.
+    if len(par_fa):
+        zi_p, k_p = np.nonzero(in_zone[:, rep_rows[par_fa]])
+        fa = np.concatenate([fa, par_fa[k_p]])
+        mc = np.concatenate([mc, par_mc[k_p]])
+        z_of = np.concatenate([z_of, zi_p])
+    is_par = np.zeros(len(fa), dtype=bool)
+    is_par[len(fa) - (len(zi_p) if len(par_fa) else 0) :] = True
     # Entries: both ends must be able to appear in the zone.
-    rep_rows = np.asarray([s for s, _ in pt.family_slices], dtype=np.int64)
     ok = can[z_of, rep_rows[fa]] & can[z_of, mc]
-    fa, mc, z_of = fa[ok], mc[ok], z_of[ok]
+    fa, mc, z_of, is_par = fa[ok], mc[ok], z_of[ok], is_par[ok]
     pen_ref = pen_m[z_of, rep_rows[fa]]
     penalty = pen_m[z_of, mc]
     fc = pt.member_family[mc]
@@ -646,8 +658,13 @@ def _with_zone_tables(
     )
     psi = np.mod(psi, 180.0)
     psi = np.where(psi >= 180.0, 0.0, psi)
+    psi = np.where(is_par, 0.0, psi)
     block = fa * n_f + fc
-    block_count = np.bincount(block, minlength=n_f * n_f).reshape(n_f, n_f)
+    # Directions a family offers relative to a representative: one per member and zone, and one
+    # per parallel member (the same direction in every zone).
+    block_count = np.bincount(block[~is_par], minlength=n_f * n_f)
+    par_blocks = np.unique(np.stack([block[is_par], mc[is_par]]), axis=1)[0] if is_par.any() else []
+    block_count = (block_count + np.bincount(par_blocks, minlength=n_f * n_f)).reshape(n_f, n_f)
     # Repeat entries near 0 / 180 deg shifted by 180, so a window of +-tol never wraps.
     tol = float(angle_tol_deg)
     lo = psi < tol

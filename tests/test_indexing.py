@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hrtem_core import indexing
+from hrtem_core import analysis, indexing
 from hrtem_core.cards import CardDatabase, load_cards
 from hrtem_core.crystallography import family_members, zone_reflections
 from hrtem_core.errors import AnalysisParameterError, CardDatabaseError
 from tests.lattice_images import pair_from_g, zone_pairs
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples" / "focal_series"
 
 EXTRA_PHASES = [
     # User-added phases, no reflection rows: the reflections are computed from cell + space group.
@@ -714,3 +717,73 @@ def test_zone_axes_are_limited_to_low_indices(db) -> None:
     assert all(max(abs(v) for v in pt.zones.ravel()) <= 2 for pt in t2.phases)
     with pytest.raises(AnalysisParameterError, match="zone-axis index"):
         indexing.build_tables(db, max_zone_index=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole-array search against a plain reference implementation (tests/indexing_reference.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _compare_with_reference(plane_sets, tables) -> int:
+    """Per window and phase, the production search and the reference find equally good
+    hypotheses (same odds, same number of explained planes). Returns the number compared."""
+    from tests import indexing_reference as ref
+
+    fl = indexing._flatten(plane_sets)
+    qi, qj = indexing._pair_queries(fl)
+    compared = 0
+    for pt in tables.phases:
+        res = indexing._search_phase(
+            pt,
+            fl,
+            qi,
+            qj,
+            spacing_tol=tables.spacing_tol,
+            angle_tol_deg=tables.angle_tol_deg,
+            include_forbidden=tables.include_forbidden,
+        )
+        for w, planes in enumerate(plane_sets):
+            r = ref.best_per_phase(planes, pt, tables)
+            if r is None:
+                assert not np.isfinite(res.log_chance[w]), (pt.name, w)
+                continue
+            assert res.log_chance[w] == pytest.approx(r[0], abs=1e-6), (pt.name, w)
+            assert res.n_explained[w] == r[1], (pt.name, w)
+            compared += 1
+    return compared
+
+
+def test_search_equals_reference_on_every_crystal_system(db, tables) -> None:
+    """Synthetic zone patterns of every crystal system (KNOWN), with noise."""
+    rng = np.random.default_rng(21)
+    sets = []
+    for card_id, uvw, hkls in KNOWN:
+        pairs = zone_pairs(
+            db.phase(card_id),
+            uvw,
+            hkls,
+            rotation_deg=float(rng.uniform(0, 180)),
+            rng=rng,
+            spacing_noise=0.01,
+            angle_noise_deg=0.5,
+        )
+        sets.append(indexing.measured_planes(pairs))
+    assert _compare_with_reference(sets, tables) >= len(KNOWN)
+
+
+def test_search_equals_reference_on_the_bundled_series() -> None:
+    """Windows of a bundled focal-series image (classical detector), the shipped cards."""
+    from hrtem_core.io import load_image
+
+    db = load_cards()
+    t = analysis.make_tables(db, analysis.AnalysisParams())
+    m = load_image(EXAMPLES / "maghemite_110_df-6nm.tif")
+    res = analysis.analyze_image(
+        m,
+        params=analysis.AnalysisParams(window_px=256, stride_px=256, detector="classical"),
+        tables=t,
+    )
+    sets = [p for p in res.index if len(p.planes) >= 2][:8]
+    planes = [s.planes for s in sets]
+    assert len(planes) >= 4
+    assert _compare_with_reference(planes, t) >= 4
