@@ -705,3 +705,122 @@ def test_chunks_and_threads_do_not_change_the_pairs(rng) -> None:
             wins, pixel_size_nm=p, detector="classical", workers=workers, batch_size=batch
         )
         assert got == ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Honest crystallinity: a stated significance test (issue: never call noise a crystal)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_significance_threshold_known_answer() -> None:
+    """t = ln(n / alpha): the Bonferroni bound n exp(-t) on noise-only windows equals alpha."""
+    from hrtem_core.spots import FALSE_ALARM_PER_WINDOW, significance_threshold
+
+    assert significance_threshold(4000) == pytest.approx(math.log(4000 / FALSE_ALARM_PER_WINDOW))
+    assert significance_threshold(4000, false_alarm=0.01) == pytest.approx(math.log(4e5))
+    with pytest.raises(AnalysisParameterError, match="false-alarm"):
+        significance_threshold(10, false_alarm=1.5)
+
+
+def _film(rng: np.random.Generator, n: int, w: int) -> np.ndarray:
+    """Amorphous-film-like windows: Gaussian noise band-passed to a ring (its Thon-ring-free
+    structure factor), plus shot noise."""
+    k = np.fft.fftfreq(w)
+    kk = np.hypot(k[:, None], k[None, :])
+    ring = np.exp(-0.5 * ((kk - 0.18) / 0.05) ** 2) + 0.2
+    f = np.fft.fft2(rng.normal(size=(n, w, w))) * ring
+    return (np.fft.ifft2(f).real * 40 + 500 + rng.normal(size=(n, w, w)) * 5).astype(np.float32)
+
+
+def test_false_alarm_rate_on_10000_noise_windows() -> None:
+    """10,000 noise-only windows (white, Poisson, amorphous film): at most 1 % hold a spot pair,
+    with either detector (the threshold is set for 0.2 %)."""
+    from hrtem_core.spots import detect_pairs
+
+    rng = np.random.default_rng(2026)
+    w, n = 128, 10_000
+    kinds = {
+        "white": lambda m: rng.normal(1000.0, 37.0, size=(m, w, w)).astype(np.float32),
+        "poisson": lambda m: rng.poisson(3.0, size=(m, w, w)).astype(np.float32),
+        "film": lambda m: _film(rng, m, w),
+    }
+    sizes = {"white": 4000, "poisson": 3000, "film": 3000}
+    assert sum(sizes.values()) == n
+    for det in ("unet", "classical"):
+        alarms = 0
+        for kind, make in kinds.items():
+            for start in range(0, sizes[kind], 1000):
+                m = min(1000, sizes[kind] - start)
+                found = detect_pairs(make(m), pixel_size_nm=0.02, detector=det)
+                alarms += sum(1 for f in found if f)
+        assert alarms / n <= 0.01, (det, alarms)
+
+
+def test_flat_constant_noise_and_film_images_have_no_crystalline_window() -> None:
+    """Zeros, a constant, white noise, a film and zeros with one noise patch: 0 crystalline."""
+    from hrtem_core.spots import detect_pairs_in_image
+    from hrtem_core.windows import window_grid
+
+    rng = np.random.default_rng(5)
+    patch = np.zeros((512, 512), np.float32)
+    patch[200:300, 200:300] = rng.normal(size=(100, 100))
+    images = {
+        "zeros": np.zeros((512, 512), np.float32),
+        "constant": np.full((512, 512), 1234.5, np.float32),
+        "white": rng.normal(100.0, 3.0, (512, 512)).astype(np.float32),
+        "film": _film(rng, 1, 512)[0],
+        "zeros+patch": patch,
+    }
+    for name, img in images.items():
+        grid = window_grid(img.shape, window_px=128, stride_px=64)
+        for det in ("unet", "classical"):
+            found = detect_pairs_in_image(img, grid, pixel_size_nm=0.02, detector=det)
+            assert sum(1 for f in found if f) == 0, (name, det)
+
+
+def test_flat_windows_inside_a_lattice_image() -> None:
+    """A lattice with a zero-filled half: the flat windows hold nothing, the lattice ones do."""
+    from hrtem_core.spots import detect_pairs_in_image
+    from hrtem_core.windows import flat_windows, window_grid
+
+    img = cosine_window(
+        512,
+        (0.02, 0.02),
+        [g_vec(0.3, 20.0), g_vec(0.25, 80.0)],
+        rng=np.random.default_rng(1),
+        noise=0.3,
+    )
+    img[:, 256:] = 0.0
+    grid = window_grid(img.shape, window_px=128, stride_px=128)
+    flat = flat_windows(img, grid)
+    assert flat.reshape(grid.n_rows, grid.n_cols)[:, 2:].all()
+    assert not flat.reshape(grid.n_rows, grid.n_cols)[:, :2].any()
+    found = detect_pairs_in_image(img, grid, pixel_size_nm=0.02, detector="classical")
+    has = np.array([bool(f) for f in found]).reshape(grid.n_rows, grid.n_cols)
+    assert has[:, :2].all() and not has[:, 2:].any()
+
+
+def test_spots_do_not_change_with_image_offset_or_scale(rng) -> None:
+    """a * image + b: the same pairs, significance and uncertainty (scale- and offset-free)."""
+    from hrtem_core.spots import detect_pairs_in_image
+    from hrtem_core.windows import window_grid
+
+    base = cosine_window(512, (0.02, 0.02), [g_vec(0.3, 20.0), g_vec(0.21, 75.0)], rng=rng)
+    img = (base + rng.normal(0.0, 1.5, base.shape)).astype(np.float64)
+    grid = window_grid(img.shape, window_px=256, stride_px=128)
+
+    def run(x):
+        return detect_pairs_in_image(
+            x.astype(np.float32), grid, pixel_size_nm=0.02, detector="classical"
+        )
+
+    ref = run(img)
+    assert sum(len(f) for f in ref) > 0
+    for a, b in ((7.5, 0.0), (1.0, 3000.0), (0.01, -40.0)):
+        got = run(a * img + b)
+        for f0, f1 in zip(ref, got, strict=True):
+            assert len(f0) == len(f1)
+            for p0, p1 in zip(f0, f1, strict=True):
+                assert p1.spacing_nm == pytest.approx(p0.spacing_nm, rel=1e-3)
+                assert p1.significance == pytest.approx(p0.significance, rel=0.02)
+                assert p1.sigma_l_px == pytest.approx(p0.sigma_l_px, rel=0.02)
