@@ -109,7 +109,7 @@ UNEXPLAINED_PENALTY = 0.05
 FORBIDDEN_WEIGHT = 0.5
 #: Calibration uncertainty of the pixel size (relative, one standard deviation): a scale error
 #: common to every spacing of a window (a pixel size that is 1.5 % off moves all spacings alike).
-SIGMA_CALIBRATION_REL = 0.015
+SIGMA_CALIBRATION_REL = 0.01
 #: Per-plane model uncertainty added in quadrature to each spot's own: the card's spacing
 #: (composition, strain: relative) and the in-plane direction (image distortion [deg]).
 SIGMA_MODEL_REL = 0.003
@@ -120,6 +120,19 @@ DEFAULT_SIGMA_ANGLE_DEG = 0.25
 #: Kinematic intensity rule: a zone match whose matched reflections are all below this fraction
 #: of the zone's strongest reflection is rejected.
 WEAK_FRACTION = 0.1
+#: A zone reflection at least this fraction of the zone's strongest is "strong": a hypothesis pays
+#: MISSING_STRONG_PENALTY for each strong reflection of its zone, at a spacing at least the
+#: smallest matched one (inside the range the window shows), that no measured plane matches.
+STRONG_FRACTION = 0.3
+#: Probability that a kinematically strong reflection in the observed range is not seen (the CTF
+#: can hide one): the factor each missing strong reflection costs.
+MISSING_STRONG_PENALTY = 0.2
+#: Probability that a kinematically weak reflection (below WEAK_FRACTION of the zone's strongest)
+#: is seen: the factor each matched weak reflection costs.
+WEAK_MATCH_PENALTY = 0.25
+#: For a phase without known intensities: only reflections at spacings at least this many times
+#: the largest matched one count as missing strong ones (low orders that any crystal shows).
+LOW_ORDER_FACTOR = 1.5
 #: Families weaker than this fraction of the phase's strongest count 1/4 in the card density.
 VISIBLE_FRACTION = 0.01
 #: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %):
@@ -271,7 +284,9 @@ class PhaseTable:
         Kinematic intensity per reflection relative to the strongest family (0..1): ``|F|^2``
         from the phase's crystal structure where the project knows it
         (:func:`hrtem_core.simulate.known_structure`), else the card's ``intensity_rel`` divided
-        by the multiplicity; NaN when neither is known (the intensity rule is then skipped).
+        by the multiplicity; else the smooth fall-off of the electron scattering factor
+        (``intensity_known`` False: then only the missing low-order rule uses it).
+    intensity_known : bool
     family_index : dict
         ``(h, k, l)`` representative -> family index.
     member_hkl : ndarray of int, shape (n_m, 3)
@@ -291,6 +306,9 @@ class PhaseTable:
         double diffraction, or any with ``include_forbidden``).
     zone_max_intensity : ndarray, shape (n_z,)
         Largest ``family_intensity`` among the reflections of each zone (NaN: unknown).
+    strong_key : ndarray
+        Sorted ``zone * 10 + d`` [nm] of every strong member of every zone (intensity at least
+        ``STRONG_FRACTION`` of the zone's strongest; empty when intensities are unknown).
     entry_key : ndarray, shape (n_e,)
         Sorted lookup keys ``(fa * n_f + fc) * 1000 + 100 + psi`` of the direction table: for a
         representative ``h_a`` of family ``fa`` and a member ``h_c`` of family ``fc`` sharing an
@@ -318,6 +336,7 @@ class PhaseTable:
     family_d_nm: np.ndarray
     family_forbidden: np.ndarray
     family_intensity: np.ndarray
+    intensity_known: bool
     family_index: dict
     member_hkl: np.ndarray
     member_family: np.ndarray
@@ -327,6 +346,7 @@ class PhaseTable:
     zones: np.ndarray
     zone_count: np.ndarray
     zone_max_intensity: np.ndarray
+    strong_key: np.ndarray
     entry_key: np.ndarray
     entry_member: np.ndarray
     entry_zone: np.ndarray
@@ -427,14 +447,22 @@ def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) 
     return hit
 
 
-def _family_intensities(phase: Phase, reps: Sequence[HKL], mult: Sequence[int]) -> np.ndarray:
-    """Relative kinematic intensity per reflection of each family (0..1), NaN if unknown."""
-    from hrtem_core.simulate import known_structure
+def _family_intensities(
+    phase: Phase, reps: Sequence[HKL], mult: Sequence[int], d_nm: Sequence[float]
+) -> tuple[np.ndarray, bool]:
+    """Relative kinematic intensity per reflection of each family (0..1), and whether it is known.
+
+    Known: ``|F|^2`` of the phase's crystal structure (:func:`hrtem_core.simulate.known_structure`)
+    or the card's ``intensity_rel`` per reflection (divided by the multiplicity). Otherwise the
+    smooth fall-off of the composition-averaged electron scattering factor, ``f_e(1 / 2d)^2
+    exp(-B / 2d^2)`` (International Tables C 4.3.2.2; no structure), flagged unknown.
+    """
+    from hrtem_core.simulate import _smooth_model, known_structure
 
     n = len(reps)
     out = np.full(n, np.nan)
     if n == 0:
-        return out
+        return out, False
     structure = known_structure(phase.card_id)
     if structure is not None:
         f = structure.structure_factor_nm(np.asarray(reps, dtype=float), phase.cell)
@@ -448,9 +476,11 @@ def _family_intensities(phase: Phase, reps: Sequence[HKL], mult: Sequence[int]) 
             vals.append(np.nan if i_rel is None else float(i_rel) / max(int(m), 1))
         out = np.asarray(vals, dtype=float)
         if not np.all(np.isfinite(out)):
-            return np.full(n, np.nan)  # partial card intensities: no rule
+            f = _smooth_model(phase)
+            smooth = np.array([f(float(d)) ** 2 for d in d_nm])
+            return smooth / max(float(smooth.max()), 1e-300), False
     top = float(np.max(out)) if np.all(np.isfinite(out)) else 0.0
-    return out / top if top > 0 else np.full(n, np.nan)
+    return (out / top, True) if top > 0 else (np.full(n, np.nan), False)
 
 
 def _zone_keys(z: np.ndarray, k: int) -> np.ndarray:
@@ -533,9 +563,13 @@ def _phase_table(
     forb_arr = np.asarray(forb, dtype=bool)
     allowed = member_hkl[~forb_arr[member_family]] if len(member_hkl) else member_hkl
     allowed_pm = np.vstack([allowed, -allowed]) if len(allowed) else np.zeros((0, 3), np.int64)
-    intensity = _family_intensities(phase, reps, mults)
+    intensity, known = _family_intensities(phase, reps, mults, ds)
+    if not known and n_f:
+        # The smooth model knows no structure, but a forbidden reflection has no kinematic
+        # intensity (double diffraction may still show it).
+        intensity = np.where(np.asarray(forb, dtype=bool), 0.0, intensity)
     weight = np.ones(n_f)
-    if np.all(np.isfinite(intensity)) and n_f:
+    if known and n_f:
         weight = np.where(intensity < VISIBLE_FRACTION, 0.25, 1.0)
     weight = np.where(forb_arr, 0.5, weight) if n_f else weight
 
@@ -548,6 +582,7 @@ def _phase_table(
         family_d_nm=np.asarray(ds, dtype=float),
         family_forbidden=forb_arr,
         family_intensity=intensity,
+        intensity_known=known,
         family_index={r: i for i, r in enumerate(reps)},
         member_hkl=member_hkl,
         member_family=member_family,
@@ -557,6 +592,7 @@ def _phase_table(
         zones=np.zeros((0, 3), np.int64),
         zone_count=np.zeros((0, n_f), np.int64),
         zone_max_intensity=np.zeros(0),
+        strong_key=np.zeros(0),
         entry_key=np.zeros(0),
         entry_member=np.zeros(0, np.int64),
         entry_zone=np.zeros(0, np.int64),
@@ -634,6 +670,12 @@ def _with_zone_tables(
         )
     else:
         zmax = np.full(n_z, np.nan)
+    if np.all(np.isfinite(zmax)) and n_z:
+        m_int = inten[pt.member_family]
+        zs, ms = np.nonzero(can & (m_int[None, :] >= STRONG_FRACTION * zmax[:, None]))
+        strong_key = np.sort(zs * 10.0 + pt.family_d_nm[pt.member_family[ms]])
+    else:
+        strong_key = np.zeros(0)
     # Parallel members: one entry per zone that holds the representative.
     if len(par_fa):
         zi_p, k_p = np.nonzero(in_zone[:, rep_rows[par_fa]])
@@ -679,6 +721,7 @@ def _with_zone_tables(
         zones=zones,
         zone_count=zone_count,
         zone_max_intensity=zmax,
+        strong_key=strong_key,
         entry_key=key[order],
         entry_member=mc[idx],
         entry_zone=z_of[idx],
@@ -1310,12 +1353,46 @@ def _search_phase(
     )
     # 7. Kinematic intensities: weak reflections alone, where the zone has strong ones, are no
     # match.
+    # Each matched weak reflection costs WEAK_MATCH_PENALTY, each strong reflection of the zone
+    # that is missing in the observed range MISSING_STRONG_PENALTY.
+    # Without a structure (smooth intensities) only the low-order rule applies: strong zone
+    # reflections at spacings >= LOW_ORDER_FACTOR x the largest matched one.
     inten = pt.family_intensity
-    if len(inten) and np.all(np.isfinite(inten)):
-        i_rows = np.maximum.reduceat(inten[m_fc], hstart)
-        i_max = np.maximum(inten[h_fa], i_rows)
-        weak = i_max < WEAK_FRACTION * pt.zone_max_intensity[h_zone]
-        log_e = np.where(weak, np.inf, log_e)
+    if len(inten) and np.all(np.isfinite(inten)) and np.all(np.isfinite(pt.zone_max_intensity)):
+        zmax = pt.zone_max_intensity[h_zone]
+        fd = pt.family_d_nm
+        n_weak = np.zeros(n_h)
+        if pt.intensity_known:
+            # A forbidden reflection matched here is produced by double diffraction (or
+            # included on purpose): not a weak kinematic one.
+            forb = pt.family_forbidden
+            eff = np.where(forb, np.inf, inten)
+            i_rows = np.maximum.reduceat(eff[m_fc], hstart)
+            i_max = np.maximum(eff[h_fa], i_rows)
+            log_e = np.where(i_max < WEAK_FRACTION * zmax, np.inf, log_e)
+            weak_rows = (eff[m_fc] < WEAK_FRACTION * pt.zone_max_intensity[zone]).astype(float)
+            n_weak = np.bincount(h_of, weights=weak_rows, minlength=n_h) + (
+                eff[h_fa] < WEAK_FRACTION * zmax
+            )
+            d_lo = np.minimum(np.minimum.reduceat(fd[m_fc], hstart), fd[h_fa]) * (1.0 - 1e-9)
+        else:
+            d_lo = LOW_ORDER_FACTOR * np.maximum(np.maximum.reduceat(fd[m_fc], hstart), fd[h_fa])
+        # Matched strong members inside the range (each matched plane is one zone member).
+        strong_rows = (inten[m_fc] >= STRONG_FRACTION * pt.zone_max_intensity[zone]) & (
+            fd[m_fc] >= d_lo[h_of]
+        )
+        n_strong = np.bincount(h_of, weights=strong_rows.astype(float), minlength=n_h) + (
+            (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= d_lo)
+        )
+        in_range = np.searchsorted(pt.strong_key, h_zone * 10.0 + 10.0) - np.searchsorted(
+            pt.strong_key, h_zone * 10.0 + d_lo
+        )
+        missing = np.maximum(in_range - n_strong, 0)
+        log_e = (
+            log_e
+            + n_weak * math.log10(1.0 / WEAK_MATCH_PENALTY)
+            + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
+        )
 
     # 8. The best hypothesis per window: smallest E, then more planes, then a fixed order.
     o = np.lexsort((h_sign, h_zone, h_fa, fl.local[h_pi], -n_expl, log_e, h_win))

@@ -51,7 +51,9 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
     rank = sorted(range(n), key=lambda k: (-planes[k].intensity, k))
     refs = rank[: ix.MAX_REFERENCES]
     ln_rho = np.log(ix._family_density(pt, d, math.log1p(tol)))
-    zones = _zones(tables.max_zone_index)
+    # The zones spanned by two non-parallel reflections of the phase, max index <= the limit.
+    spanned = {tuple(int(v) for v in z) for z in pt.zones}
+    zones = [z for z in _zones(tables.max_zone_index) if z in spanned]
     # Members of the families within the spacing tolerance of each plane.
     cand_members = []
     for j in range(n):
@@ -151,11 +153,34 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                     n_expl = len(js) + 1
                     total += (n - n_expl) * ix._LOG_UNEXPLAINED
                     inten = pt.family_intensity
-                    if len(inten) and np.all(np.isfinite(inten)):
-                        zi = [tuple(v) for v in pt.zones.tolist()].index(z)
-                        i_max = max([inten[fa]] + [inten[rows[j][2]] for j in js])
-                        if i_max < ix.WEAK_FRACTION * pt.zone_max_intensity[zi]:
-                            continue
+                    zi = [tuple(v) for v in pt.zones.tolist()].index(z)
+                    zmax = pt.zone_max_intensity[zi]
+                    if len(inten) and np.all(np.isfinite(inten)) and np.isfinite(zmax):
+                        fams = [fa] + [rows[j][2] for j in js]
+                        fd = pt.family_d_nm
+                        if pt.intensity_known:
+                            eff = [math.inf if pt.family_forbidden[f] else inten[f] for f in fams]
+                            if max(eff) < ix.WEAK_FRACTION * zmax:
+                                continue
+                            n_weak = sum(e < ix.WEAK_FRACTION * zmax for e in eff)
+                            d_lo = min(fd[f] for f in fams) * (1.0 - 1e-9)
+                        else:
+                            n_weak = 0
+                            d_lo = ix.LOW_ORDER_FACTOR * max(fd[f] for f in fams)
+                        strong = [
+                            mm
+                            for mm in range(len(pt.member_hkl))
+                            if int(np.dot(pt.member_hkl[mm], z)) == 0
+                            and _can_appear(pt, mm, z, tables.include_forbidden)[0]
+                            and inten[pt.member_family[mm]] >= ix.STRONG_FRACTION * zmax
+                            and fd[pt.member_family[mm]] >= d_lo
+                        ]
+                        seen = sum(
+                            inten[f] >= ix.STRONG_FRACTION * zmax and fd[f] >= d_lo for f in fams
+                        )
+                        missing = max(len(strong) - seen, 0)
+                        total += n_weak * math.log10(1.0 / ix.WEAK_MATCH_PENALTY)
+                        total += missing * math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
                     cand = (round(total, 9), -n_expl)
                     if best is None or cand < best[0]:
                         best = (cand, total, n_expl, z, {i: rep_row, **{j: rows[j][1] for j in js}})

@@ -8,6 +8,7 @@ in-zone spacings, and every assigned hkl perpendicular to it).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -313,8 +314,9 @@ def test_near_twin_at_the_tolerance_edge_stays_ambiguous(db, tables) -> None:
             if h is not None:
                 assert sum(a * b for a, b in zip(h, m.zone_axis, strict=True)) == 0
     # The 2.65 % plane is a 5-sigma outlier for magnetite (sigma 0.5 %): its 4-plane match is
-    # not better than maghemite's 3-plane one, so neither may drop the other.
-    assert mag_m.chance <= indexing.MAX_CHANCE and mgh_m.chance <= indexing.MAX_CHANCE
+    # not better than maghemite's 3-plane one, so neither may drop the other; the leader is a
+    # convincing match.
+    assert res.best.chance <= indexing.MAX_CHANCE
 
 
 def test_maghemite_superstructure_reflection_is_not_magnetite(db, tables) -> None:
@@ -608,8 +610,14 @@ def test_double_diffraction_reflection_keeps_the_true_phase(db, tables) -> None:
         )  # fmt: skip
         res = indexing.index_window(pairs, tables)
         ids = [res.best.card_id, *(a.card_id for a in res.alternatives)]
-        assert res.best.card_id in ("39-1346", "19-0629") and "39-1346" in ids, ids
+        # The zone's strong {311} are missing, so the odds are modest and the window may stay
+        # unnamed; a named window names a spinel, and maghemite is always a candidate that
+        # explains both planes with (002) produced by double diffraction.
+        assert "39-1346" in ids, ids
+        if res.named:
+            assert res.best.card_id in ("39-1346", "19-0629"), ids
         m = next(x for x in (res.best, *res.alternatives) if x.card_id == "39-1346")
+        assert m.angle_confirmed
         assert m.n_explained == 2
         k002 = (
             m.families.index((2, 0, 0)) if (2, 0, 0) in m.families else m.families.index((0, 0, 2))
@@ -787,3 +795,109 @@ def test_search_equals_reference_on_the_bundled_series() -> None:
     planes = [s.planes for s in sets]
     assert len(planes) >= 4
     assert _compare_with_reference(planes, t) >= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Honest decisions: kinematic intensities, foreign crystals, what a score can reach
+# ---------------------------------------------------------------------------------------------
+
+
+def test_weak_superlattice_reflections_alone_are_no_match() -> None:
+    """Maghemite [0 1 -2] "explains" (321), (3-2-1), (042) exactly, but they are superlattice
+    reflections with ~0 kinematic intensity while the zone's strong (400)/(2 4 2)... are absent:
+    no match. Without intensities (the rule skipped) the same pattern would be named."""
+    db = load_cards()
+    t = indexing.build_tables(db)
+    mgh = db.phase("39-1346")
+    pairs = zone_pairs(mgh, (0, 1, -2), [(3, 2, 1), (0, 4, 2), (3, -2, -1)], rotation_deg=10.0)
+    res = indexing.index_window(pairs, t)
+    assert not res.named
+    assert all(m.card_id != "39-1346" or not m.angle_confirmed for m in res.alternatives)
+    pt = t.phases[t.card_ids.index("39-1346")]
+    assert pt.family_intensity[pt.family_index[(3, 2, 1)]] < indexing.WEAK_FRACTION
+    blind = dataclasses.replace(
+        pt,
+        family_intensity=np.full(len(pt.family_intensity), np.nan),
+        zone_max_intensity=np.full(len(pt.zones), np.nan),
+    )
+    t_blind = dataclasses.replace(t, phases=tuple(blind if p is pt else p for p in t.phases))
+    res_blind = indexing.index_window(pairs, t_blind)
+    assert res_blind.named and res_blind.best.card_id == "39-1346"
+
+
+FOREIGN = [
+    # (card id of EXTRA_PHASES, zone, reflections): crystals that are not iron oxides.
+    ("35-0734", (0, 0, 1), [(1, 0, 0), (0, 1, 0), (1, 1, 0), (1, -1, 0)]),  # SrTiO3 [001]
+    ("35-0734", (1, -1, 0), [(1, 1, 0), (0, 0, 1), (1, 1, 1), (1, 1, -1)]),  # SrTiO3 [110]
+    ("36-1451", (0, 0, 1), [(1, 0, 0), (0, 1, 0), (1, -1, 0), (1, 1, 0)]),  # ZnO [001]
+    ("36-1451", (2, 1, 0), [(0, 0, 2), (1, -2, 0), (1, -2, 1), (1, -2, -1)]),  # ZnO [2 1 0]
+]
+
+
+def test_a_crystal_outside_the_cards_is_not_named() -> None:
+    """SrTiO3 and ZnO patterns (2-4 planes, noise 0.5 % / 0.3 deg) against the shipped iron-oxide
+    cards: named in at most 10 % of the windows; with their own cards named right in >= 80 %
+    (measured 86 %: two planes of a dense card give modest odds) and the zone right in >= 90 % of
+    those. (An fcc metal with a close to half the spinel cell, e.g. gold at -2.4 %, is a
+    true near-coincidence with the spinel sublattice: only the calibration separates them.)"""
+    shipped = load_cards()
+    own_db = add_phases(
+        shipped, [r for r in EXTRA_PHASES if r["card_id"] in ("35-0734", "36-1451")]
+    )
+    rng = np.random.default_rng(8)
+    sets, truth = [], []
+    for card_id, uvw, hkls in FOREIGN:
+        phase = own_db.phase(card_id)
+        for n_planes in (2, 3, 4):
+            for _ in range(8):
+                sets.append(
+                    zone_pairs(
+                        phase,
+                        uvw,
+                        hkls[:n_planes],
+                        rotation_deg=float(rng.uniform(0, 180)),
+                        rng=rng,
+                        spacing_noise=0.005,
+                        angle_noise_deg=0.3,
+                    )
+                )
+                truth.append((phase, uvw))
+    foreign = indexing.index_windows(sets, indexing.build_tables(shipped))
+    assert np.mean([r.named for r in foreign]) <= 0.10
+    own = indexing.index_windows(sets, indexing.build_tables(own_db))
+    right = [
+        r.named and r.best.card_id == ph.card_id for r, (ph, _z) in zip(own, truth, strict=True)
+    ]
+    assert np.mean(right) >= 0.8
+    zone_ok = [
+        zone_fingerprint(ph, r.best.zone_axis) == zone_fingerprint(ph, z)
+        for r, (ph, z) in zip(own, truth, strict=True)
+        if r.named and r.best.card_id == ph.card_id
+    ]
+    assert np.mean(zone_ok) >= 0.9
+
+
+def test_one_plane_never_scores_above_two_planes_and_their_angle(db, tables) -> None:
+    """Scores of spacing-only windows are <= 0.5; named (angle-confirmed) ones >= 1/(1 + 0.05)."""
+    rng = np.random.default_rng(4)
+    sets = []
+    for ph, uvw, chosen in _sweep_cases(db):
+        for n_planes in (1, 2, 3):
+            sets.append(
+                zone_pairs(
+                    ph,
+                    uvw,
+                    chosen[:n_planes],
+                    rotation_deg=float(rng.uniform(0, 180)),
+                    rng=rng,
+                    spacing_noise=0.01,
+                    angle_noise_deg=0.5,
+                )
+            )
+    results = indexing.index_windows(sets, tables)
+    named = [r.best.score for r in results if r.named]
+    other = [r.best.score for r in results if not r.named and r.best is not None]
+    assert named and other
+    assert max(other) <= 0.5 < 1.0 / (1.0 + indexing.MAX_CHANCE) <= min(named)
+    one_plane = [r for r in results if len(r.planes) == 1]
+    assert one_plane and not any(r.named for r in one_plane)
