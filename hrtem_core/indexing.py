@@ -64,6 +64,7 @@ result.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -615,6 +616,18 @@ def _phase_table(
     )
 
 
+def _cached_phase_table(phase: Phase, **options: Any) -> PhaseTable:
+    """:func:`_phase_table`, remembered for the last 256 (phase, options): a series, a batch or
+    the dashboard's reruns index against the same cards (a table takes up to a second)."""
+    try:
+        return _phase_table_lru(phase, **options)
+    except TypeError:  # an unhashable phase (not from the card database): build it directly
+        return _phase_table(phase, **options)
+
+
+_phase_table_lru = functools.lru_cache(maxsize=256)(lambda phase, **o: _phase_table(phase, **o))
+
+
 def _with_zone_tables(
     pt: PhaseTable,
     *,
@@ -823,7 +836,7 @@ def build_tables(
         )
     phases = select_phases(db, card_ids)
     tables = tuple(
-        _phase_table(
+        _cached_phase_table(
             p,
             include_forbidden=include_forbidden,
             d_min_nm=d_min_nm,
