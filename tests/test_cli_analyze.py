@@ -360,3 +360,31 @@ def test_progress_bar_on_stderr_of_a_terminal(tmp_path, monkeypatch) -> None:
     with ProgressBar(total=1.0, desc="x", unit="image") as bar:
         bar(1.0, "done")
     assert "%|" in tty.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-zone-index", "0", "--max-zone-index must be at least 1"),
+        ("--max-chance", "2", "max chance must be in (0, 1)"),
+    ],
+)
+def test_decision_options_are_checked(tmp_path, capsys, option, value, message) -> None:
+    img = write_tif(tmp_path / "g.tif")
+    args = ["analyze", str(img), *OPTS, option, value, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:  # usage errors exit from argparse, others return 2
+        raise SystemExit(main(args))
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_max_zone_index_is_applied(tmp_path) -> None:
+    """Goethite [001] needs index 1: named with --max-zone-index 1 and recorded in summary.json."""
+    img = write_tif(tmp_path / "g.tif")
+    out = tmp_path / "o"
+    assert main(["analyze", str(img), *OPTS, "--max-zone-index", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["parameters"]["max_zone_index"] == 1
+    win = pd.read_csv(out / "windows.csv", keep_default_na=False)
+    zones = [z for z in win["zone_axis"] if z]
+    assert zones and all(max(abs(int(v)) for v in z.split()) <= 1 for z in zones)

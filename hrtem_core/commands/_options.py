@@ -165,6 +165,20 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also match kinematically forbidden reflections (double diffraction), with a lower weight",
     )
+    g.add_argument(
+        "--max-zone-index",
+        type=positive_int("--max-zone-index", unit="index units"),
+        default=3,
+        metavar="N",
+        help="largest zone-axis index considered (default 3)",
+    )
+    g.add_argument(
+        "--max-chance",
+        type=_positive_float("--max-chance"),
+        default=0.05,
+        metavar="K",
+        help="name a phase only when the odds chance:card are at most K (default 0.05)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -181,6 +195,8 @@ def params_from_args(args: argparse.Namespace) -> Any:
         angle_tol_deg=float(args.angle_tol_deg),
         phases=None if not args.phases else tuple(str(p) for p in args.phases),
         include_forbidden=bool(args.include_forbidden),
+        max_zone_index=int(args.max_zone_index),
+        max_chance=float(args.max_chance),
     )
     params.validate()
     return params
