@@ -19,9 +19,9 @@ phase gets
   ``U_eq`` of ``_atom_site_aniso_U_*``; Fischer & Tillmanns, *Acta Cryst.* C44 (1988) 775), else
   :data:`DEFAULT_B_A2`. The sum runs over every atom of the unit cell: each site is expanded with
   the space group's operators (centring included) and images closer than
-  :data:`MERGE_DISTANCE_A` are one atom (a site on a special position is counted once; CIF
-  coordinates such as 0.3333 for 1/3 are merged correctly). ``occ_j`` is the CIF's
-  ``_atom_site_occupancy`` (the chemical occupancy of the site). This is the simulator's own
+  :data:`MERGE_DISTANCE_A` are one atom, at their mean position (a site on a special position
+  is counted once; CIF coordinates such as 0.3333 for 1/3 are merged onto 1/3). ``occ_j`` is
+  the CIF's ``_atom_site_occupancy`` (the chemical occupancy of the site). This is the simulator's own
   structure factor (:meth:`hrtem_core.simulate.CrystalStructure.structure_factor_nm`), checked
   against ``gemmi.StructureFactorCalculatorE`` in the tests.
 
@@ -440,15 +440,23 @@ def _expand(sites: list, sg: gemmi.SpaceGroup, cell: UnitCell) -> tuple[Site, ..
     out: list[Site] = []
     for el, xyz, occ, b in sites:
         pts = np.mod(rot @ xyz + tra, 1.0)
-        kept: list[np.ndarray] = []
+        first: list[np.ndarray] = []  # one image per atom
+        members: list[list[np.ndarray]] = []  # its coinciding images, unwrapped next to it
         for q in pts:
-            if kept:
-                diff = q[None, :] - np.array(kept)
+            if first:
+                diff = q[None, :] - np.array(first)
                 diff -= np.round(diff)
-                if np.min(np.linalg.norm(diff @ amat.T, axis=1)) < MERGE_DISTANCE_A:
+                dist = np.linalg.norm(diff @ amat.T, axis=1)
+                j = int(np.argmin(dist))
+                if dist[j] < MERGE_DISTANCE_A:
+                    members[j].append(first[j] + diff[j])
                     continue
-            kept.append(q)
-        for q in kept:
+            first.append(q)
+            members.append([q])
+        for group in members:
+            # The mean of the coinciding images is the exact special position (x = 0.3333
+            # written for 1/3 becomes 1/3 to the CIF's precision).
+            q = np.mod(np.mean(group, axis=0), 1.0)
             out.append(Site(el, (float(q[0]), float(q[1]), float(q[2])), occ, b))
         if len(out) > MAX_CELL_ATOMS:
             raise CardDatabaseError(
