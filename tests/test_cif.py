@@ -564,3 +564,18 @@ def test_cli_cards_import_bad_file(tmp_path: Path, capsys) -> None:
         code = main(["cards", "import", str(path), "--cards", str(cards)])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_anisotropic_displacements_give_u_eq() -> None:
+    """Cubic site with U11 = U22 = U33 = 0.02 A^2, no U_iso: B = 8 pi^2 * 0.02."""
+    cif = NACL.replace(b"_atom_site_U_iso_or_equiv\n", b"").replace(b" 0.015\n", b"\n")
+    cif = cif.replace(b" 0.012\n", b"\n") + (
+        b"loop_\n_atom_site_aniso_label\n_atom_site_aniso_U_11\n_atom_site_aniso_U_22\n"
+        b"_atom_site_aniso_U_33\n_atom_site_aniso_U_12\n_atom_site_aniso_U_13\n"
+        b"_atom_site_aniso_U_23\nNa1 0.02 0.02 0.02 0 0 0\nCl1 0.01 0.01 0.01 0 0 0\n"
+    )
+    cs = read_cif(cif)
+    b = {s.element: s.b_iso_A2 for s in cs.structure.sites}
+    assert b["Na"] == pytest.approx(8 * math.pi**2 * 0.02, rel=1e-6)
+    assert b["Cl"] == pytest.approx(8 * math.pi**2 * 0.01, rel=1e-6)
+    assert cs.b_from_cif
