@@ -579,3 +579,20 @@ def test_anisotropic_displacements_give_u_eq() -> None:
     assert b["Na"] == pytest.approx(8 * math.pi**2 * 0.02, rel=1e-6)
     assert b["Cl"] == pytest.approx(8 * math.pi**2 * 0.01, rel=1e-6)
     assert cs.b_from_cif
+
+
+def test_space_group_from_symmetry_operators_and_block_choice() -> None:
+    ops = (
+        b"loop_\n_space_group_symop_operation_xyz\nx,y,z\n-x,y+1/2,-z+1/2\n-x,-y,-z\n"
+        b"x,-y+1/2,z+1/2\n"
+    )
+    only_ops = MONO.replace(b"_space_group_name_H-M_alt 'P 1 21/c 1'\n", ops)
+    assert b"H-M" not in only_ops
+    p = phase_from_cif(b"data_global\n_publ_contact_author_name 'Someone'\n" + only_ops)
+    assert p.card_id == "mono"  # the first block with a cell and atom sites
+    assert (p.space_group_number, p.space_group) == (14, "P21/c")
+    assert [r.intensity_rel for r in p.reflections] == [
+        r.intensity_rel for r in phase_from_cif(MONO).reflections
+    ]
+    with pytest.raises(CardDatabaseError, match="no data block 'other'"):
+        read_cif(MONO, block="other")
