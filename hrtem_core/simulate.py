@@ -614,6 +614,17 @@ class CrystalStructure:
         Returns
         -------
         ndarray, shape (n,), complex [nm]
+
+        Notes
+        -----
+        Convention (pinned in ``tests/test_cif.py``): ``s = sin(theta)/lambda = 1/(2d)``,
+        ``f_j`` of International Tables C 4.3.2.2, Debye-Waller ``exp(-B s^2)``, the sum over the
+        *distinct* atoms of the cell (:func:`_expand_sites`) with chemical occupancies. It equals
+        ``gemmi.StructureFactorCalculatorE.calculate_sf_from_small_structure`` times 0.1 (A -> nm)
+        to 1e-6, once gemmi's occupancies are made crystallographic
+        (``SmallStructure.change_occupancies_to_crystallographic()``): gemmi sums every site over
+        all symmetry images, so without that step a special position is counted once per
+        operator that fixes it, and the two disagree by a reflection-dependent factor.
         """
         h = np.atleast_2d(np.asarray(hkl, dtype=float))
         inv_d2 = np.einsum("ni,ij,nj->n", h, cell.reciprocal_metric, h)

@@ -209,3 +209,9 @@ with tab_io:
                 cards_ui.reset(state)
                 st.session_state["cards_flash"] = f"Imported {up.name} (sha256 {digest[:12]}...)."
                 st.rerun()
+
+# ------------------------------------------------------------------------------ CIF import
+with tab_io:
+    from ui import cif_ui
+
+    cif_ui.render(db, path, state)
