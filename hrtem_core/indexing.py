@@ -284,8 +284,8 @@ class PhaseTable:
     family_intensity : ndarray, shape (n_f,)
         Kinematic intensity per reflection relative to the strongest family (0..1): ``|F|^2``
         from the phase's crystal structure where the project knows it
-        (:func:`hrtem_core.simulate.known_structure`), else the card's ``intensity_rel`` divided
-        by the multiplicity; else the smooth fall-off of the electron scattering factor
+        (:func:`hrtem_core.simulate.known_structure`), else the card's ``intensity_rel`` (per
+        reflection, as the CIF import writes it); else the smooth fall-off of the electron scattering factor
         (``intensity_known`` False: then only the missing low-order rule uses it).
     intensity_known : bool
     family_index : dict
@@ -449,12 +449,14 @@ def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) 
 
 
 def _family_intensities(
-    phase: Phase, reps: Sequence[HKL], mult: Sequence[int], d_nm: Sequence[float]
+    phase: Phase, reps: Sequence[HKL], d_nm: Sequence[float]
 ) -> tuple[np.ndarray, bool]:
     """Relative kinematic intensity per reflection of each family (0..1), and whether it is known.
 
     Known: ``|F|^2`` of the phase's crystal structure (:func:`hrtem_core.simulate.known_structure`)
-    or the card's ``intensity_rel`` per reflection (divided by the multiplicity). Otherwise the
+    or the card's ``intensity_rel``, read as per-reflection intensities (what the CIF import,
+    :mod:`hrtem_core.cif`, writes; a powder card's I/I0 includes the multiplicity and the
+    Lorentz-polarisation factor and is used as given). Otherwise the
     smooth fall-off of the composition-averaged electron scattering factor, ``f_e(1 / 2d)^2
     exp(-B / 2d^2)`` (International Tables C 4.3.2.2; no structure), flagged unknown.
     """
@@ -471,10 +473,10 @@ def _family_intensities(
     else:
         card = {tuple(int(v) for v in r.hkl): r for r in phase.reflections}
         vals = []
-        for rep, m in zip(reps, mult, strict=True):
+        for rep in reps:
             r = card.get(rep)
             i_rel = None if r is None else r.intensity_rel
-            vals.append(np.nan if i_rel is None else float(i_rel) / max(int(m), 1))
+            vals.append(np.nan if i_rel is None else float(i_rel))
         out = np.asarray(vals, dtype=float)
         if not np.all(np.isfinite(out)):
             f = _smooth_model(phase)
@@ -518,7 +520,6 @@ def _phase_table(
     reps: list[HKL] = []
     ds: list[float] = []
     forb: list[bool] = []
-    mults: list[int] = []
     members: list[np.ndarray] = []
     fam_of: list[np.ndarray] = []
     slices: list[tuple[int, int]] = []
@@ -544,7 +545,6 @@ def _phase_table(
         reps.append(rep)
         ds.append(float(ref.d_nm))
         forb.append(bool(ref.forbidden))
-        mults.append(int(getattr(ref, "multiplicity", 2 * len(mem)) or 2 * len(mem)))
         members.append(mem)
         fam_of.append(np.full(len(mem), fam, dtype=np.int64))
         slices.append((start, start + len(mem)))
@@ -564,7 +564,7 @@ def _phase_table(
     forb_arr = np.asarray(forb, dtype=bool)
     allowed = member_hkl[~forb_arr[member_family]] if len(member_hkl) else member_hkl
     allowed_pm = np.vstack([allowed, -allowed]) if len(allowed) else np.zeros((0, 3), np.int64)
-    intensity, known = _family_intensities(phase, reps, mults, ds)
+    intensity, known = _family_intensities(phase, reps, ds)
     if not known and n_f:
         # The smooth model knows no structure, but a forbidden reflection has no kinematic
         # intensity (double diffraction may still show it).

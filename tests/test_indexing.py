@@ -901,3 +901,38 @@ def test_one_plane_never_scores_above_two_planes_and_their_angle(db, tables) -> 
     assert max(other) <= 0.5 < 1.0 / (1.0 + indexing.MAX_CHANCE) <= min(named)
     one_plane = [r for r in results if len(r.planes) == 1]
     assert one_plane and not any(r.named for r in one_plane)
+
+
+def test_cif_card_intensities_drive_the_intensity_rules() -> None:
+    """A card imported from a CIF carries kinematic intensities: the indexing uses them."""
+    from hrtem_core.cif import phase_from_cif
+
+    cif = """data_NaCl
+_cell_length_a 5.6402
+_cell_length_b 5.6402
+_cell_length_c 5.6402
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'F m -3 m'
+_space_group_IT_number 225
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na Na 0 0 0
+Cl Cl 0.5 0.5 0.5
+"""
+    phase = phase_from_cif(cif.encode(), card_id="T-NaCl")
+    db = load_cards().with_phase(phase)
+    t = indexing.build_tables(db, card_ids=["T-NaCl"])
+    pt = t.phases[0]
+    assert pt.intensity_known
+    i = pt.family_intensity
+    # Electron |F|^2 of rock salt: (200) (f_Na + f_Cl) is far stronger than (111) (f_Na - f_Cl).
+    assert i[pt.family_index[(2, 0, 0)]] > 5 * i[pt.family_index[(1, 1, 1)]]
+    pairs = zone_pairs(phase, (1, -1, 0), [(0, 0, 2), (1, 1, 1), (2, 2, 0)], rotation_deg=40.0)
+    res = indexing.index_window(pairs, t)
+    assert res.named and res.best.card_id == "T-NaCl"
