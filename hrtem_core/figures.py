@@ -127,17 +127,42 @@ def _norm_family(family: str) -> str:
 
 
 def family_shades(
-    card_id: str, families: Iterable[str], *, among: Iterable[str] | None = None
+    card_id: str,
+    families: Iterable[str],
+    *,
+    among: Iterable[str] | None = None,
+    order: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Shades of the phase's hue for its plane families: ``{family: colour}``.
 
-    Each family takes the lightness :data:`FAMILY_LIGHTNESS` ``[hash(family) mod n]``; families
-    of the set that collide take the next free shade, in sorted order.
+    With ``order`` (the card's own families, d descending: :func:`card_family_order`) a family
+    takes the lightness :data:`FAMILY_LIGHTNESS` ``[rank on the card mod n]``: fixed by the card,
+    the same on every page, and distinct for the card's first n families (the ones usually
+    seen). Without it (or for a family not on the card) the shade comes from a hash of the
+    family, collisions within ``families`` taking the next free shade in sorted order.
     """
     hue = phase_hue_deg(card_id, among=among)
+    n = len(FAMILY_LIGHTNESS)
     fams = [_norm_family(f) for f in families]
-    slots = _slots(fams, len(FAMILY_LIGHTNESS))
+    rank = {_norm_family(f): i for i, f in enumerate(order or ())}
+    slots = {f: rank[f] % n for f in fams if f in rank}
+    rest = [f for f in fams if f not in rank]
+    if rest:
+        taken = set(slots.values())
+        for f in sorted(set(rest)):
+            slot = _stable_hash(f) % n
+            if len(taken) < n:
+                while slot in taken:
+                    slot = (slot + 1) % n
+            taken.add(slot)
+            slots[f] = slot
     return {f: _hls_hex(hue, FAMILY_LIGHTNESS[slots[f]], PHASE_SATURATION) for f in fams}
+
+
+def card_family_order(phase: Any) -> list[str]:
+    """The phase's reflection families as ``"h k l"``, in the card's order (d descending)."""
+    refl = sorted(getattr(phase, "reflections", ()), key=lambda r: -float(r.d_nm))
+    return [format_hkl(r.hkl) for r in refl if not getattr(r, "forbidden", False)]
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -392,12 +417,16 @@ def _palette_ids(result: Any, card_ids: Iterable[str] | None) -> list[str]:
 
 
 def category_colors(
-    windows: Iterable[pd.DataFrame], *, card_ids: Iterable[str] | None = None
+    windows: Iterable[pd.DataFrame],
+    *,
+    card_ids: Iterable[str] | None = None,
+    cards: Any = None,
 ) -> dict[tuple[str, str], str]:
     """Colour of every ``(group, key)`` category of one or more windows tables.
 
-    Pass all tables that are shown side by side (a series) so that a family's shade is resolved
-    against the same set of families everywhere.
+    With the card database (``cards``) a family's shade is fixed by its rank on the card
+    (:func:`family_shades`); without it, pass all tables shown side by side (a series) so that
+    shades are resolved against the same set of families.
     """
     fams: dict[str, set[str]] = {}
     statuses: set[str] = set()
@@ -410,8 +439,10 @@ def category_colors(
                 fams.setdefault(group, set()).add(key)
     among = set(card_ids or ()) | set(fams)
     out: dict[tuple[str, str], str] = {}
+    phases = {p.card_id: p for p in getattr(cards, "phases", ())}
     for card, members in fams.items():
-        for fam, col in family_shades(card, members, among=among).items():
+        order = card_family_order(phases[card]) if card in phases else None
+        for fam, col in family_shades(card, members, among=among, order=order).items():
             out[(card, fam)] = col
     for st in statuses:
         out[(STATUS_GROUP, st)] = STATUS_COLORS[st]
@@ -462,7 +493,9 @@ def _categories(
     grid = result.grid
     rows = list(result.windows.itertuples(index=False))
     if colors is None:
-        colors = category_colors([result.windows], card_ids=_palette_ids(result, card_ids))
+        colors = category_colors(
+            [result.windows], card_ids=_palette_ids(result, card_ids), cards=cards
+        )
     names = _phase_names(result)
     hexa = _hex_phases(cards)
     cats = [window_category(r) for r in rows]
@@ -1511,6 +1544,7 @@ __all__ = [
     "UNINDEXED_COLOR",
     "UNINDEXED_LABEL",
     "add_scale_bar",
+    "card_family_order",
     "category_colors",
     "display_image",
     "family_shades",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -356,6 +357,8 @@ def test_bad_upload_shows_an_error_and_the_page_stays_usable(case):
     errors = _errors(at)
     assert errors and any(expected.lower() in e.lower() for e in errors), errors
     assert all("Traceback" not in e for e in errors)
+    # No raw reader exception text (h5py, Pillow, tifffile ...): translated or dropped.
+    assert not any(re.search(r"\b[A-Z]\w*(Error|Exception): ", e) for e in errors), errors
     # Still usable: back to the example, which analyses.
     at.radio(key="analyze_source").set_value("Bundled example").run()
     assert not at.exception and not _errors(at)
@@ -415,19 +418,32 @@ def test_series_page_produces_the_profile():
     # Profile + phase fractions + one small map per image.
     charts = _plotly_charts(at)
     assert len(charts) == 2 + n_images
-    # Side by side, a phase {family} has one colour in every image (heatmap and legend entry).
+    # Side by side, a phase {family} has one colour in every image (heatmap and legend entry),
+    # and the same colour as on the Analyze page (the card ids decide it, not the order seen).
     import json
+
+    from hrtem_core import figures
 
     seen: dict[str, str] = {}
     for chart in charts[2:]:
         spec = json.loads(chart.proto.spec)
         heat = next(t for t in spec["data"] if t.get("name") == "windows")
         scale_colors = [c for _, c in heat["colorscale"]][::2]
-        legend = [t for t in spec["data"] if t["type"] == "scatter" and t.get("x") == [None]]
-        assert [t["marker"]["color"] for t in legend] == scale_colors[: len(legend)]
+        legend = [
+            t for t in spec["data"] if t.get("showlegend") and t.get("legendgroup") != "empty"
+        ]
+        colours = [t["marker"]["color"] for t in legend]
+        assert [figures._rgba(c, figures.TILE_ALPHA) for c in colours] == scale_colors
         for t in legend:
             assert seen.setdefault(t["name"], t["marker"]["color"]) == t["marker"]["color"]
     assert len(set(seen.values())) == len(seen)  # and distinct categories, distinct colours
+    analyze = _app().run()
+    spec = json.loads(
+        next(c for c in _plotly_charts(analyze) if "analyze_map" in c.proto.id).proto.spec
+    )
+    for t in spec["data"]:
+        if t.get("showlegend") and t["name"] in seen:
+            assert t["marker"]["color"] == seen[t["name"]], t["name"]
     profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
     assert len(profile) == n_images
     assert profile["defocus_nm"].is_monotonic_increasing
@@ -466,7 +482,10 @@ def test_cards_edit_is_validated_and_saved_to_the_copy(cards_copy: Path):
     at.session_state[key] = {"edited_rows": {0: {"a": -8.0}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
-    assert any("'phases'" in e and "row 2" in e and "'a'" in e for e in _errors(at)), _errors(at)
+    # (Row 1: the first row of the editor, as the user counts; the sheet's row 2.)
+    assert any("Row 1 of the phases table (card " in e and "'a'" in e for e in _errors(at)), (
+        _errors(at)
+    )
     assert at.button(key="cards_save").disabled
     # A valid edit -> saved to the copy (with a backup), the shipped file untouched.
     at.session_state[key] = {

@@ -276,3 +276,19 @@ def test_phase_fraction_lines_use_the_phase_colour():
     fig = figures.phase_fraction_figure(s, card_ids=CARD_IDS)
     assert fig.data[0].line.color == figures.phase_colors(CARD_IDS)["39-1346"]
     assert math.isfinite(fig.data[0].y[0])
+
+
+def test_family_shades_fixed_by_the_card_are_the_same_whatever_is_shown():
+    from hrtem_core.cards import load_cards
+
+    db = load_cards()
+    maghemite = next(p for p in db.phases if p.card_id == "39-1346")
+    order = figures.card_family_order(maghemite)
+    assert order[0] == figures.format_hkl(
+        max((r for r in maghemite.reflections if not r.forbidden), key=lambda r: r.d_nm).hkl
+    )
+    first = order[:9]
+    every = figures.family_shades("39-1346", first, order=order)
+    assert len(set(every.values())) == 9  # the card's first nine families: nine shades
+    for fam in first:
+        assert figures.family_shades("39-1346", [fam], order=order)[fam] == every[fam]
