@@ -556,17 +556,26 @@ def _hover_full(row: Any, four_index: bool) -> str:
     return "<br>".join(parts)
 
 
+#: Planes listed at most in the compact hover (the strongest first; the panel shows all).
+HOVER_PLANES = 3
+
+
+def _first(text: str, n: int = HOVER_PLANES) -> str:
+    parts = [p for p in str(text).split(";") if p != ""]
+    return ", ".join(parts[:n]) + (f" … (+{len(parts) - n})" if len(parts) > n else "")
+
+
 def _hover_compact(row: Any, four_index: bool) -> str:
     """Phase, (hkl), d in nm and score: four short lines (the dashboard shows the rest on click)."""
     e = html.escape
     head = f"<b>#{int(row.window)}</b> "
     if _text(row.phase_name):
         head += f"{e(str(row.phase_name))} · {e(str(row.status))}"
-        lines = [head, f"(hkl) {e(relabel(str(row.hkl), four_index=four_index))}"]
+        lines = [head, f"(hkl) {e(_first(relabel(str(row.hkl), four_index=four_index)))}"]
     else:
         lines = [head + e(window_category(row)[1])]
     if _text(row.spacings_nm):
-        lines.append(f"d {e(str(row.spacings_nm).replace(';', ', '))} nm")
+        lines.append(f"d {e(_first(str(row.spacings_nm)))} nm")
     if _text(row.phase_name):
         lines.append(f"score {float(row.score):.2f}")
     return "<br>".join(lines)
@@ -865,6 +874,7 @@ def fft_figure(
     ring_color: str = "#8ecae6",
     title: str = "Power spectrum",
     height: int = 600,
+    plot_px: int = 420,
     clickable: bool = True,
 ):
     """A window's power spectrum with axes in 1/nm (plotly, zoomable).
@@ -885,6 +895,8 @@ def fft_figure(
         The card's zone-axis pattern [1/nm] (open diamonds).
     points : sequence of (gy, gx), keyword-only
         Points picked for a measurement (crosses, joined to the centre).
+    plot_px : int, keyword-only
+        Smallest expected side of the plot area [px], to size labels so they never overlap.
     clickable : bool, keyword-only
         Add an invisible point per spectrum pixel (trace ``"pick"``, ``customdata = (gy, gx)``)
         so a click anywhere reports its position.
@@ -947,10 +959,17 @@ def fft_figure(
             xanchor="left",
             yanchor="bottom",
         )
-    unit = 2.0 * g_max_nm_inv / max(height - 90, 100)
+    # Data units per screen pixel: the square plot is as large as the smaller of the figure's
+    # height and the page column (assumed at least ``plot_px``).
+    unit = 2.0 * g_max_nm_inv / max(min(height - 90, plot_px), 100)
     char_w, line_h = 7.0 * unit, 15.0 * unit
+    near = 8.0 * unit
+
+    def covered(y: float, x: float) -> bool:  # a detected spot already names this position
+        return any(math.hypot(y - sy, x - sx) < near for _t, sy, sx in spots)
+
     all_labels = [(t, y, x, color) for t, y, x in spots if t] + [
-        (t, y, x, ring_color) for t, y, x in predicted if t
+        (t, y, x, ring_color) for t, y, x in predicted if t and not covered(y, x)
     ]
     if spots:
         fig.add_trace(
@@ -1372,7 +1391,7 @@ def profile_figure(series: Any):
         rows=2 if has_area else 1,
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.08,
+        vertical_spacing=0.14,
         subplot_titles=(
             ("crystallinity (fraction of windows)", "crystalline area fraction")
             if has_area
@@ -1411,11 +1430,18 @@ def profile_figure(series: Any):
     ties = focus_ties(prof)
     if series.best_focus_nm is not None:
         note = f" (of {len(ties)} tied)" if len(ties) > 1 else ""
-        fig.add_vline(
-            x=series.best_focus_nm,
-            line={"dash": "dash", "color": "#d62728"},
-            annotation_text=f"best focus {series.best_focus_nm:g} nm{note}",
-            annotation_position="top",
+        # The line on every panel; its label in the legend (never over a panel's title).
+        fig.add_vline(x=series.best_focus_nm, line={"dash": "dash", "color": "#d62728"})
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"dash": "dash", "color": "#d62728"},
+                name=f"best focus {series.best_focus_nm:g} nm{note}",
+            ),
+            row=1,
+            col=1,
         )
     if ties:
         top = float(pd.to_numeric(prof["crystallinity"], errors="coerce").max())

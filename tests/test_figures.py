@@ -262,7 +262,8 @@ def test_profile_reports_ties_and_keeps_both_curves_visible():
     cryst, area = fig.data[0], fig.data[1]
     assert cryst.yaxis != area.yaxis  # small multiples: one panel each
     assert cryst.line.dash != area.line.dash and cryst.line.color != area.line.color
-    assert any("of 3 tied" in (a.text or "") for a in fig.layout.annotations)
+    assert any("best focus 0 nm (of 3 tied)" == t.name for t in fig.data)
+    assert sum(1 for sh in fig.layout.shapes if sh.x0 == 0.0) == 2  # on both panels
     svg = figures.figure_bytes(figures.profile_mpl(s), "svg").decode()
     assert "of 3 tied" in svg
     json.loads(fig.to_json())
