@@ -138,17 +138,27 @@ def family_shades(
     With ``order`` (the card's own families, d descending: :func:`card_family_order`) a family
     takes the lightness :data:`FAMILY_LIGHTNESS` ``[rank on the card mod n]``: fixed by the card,
     the same on every page, and distinct for the card's first n families (the ones usually
-    seen). Without it (or for a family not on the card) the shade comes from a hash of the
+    seen); two shown families on one shade separate (the later one on the card takes the next
+    free shade). Without it (or for a family not on the card) the shade comes from a hash of the
     family, collisions within ``families`` taking the next free shade in sorted order.
     """
     hue = phase_hue_deg(card_id, among=among)
     n = len(FAMILY_LIGHTNESS)
     fams = [_norm_family(f) for f in families]
     rank = {_norm_family(f): i for i, f in enumerate(order or ())}
-    slots = {f: rank[f] % n for f in fams if f in rank}
+    slots: dict[str, int] = {}
+    taken: set[int] = set()
+    # On the card: its rank's shade; two shown families on one shade (ranks n apart): the later
+    # one on the card takes the next free shade.
+    for f in sorted({f for f in fams if f in rank}, key=rank.__getitem__):
+        slot = rank[f] % n
+        if len(taken) < n:
+            while slot in taken:
+                slot = (slot + 1) % n
+        taken.add(slot)
+        slots[f] = slot
     rest = [f for f in fams if f not in rank]
     if rest:
-        taken = set(slots.values())
         for f in sorted(set(rest)):
             slot = _stable_hash(f) % n
             if len(taken) < n:
@@ -950,14 +960,19 @@ def fft_figure(
             line={"color": ring_color, "width": 1, "dash": "dot"},
             layer="above",
         )
-        fig.add_annotation(
-            x=r * 0.7071,
-            y=-r * 0.7071,
-            text=html.escape(label),
-            showarrow=False,
-            font={"color": ring_color, "size": 10},
-            xanchor="left",
-            yanchor="bottom",
+        # Its label on hover (a stack of ring labels would cover the spots): a thin line of
+        # points along the circle.
+        t = np.linspace(0, 2 * np.pi, 73)
+        fig.add_trace(
+            go.Scatter(
+                x=r * np.cos(t),
+                y=r * np.sin(t),
+                mode="lines",
+                line={"color": "rgba(0,0,0,0)", "width": 6},
+                hoverinfo="text",
+                hovertext=f"ring {html.escape(label)}: d = {float(d):.4f} nm",
+                name=f"ring {label}",
+            )
         )
     # Data units per screen pixel: the square plot is as large as the smaller of the figure's
     # height and the page column (assumed at least ``plot_px``).
@@ -1264,10 +1279,12 @@ def fft_mpl(
         extent=(gx[0] - dx / 2, gx[-1] + dx / 2, gy[-1] + dy / 2, gy[0] - dy / 2),
         interpolation="nearest",
     )
-    for label, d in rings:
+    for _label, d in rings:
         r = 1.0 / float(d)
         ax.add_patch(Circle((0, 0), r, fill=False, ls=":", lw=0.7, color="#8ecae6"))
-        ax.text(r * 0.7071, -r * 0.7071, label, color="#8ecae6", fontsize=6)
+    if rings:
+        listed = ", ".join(f"{lab} {float(d):.4f}" for lab, d in rings)
+        fig.text(0.01, 0.005, f"rings (d, nm): {listed}", fontsize=5.5, wrap=True)
     if predicted:
         ax.scatter(
             [p[2] for p in predicted],

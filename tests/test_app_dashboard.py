@@ -239,12 +239,12 @@ def test_6_hexagonal_rings_use_four_indices(first_view):
     at.selectbox(key="analyze_ring_phase").set_value("33-0664").run()  # hematite, R-3c (hex)
     assert not at.exception and not _errors(at)
     spec = _spec(_chart(at, "analyze_fft"))
-    texts = [a.get("text", "") for a in spec["layout"].get("annotations", [])]
-    four = [t for t in texts if re.fullmatch(r"\{-?\d+ -?\d+ -?\d+ -?\d+\}", t)]
-    assert four, texts
-    for t in four:
-        h, k, i, _l = (int(v) for v in t.strip("{}").split())
-        assert i == -(h + k)
+    rings = [t["name"] for t in spec["data"] if t.get("name", "").startswith("ring ")]
+    listed = next(c.value for c in at.caption if c.value.startswith("Rings of hematite"))
+    four = re.findall(r"\{(-?\d+) (-?\d+) (-?\d+) (-?\d+)\}", listed)
+    assert four and len(four) == len(rings), (listed, rings)
+    for h, k, i, _l in four:
+        assert int(i) == -(int(h) + int(k))
 
 
 def test_features_bragg_filter_line_profile_and_exports(first_view):
@@ -274,7 +274,8 @@ def test_4_click_events_are_read_from_the_charts():
     result = SimpleNamespace(grid=SimpleNamespace(n_windows=49))
     event = SimpleNamespace(selection=SimpleNamespace(points=[{"customdata": [7], "x": 1, "y": 2}]))
     assert _selected_from_event(event, result) == 7
-    event = SimpleNamespace(selection=SimpleNamespace(points=[{"x": 1.5, "y": -2.0}]))
+    two = [{"x": 1.5, "y": -2.0}, {"x": 1.6, "y": -2.1}]  # one click on two overlapping traces
+    event = SimpleNamespace(selection=SimpleNamespace(points=two))
     assert fft_points_from_event(event) == [(-2.0, 1.5)]
     assert fft_points_from_event(None) == []
 

@@ -97,18 +97,21 @@ def _selected_from_event(event: Any, result: Any) -> int | None:
 
 
 def fft_points_from_event(event: Any) -> list[tuple[float, float]]:
-    """``(gy, gx)`` [1/nm] of the points clicked on the power spectrum (x = gx, y = gy)."""
+    """``(gy, gx)`` [1/nm] of the point clicked on the power spectrum (x = gx, y = gy).
+
+    One click can select a point of several overlapping traces (the pick grid and a spot
+    marker): only the first is taken, so one click is one point.
+    """
     try:
         points = event.selection.points  # type: ignore[union-attr]
     except (AttributeError, KeyError, TypeError):
         return []
-    out = []
     for pt in points or []:
         try:
-            out.append((float(pt["y"]), float(pt["x"])))
+            return [(float(pt["y"]), float(pt["x"]))]
         except (KeyError, TypeError, ValueError):
             continue
-    return out
+    return []
 
 
 def _cell(row: Any, name: str) -> str:

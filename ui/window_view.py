@@ -427,6 +427,11 @@ def _spectrum_tab(
             selection_mode=("points",),
             config={"displaylogo": False, "scrollZoom": True},
         )
+        if rings:
+            st.caption(
+                f"Rings of {names.get(ring_id, ring_id)} (d in nm): "
+                + ", ".join(f"{lab} {d:.4f}" for lab, d in rings)
+            )
         st.caption(
             "Zoom with the mouse wheel or a box; double-click to reset. Click a point to measure "
             "it (a second click measures the angle between the two)."
