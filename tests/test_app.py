@@ -407,6 +407,8 @@ def test_upload_of_a_calibrated_image_and_pixel_size_override():
 
 
 def test_series_page_produces_the_profile():
+    import json
+
     at = _app()
     at.switch_page("pages/series.py").run()  # the bundled series, the default parameters
     assert not at.exception, at.exception
@@ -415,13 +417,26 @@ def test_series_page_produces_the_profile():
     n_images = int(metrics["Images"])
     assert n_images >= 3
     assert metrics["Best focus"].endswith(" nm")
+    # Issue 21.3: one stride default for both pages; both profile curves visible (one panel
+    # each); tied maxima reported with the rule that chose the best focus.
+    from hrtem_core.figures import focus_ties
+    from ui.analyze_ui import DEFAULT_STRIDE_PX
+
+    assert at.number_input(key="series_stride").value == DEFAULT_STRIDE_PX == 128
+    profile_spec = json.loads(_plotly_charts(at)[0].proto.spec)
+    panels = {t.get("yaxis", "y") for t in profile_spec["data"] if t.get("x") != [None]}
+    assert {"y", "y2"} <= panels
+    table = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    ties = focus_ties(table)
+    notes = [i.value for i in at.info if "tie at the maximum" in i.value]
+    assert bool(notes) == (len(ties) > 1), (ties, notes)
+    if notes:
+        assert f"{len(ties)} images tie" in notes[0] and "smallest |defocus|" in notes[0]
     # Profile + phase fractions + one small map per image.
     charts = _plotly_charts(at)
     assert len(charts) == 2 + n_images
     # Side by side, a phase {family} has one colour in every image (heatmap and legend entry),
     # and its phase the same hue as on the Analyze page (the card ids decide it, not the order).
-    import json
-
     from hrtem_core import figures
 
     seen: dict[str, str] = {}

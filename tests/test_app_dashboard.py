@@ -138,24 +138,8 @@ def test_2_missing_pixel_size_error_goes_once_it_is_typed():
 
 
 # ------------------------------------------------------------------------- 3. the series
-def test_3_series_shares_the_stride_default_and_reports_ties():
-    from ui.analyze_ui import DEFAULT_STRIDE_PX
-
-    at = _app()
-    at.switch_page("pages/series.py").run()
-    assert not at.exception and not _errors(at), _errors(at)
-    assert at.number_input(key="series_stride").value == DEFAULT_STRIDE_PX == 128
-    charts = _charts_by_title(at)
-    profile = charts["Crystallinity vs defocus"]
-    axes = {t.get("yaxis", "y") for t in profile["data"] if t.get("name", "").startswith("cryst")}
-    assert len(axes) == 2  # crystallinity and area fraction: one panel each
-    table = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
-    ties = figures.focus_ties(table)
-    notes = [i.value for i in at.info if "tie at the maximum" in i.value]
-    if len(ties) > 1:
-        assert notes and f"{len(ties)} images tie" in notes[0]
-    else:
-        assert not notes
+# The page-level checks (shared stride default, two profile panels, the ties note) run in
+# tests/test_app.py::test_series_page_produces_the_profile, on the same series analysis.
 
 
 def test_3_focus_note_names_the_ties_and_the_rule():

@@ -235,6 +235,17 @@ def test_analyze_page_shows_the_example_analysis(server: str, browser_page, shot
     assert text.startswith("#") and " nm" in text, text
     assert hover.first.locator("tspan.line").count() <= 4
     page.mouse.move(1, 1)
+    # Measuring: a click on the power spectrum gives a measured point (d, nearest planes).
+    fft = page.locator(".js-plotly-plot").nth(1)
+    fft.scroll_into_view_if_needed()
+    box = fft.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.3 * box["height"])
+    clear = page.get_by_role("button", name="Clear the clicked points")
+    clear.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
+    page.wait_for_selector(
+        '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=RUN_TIMEOUT_MS
+    )
     print(f"\nanalyze (example): {seconds:.1f} s")
     _scroll_to(page, "h1")
     _shot(page, shots, "analyze")
