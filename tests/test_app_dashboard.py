@@ -363,6 +363,14 @@ def test_8_cancel_leaves_the_page_usable():
     _analyze(at)
     assert not at.exception and not _errors(at), _errors(at)
     assert {m.label: m.value for m in at.metric}["Windows"].startswith("1 ")
+    # Cancelled after new settings on the same image: the previous result stays, marked stale.
+    _set(at, "analyze_window", 128)
+    at.session_state[run_state.cancel_key("analyze")] = True  # as the Cancel callback does
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any("cancelled" in i.value for i in at.info)
+    assert any("window 256 → 128 px" in w.value for w in at.warning)
+    assert {m.label: m.value for m in at.metric}["Windows"].startswith("1 ")
 
 
 # ------------------------------------------------------------- 10. one source of figures

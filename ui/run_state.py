@@ -85,6 +85,7 @@ def plan(prefix: str, image: Any, request: Any, *, run_clicked: bool) -> Plan:
     if cancel_requested(prefix):  # cancelled a run with new settings on the same image
         st.session_state[_k(prefix, "cancelled")] = request
         st.session_state[cancel_key(prefix)] = False
+        return Plan("cancelled", last)
     return Plan("stale", last)
 
 
