@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, results_ui
+from ui import analyze_ui, results_ui, run_state
 from ui.common import (
     EXAMPLE_IMAGE,
     analyze_cached,
@@ -13,6 +13,7 @@ from ui.common import (
     image_key,
     load_card_db,
     page_guard,
+    result_key,
     show_error,
     upload_from_path,
 )
@@ -65,18 +66,54 @@ if upload is not None:
     calibrated = analyze_ui.load_with_calibration(upload, key="analyze", frame=frame)
 
 result = None
+stale = False
 if calibrated is not None and params is not None and db is not None:
     micrograph = calibrated.micrograph
     st.caption(analyze_ui.describe(micrograph))
-    with guard():  # shows its own progress bar while computing; a cached result shows none
-        result = analyze_cached(
-            micrograph,
-            image_key(upload, micrograph),
-            params,
-            cards=db,
-            label=f"{micrograph.name}: analysing ...",
+    img_key = image_key(upload, micrograph)
+    request = result_key(img_key, params, db)
+    plan = run_state.plan(
+        "analyze", img_key, request, run_clicked=analyze_ui.run_clicked("analyze")
+    )
+    if plan.run:
+        cancel = st.empty()
+        cancel.button(
+            "Cancel",
+            key="analyze_cancel",
+            on_click=run_state.request_cancel,
+            args=("analyze",),
+            help="Stop this analysis; the page stays usable and keeps the previous result.",
         )
+        with guard():  # shows its own progress bar while computing; a cached result shows none
+            try:
+                result = analyze_cached(
+                    micrograph,
+                    img_key,
+                    params,
+                    cards=db,
+                    label=f"{micrograph.name}: analysing ...",
+                    cancelled=lambda: run_state.cancel_requested("analyze"),
+                )
+                run_state.completed("analyze", img_key, request, result, params)
+            except run_state.AnalysisCancelled:
+                run_state.mark_cancelled("analyze", request)
+                plan = run_state.Plan("cancelled", plan.last)
+        cancel.empty()
+    if plan.action == "cancelled":
+        st.info("Analysis cancelled. Press **Analyze** in the sidebar to run it.")
+    if result is None and plan.action in ("fresh", "stale", "cancelled") and plan.last:
+        if plan.last["image"] == img_key:
+            result = plan.last["result"]
+            stale = plan.last["request"] != request
+    if result is not None and stale:
+        run_state.stale_banner(
+            plan.last["params"],
+            params,
+            cards_changed=plan.last["request"][-1] != request[-1],
+        )
+elif params is None:
+    st.info("Fix the analysis parameters in the sidebar to analyse.")
 
 if result is not None:
     with guard():
-        results_ui.show_result(result, calibrated.micrograph, key="analyze")
+        results_ui.show_result(result, calibrated.micrograph, key="analyze", cards=db, stale=stale)

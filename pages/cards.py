@@ -61,6 +61,7 @@ with tab_edit:
             width="stretch",
             hide_index=True,
         )
+        phases_msg = st.container()  # a validation message about a phase row goes here
         st.markdown("**Reflections** (one row per (hkl) family of a card)")
         refl_edit = st.data_editor(
             state.reflections,
@@ -70,11 +71,20 @@ with tab_edit:
             hide_index=True,
             height=320,
         )
+        refl_msg = st.container()  # ... and one about a reflection row here
         changed = cards_ui.frames_changed(state, phases_edit, refl_edit)
         try:
             edited_db = cards_ui.validate_frames(phases_edit, refl_edit)
         except CardDatabaseError as exc:
-            st.error(f"Not valid: {exc.message}")
+            at = cards_ui.locate_error(exc.message)
+            if at is None:
+                st.error(f"Not valid: {exc.message}")
+            else:
+                frame = phases_edit if at.table == "phases" else refl_edit
+                box = phases_msg if at.table == "phases" else refl_msg
+                box.error(f"Not valid: {cards_ui.row_error_text(at, frame)}")
+                if 0 <= at.row - 1 < len(frame):
+                    box.dataframe(frame.iloc[[at.row - 1]], hide_index=True, width="stretch")
         except Exception as exc:
             show_error(exc)
         else:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, series_ui
+from ui import analyze_ui, run_state, series_ui
 from ui.common import (
     FOCAL_SERIES_DIR,
     example_description,
     guard,
+    image_key,
     load_card_db,
     page_guard,
+    result_key,
     show_error,
 )
 
@@ -29,9 +31,8 @@ except Exception as exc:
 
 params = None
 with guard():
-    # Non-overlapping windows by default: a series is many images, and the crystallinity
-    # profile does not need the overlap (the Analyze page uses w/2).
-    params = analyze_ui.sidebar_params(db, prefix="series", stride_px=256)
+    # The same defaults as the Analyze page (window 256 px, stride 128 px).
+    params = analyze_ui.sidebar_params(db, prefix="series")
 
 source = st.radio(
     "Images",
@@ -57,17 +58,62 @@ items = series_ui.decode_all(uploads) if uploads else []
 
 series = None
 chosen = []
+stale = False
 if items and params is not None and db is not None:
     table = series_ui.defocus_editor(items, key="series")
     with guard():
         chosen, defocus = series_ui.selection(items, table)
-        # The overall bar counts the images (each image's own bar is inside the cached call).
-        bar = st.progress(0.0, text="Analysing the series ...")
-        try:
-            series = series_ui.run_series(chosen, defocus, params, cards=db, bar=bar)
-        finally:
-            bar.empty()
+        images = tuple(image_key(u, m) for u, m in chosen)
+        request = result_key(images, params, db)
+        plan = run_state.plan(
+            "series", images, request, run_clicked=analyze_ui.run_clicked("series")
+        )
+        results = None
+        if plan.run:
+            # The overall bar counts the images (each image's own bar is inside the cached call).
+            cancel = st.empty()
+            cancel.button(
+                "Cancel",
+                key="series_cancel",
+                on_click=run_state.request_cancel,
+                args=("series",),
+                help="Stop the analysis; the page stays usable and keeps the previous result.",
+            )
+            bar = st.progress(0.0, text="Analysing the series ...")
+            try:
+                results = series_ui.run_series(
+                    chosen,
+                    defocus,
+                    params,
+                    cards=db,
+                    bar=bar,
+                    cancelled=lambda: run_state.cancel_requested("series"),
+                )
+                run_state.completed("series", images, request, results, params)
+            except run_state.AnalysisCancelled:
+                run_state.mark_cancelled("series", request)
+                plan = run_state.Plan("cancelled", plan.last)
+            finally:
+                bar.empty()
+                cancel.empty()
+        if plan.action == "cancelled":
+            st.info("Analysis cancelled. Press **Analyze** in the sidebar to run it.")
+        if results is None and plan.last is not None and plan.last["image"] == images:
+            results = plan.last["result"]
+            stale = plan.last["request"] != request
+            if stale:
+                run_state.stale_banner(
+                    plan.last["params"],
+                    params,
+                    cards_changed=plan.last["request"][-1] != request[-1],
+                )
+        if results is not None:
+            from hrtem_core.analysis import series_from_results
+
+            series = series_from_results(results, defocus)
+elif params is None:
+    st.info("Fix the analysis parameters in the sidebar to analyse.")
 
 if series is not None:
     with guard():
-        series_ui.show_series(series, chosen, key="series")
+        series_ui.show_series(series, chosen, key="series", cards=db, stale=stale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -356,6 +357,8 @@ def test_bad_upload_shows_an_error_and_the_page_stays_usable(case):
     errors = _errors(at)
     assert errors and any(expected.lower() in e.lower() for e in errors), errors
     assert all("Traceback" not in e for e in errors)
+    # No raw reader exception text (h5py, Pillow, tifffile ...): translated or dropped.
+    assert not any(re.search(r"\b[A-Z]\w*(Error|Exception): ", e) for e in errors), errors
     # Still usable: back to the example, which analyses.
     at.radio(key="analyze_source").set_value("Bundled example").run()
     assert not at.exception and not _errors(at)
@@ -404,6 +407,8 @@ def test_upload_of_a_calibrated_image_and_pixel_size_override():
 
 
 def test_series_page_produces_the_profile():
+    import json
+
     at = _app()
     at.switch_page("pages/series.py").run()  # the bundled series, the default parameters
     assert not at.exception, at.exception
@@ -412,22 +417,60 @@ def test_series_page_produces_the_profile():
     n_images = int(metrics["Images"])
     assert n_images >= 3
     assert metrics["Best focus"].endswith(" nm")
+    # Issue 21.3: one stride default for both pages; both profile curves visible (one panel
+    # each); tied maxima reported with the rule that chose the best focus.
+    from hrtem_core.figures import focus_ties
+    from ui.analyze_ui import DEFAULT_STRIDE_PX
+
+    assert at.number_input(key="series_stride").value == DEFAULT_STRIDE_PX == 128
+    profile_spec = json.loads(_plotly_charts(at)[0].proto.spec)
+    panels = {t.get("yaxis", "y") for t in profile_spec["data"] if t.get("x") != [None]}
+    assert {"y", "y2"} <= panels
+    table = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    ties = focus_ties(table)
+    notes = [i.value for i in at.info if "tie at the maximum" in i.value]
+    assert bool(notes) == (len(ties) > 1), (ties, notes)
+    if notes:
+        assert f"{len(ties)} images tie" in notes[0] and "smallest |defocus|" in notes[0]
     # Profile + phase fractions + one small map per image.
     charts = _plotly_charts(at)
     assert len(charts) == 2 + n_images
-    # Side by side, a phase {family} has one colour in every image (heatmap and legend entry).
-    import json
+    # Side by side, a phase {family} has one colour in every image (heatmap and legend entry),
+    # and its phase the same hue as on the Analyze page (the card ids decide it, not the order).
+    from hrtem_core import figures
 
     seen: dict[str, str] = {}
     for chart in charts[2:]:
         spec = json.loads(chart.proto.spec)
         heat = next(t for t in spec["data"] if t.get("name") == "windows")
         scale_colors = [c for _, c in heat["colorscale"]][::2]
-        legend = [t for t in spec["data"] if t["type"] == "scatter" and t.get("x") == [None]]
-        assert [t["marker"]["color"] for t in legend] == scale_colors[: len(legend)]
+        legend = [
+            t for t in spec["data"] if t.get("showlegend") and t.get("legendgroup") != "empty"
+        ]
+        colours = [t["marker"]["color"] for t in legend]
+        assert [figures._rgba(c, figures.TILE_ALPHA) for c in colours] == scale_colors
         for t in legend:
             assert seen.setdefault(t["name"], t["marker"]["color"]) == t["marker"]["color"]
     assert len(set(seen.values())) == len(seen)  # and distinct categories, distinct colours
+    analyze = _app().run()
+    spec = json.loads(
+        next(c for c in _plotly_charts(analyze) if "analyze_map" in c.proto.id).proto.spec
+    )
+    import colorsys
+
+    def hue(color: str) -> float:
+        c = color.lstrip("#")
+        return colorsys.rgb_to_hls(*(int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)))[0] * 360
+
+    compared = 0
+    for t in spec["data"]:
+        if t.get("showlegend") and t["name"] in seen and t.get("legendgroup") != "not indexed":
+            # The phase's hue is the same on both pages (a family's shade may step aside on
+            # the series page when another family shown there would otherwise share it).
+            diff = (hue(t["marker"]["color"]) - hue(seen[t["name"]]) + 180) % 360 - 180
+            assert abs(diff) < 2.0, t["name"]
+            compared += 1
+    assert compared >= 1
     profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
     assert len(profile) == n_images
     assert profile["defocus_nm"].is_monotonic_increasing
@@ -466,7 +509,10 @@ def test_cards_edit_is_validated_and_saved_to_the_copy(cards_copy: Path):
     at.session_state[key] = {"edited_rows": {0: {"a": -8.0}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
-    assert any("'phases'" in e and "row 2" in e and "'a'" in e for e in _errors(at)), _errors(at)
+    # (Row 1: the first row of the editor, as the user counts; the sheet's row 2.)
+    assert any("Row 1 of the phases table (card " in e and "'a'" in e for e in _errors(at)), (
+        _errors(at)
+    )
     assert at.button(key="cards_save").disabled
     # A valid edit -> saved to the copy (with a backup), the shipped file untouched.
     at.session_state[key] = {
@@ -575,7 +621,8 @@ def test_about_page_shows_the_model_scores(tmp_path: Path, monkeypatch: pytest.M
     at = _app()
     at.switch_page("pages/about.py").run()
     assert not at.exception, at.exception
-    table = next(d.value for d in at.dataframe if "F1" in d.value.columns)
+    # The training-time scores (beside the held-out table read from eval_detectors.json).
+    table = next(d.value for d in at.dataframe if "spots" in d.value.columns)
     assert table["F1"].tolist() == [0.97] and table["spots"].tolist() == [100]
 
 

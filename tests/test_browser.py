@@ -3,7 +3,9 @@
 Starts ``streamlit run app.py`` on a free local port (the card database: a temporary copy), then
 opens every page in headless Chromium, waits until the script run is over and the page's content
 has rendered, checks it (plots, tables, no exception, the navigation menu), and saves one
-screenshot per page to ``docs/img/page_<name>.png``. The first request is a page URL
+screenshot per page into the test's temporary folder (never into the tracked ``docs/img``: the
+README's screenshots are refreshed on purpose by ``scripts/take_screenshots.py``). The first
+request is a page URL
 (``/about``), which must still go through ``app.py``'s ``st.navigation`` (see
 ``ui.common.page_guard``). Skipped, with the reason, where /usr/bin/chromium or the playwright
 package is missing. Run: ``python -m pytest -q tests/test_browser.py`` (20 s on 2 idle cores,
@@ -26,7 +28,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-IMG_DIR = REPO / "docs" / "img"
 VIEWPORT = {"width": 1400, "height": 1300}
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -68,6 +69,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float 
     raise RuntimeError(
         f"streamlit did not become healthy in {timeout_s:.0f} s: {log.read_text()[-2000:]}"
     )
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the screenshots go to: a temporary one."""
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -170,23 +177,23 @@ def _scroll_to(page, selector: str) -> None:
     page.wait_for_timeout(300)
 
 
-def _shot(page, name: str) -> Path:
-    IMG_DIR.mkdir(parents=True, exist_ok=True)
-    path = IMG_DIR / f"page_{name}.png"
+def _shot(page, folder: Path, name: str) -> Path:
+    path = folder / f"page_{name}.png"
+    assert not path.resolve().is_relative_to(REPO)  # never the tracked docs/img
     page.screenshot(path=str(path), full_page=False, type="png")
     assert path.stat().st_size > 20_000
     return path
 
 
-def test_a_page_url_opened_first_goes_through_the_navigation(server: str, browser_page):
+def test_a_page_url_opened_first_goes_through_the_navigation(server: str, browser_page, shots):
     page = browser_page
     seconds = _open(page, server + "/about", "text=About this tool", "text=negative = underfocus")
     _check_page(page, "About this tool")
     print(f"\nabout: {seconds:.1f} s")
-    _shot(page, "about")
+    _shot(page, shots, "about")
 
 
-def test_analyze_page_shows_the_example_analysis(server: str, browser_page):
+def test_analyze_page_shows_the_example_analysis(server: str, browser_page, shots):
     page = browser_page
     seconds = _open(
         page,
@@ -196,8 +203,10 @@ def test_analyze_page_shows_the_example_analysis(server: str, browser_page):
         '[data-testid="stDataFrame"]',
     )
     _check_page(page, "Analyze an image")
-    # The plane map, the selected window's FFT and mask; the window, phase and pair tables.
-    assert page.locator(".js-plotly-plot").count() >= 3
+    # The plane map, the selected window's power spectrum (large, axes in 1/nm), the Bragg
+    # filter and profile figures; the window, phase and plane tables.
+    assert page.locator(".js-plotly-plot").count() >= 4
+    assert page.get_by_text("Power spectrum of window", exact=False).count() >= 1
     assert page.locator('[data-testid="stDataFrame"]').count() >= 2
     crystallinity = page.locator('[data-testid="stMetric"]', has_text="Crystallinity")
     assert crystallinity.count() == 1 and "%" in crystallinity.inner_text()
@@ -207,6 +216,7 @@ def test_analyze_page_shows_the_example_analysis(server: str, browser_page):
         "Summary (JSON)",
         "Map (HTML)",
         "Map (PNG)",
+        "Map (SVG)",
     ):
         assert page.get_by_role("button", name=label).count() == 1, label
     # Hovering a window of the map shows its description (plotly's hover label).
@@ -220,14 +230,28 @@ def test_analyze_page_shows_the_example_analysis(server: str, browser_page):
         page.wait_for_timeout(300)
         if hover.count():
             break
-    assert hover.count() >= 1 and "window (" in hover.first.text_content()
+    # The compact hover: the window number, and d in nm; at most four lines.
+    text = hover.first.text_content() if hover.count() else ""
+    assert text.startswith("#") and " nm" in text, text
+    assert hover.first.locator("tspan.line").count() <= 4
     page.mouse.move(1, 1)
+    # Measuring: a click on the power spectrum gives a measured point (d, nearest planes).
+    fft = page.locator(".js-plotly-plot").nth(1)
+    fft.scroll_into_view_if_needed()
+    box = fft.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.3 * box["height"])
+    clear = page.get_by_role("button", name="Clear the clicked points")
+    clear.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
+    page.wait_for_selector(
+        '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=RUN_TIMEOUT_MS
+    )
     print(f"\nanalyze (example): {seconds:.1f} s")
     _scroll_to(page, "h1")
-    _shot(page, "analyze")
+    _shot(page, shots, "analyze")
 
 
-def test_series_page_shows_the_profile(server: str, browser_page):
+def test_series_page_shows_the_profile(server: str, browser_page, shots):
     page = browser_page
     seconds = _open(page, server + "/series", "text=Images side by side", "text=Best focus")
     _check_page(page, "Defocus series")
@@ -237,20 +261,20 @@ def test_series_page_shows_the_profile(server: str, browser_page):
         .inner_text()
     )
     assert n_images >= 3
-    # The profile, the phase fractions and one small map per image.
+    # The profile (two panels), the phase fractions and one small map per image.
     assert page.locator(".js-plotly-plot").count() == 2 + n_images
     print(f"\nseries ({n_images} images): {seconds:.1f} s")
     _scroll_to(page, '[data-testid="stMetric"]')
-    _shot(page, "series")
+    _shot(page, shots, "series")
 
 
-def test_cards_page_shows_the_editor_and_the_calculator(server: str, browser_page):
+def test_cards_page_shows_the_editor_and_the_calculator(server: str, browser_page, shots):
     page = browser_page
     seconds = _open(page, server + "/cards", '[data-testid="stDataFrame"]', "text=Valid:")
     _check_page(page, "PDF card database")
     assert page.locator('[data-testid="stDataFrame"]').count() >= 2  # phases and reflections
     print(f"\ncards: {seconds:.1f} s")
-    _shot(page, "cards")
+    _shot(page, shots, "cards")
     page.get_by_role("tab", name="Calculator").click()
     # The calculator's table (glide data grid: its cells are an accessible, hidden table).
     page.locator('[data-testid^="glide-cell"]', has_text="angle between the planes").first.wait_for(

@@ -96,7 +96,9 @@ def test_plane_map_figure_content(result_and_image) -> None:
     assert np.isfinite(codes[cryst]).all() and np.isnan(codes[~cryst]).all()
     assert all(lab.startswith("rutile {") for lab in labels)
     legend = [t.name for t in fig.data if getattr(t, "showlegend", None)]
-    assert legend == labels
+    # The categories, then the windows without spots in their own legend group (neutral grey).
+    empty = [t.name for t in fig.data if getattr(t, "legendgroup", None) == "empty"]
+    assert legend == labels + empty and set(empty) <= {"no-spots", "non-crystalline"}
     overlay = next(t for t in fig.data if t.name == "windows")
     assert overlay.dx == res.grid.stride_px
     hover = overlay.text[0][0]

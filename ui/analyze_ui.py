@@ -19,6 +19,9 @@ from ui.common import (
 )
 
 DETECTORS = {"U-Net": "unet", "Classical": "classical"}
+#: Default window and stride [px], shared by the Analyze and Defocus-series pages.
+DEFAULT_WINDOW_PX = 256
+DEFAULT_STRIDE_PX = 128
 
 
 def model_available() -> bool:
@@ -30,90 +33,117 @@ def model_available() -> bool:
     return DEFAULT_WEIGHTS.is_file()
 
 
-def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = 128) -> Any:
-    """The analysis parameters, from a form in the sidebar (applied on 'Analyze').
+def run_clicked(prefix: str) -> bool:
+    """Whether the sidebar's Analyze button was pressed in this script run."""
+    return bool(st.session_state.get(f"{prefix}_run", False))
+
+
+def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = DEFAULT_STRIDE_PX) -> Any:
+    """The analysis parameters, from widgets in the sidebar, and the Analyze button.
+
+    The widgets are not in a form: every change reruns the page at once, so the page can tell
+    that the result on screen was computed with other settings (:mod:`ui.run_state`) and say so.
+    The analysis itself runs when *Analyze* is pressed (or for a new image).
 
     Parameters
     ----------
     db : CardDatabase or None
-        Its enabled phases are offered in "Phases to consider".
+        Its enabled phases are offered in "Phases to consider" (one checkbox each, the full
+        name wrapping in the sidebar instead of being cut).
     prefix : str, keyword-only
         Widget-key prefix (one per page).
     stride_px : int, keyword-only
-        Default stride [px] (the window defaults to 256 px).
+        Default stride [px] (:data:`DEFAULT_STRIDE_PX`).
 
     Returns
     -------
-    hrtem_core.analysis.AnalysisParams
+    hrtem_core.analysis.AnalysisParams or None
+        None (after a message in the sidebar) when a value is not usable, e.g. a stride of 0.
     """
     from hrtem_core.analysis import AnalysisParams
+    from ui import run_state
 
     enabled = list(db.enabled_phases()) if db is not None else []
-    labels = {p.card_id: phase_label(p) for p in enabled}
     detectors = list(DETECTORS)
     default_detector = 0 if model_available() else 1
-    with st.sidebar.form(f"{prefix}_params"):
-        st.markdown("**Analysis parameters**")
-        window = st.number_input(
-            "Window size (px)",
-            min_value=32,
-            max_value=8192,
-            value=256,
-            step=32,
-            key=f"{prefix}_window",
-            help="Side of the moving window w; each window gives one FFT.",
-        )
-        stride = st.number_input(
-            "Stride (px)",
-            min_value=1,
-            max_value=8192,
-            value=int(stride_px),
-            step=16,
-            key=f"{prefix}_stride",
-            help="Step between neighbouring windows (w/2 gives half-overlapping windows).",
-        )
-        detector = st.radio(
-            "Spot detector",
-            detectors,
-            index=default_detector,
-            key=f"{prefix}_detector",
-            horizontal=True,
-            help="U-Net (trained model) or the classical peak detector (baseline).",
-        )
-        phases = st.multiselect(
-            "Phases to consider",
-            list(labels),
-            default=list(labels),
-            format_func=lambda cid: labels.get(cid, cid),
-            key=f"{prefix}_phases",
-        )
-        spacing_tol = st.number_input(
-            "Spacing tolerance (%)",
-            min_value=0.1,
-            max_value=20.0,
-            value=3.0,
-            step=0.5,
-            key=f"{prefix}_spacing_tol",
-            help="Relative difference allowed between a measured and a card d-spacing.",
-        )
-        angle_tol = st.number_input(
-            "Angle tolerance (°)",
-            min_value=0.1,
-            max_value=15.0,
-            value=2.0,
-            step=0.5,
-            key=f"{prefix}_angle_tol",
-        )
-        forbidden = st.checkbox(
-            "Include forbidden reflections",
-            value=False,
-            key=f"{prefix}_forbidden",
-            help="Also match kinematically forbidden reflections (they can appear through "
-            "double diffraction).",
-        )
-        st.form_submit_button("Analyze", type="primary")
+    bar = st.sidebar
+    bar.markdown("**Analysis parameters**")
+    window = bar.number_input(
+        "Window size (px)",
+        min_value=0,
+        max_value=8192,
+        value=DEFAULT_WINDOW_PX,
+        step=32,
+        key=f"{prefix}_window",
+        help="Side of the moving window w; each window gives one FFT.",
+    )
+    stride = bar.number_input(
+        "Stride (px)",
+        min_value=0,
+        max_value=8192,
+        value=int(stride_px),
+        step=16,
+        key=f"{prefix}_stride",
+        help="Step between neighbouring windows (w/2 gives half-overlapping windows).",
+    )
+    detector = bar.radio(
+        "Spot detector",
+        detectors,
+        index=default_detector,
+        key=f"{prefix}_detector",
+        horizontal=True,
+        help="U-Net (trained model) or the classical peak detector (baseline).",
+    )
+    bar.markdown("Phases to consider")
+    chosen = []
+    for p in enabled:
+        if bar.checkbox(phase_label(p), value=True, key=f"{prefix}_phase_{p.card_id}"):
+            chosen.append(p.card_id)
+    spacing_tol = bar.number_input(
+        "Spacing tolerance (%)",
+        min_value=0.1,
+        max_value=20.0,
+        value=3.0,
+        step=0.5,
+        key=f"{prefix}_spacing_tol",
+        help="Relative difference allowed between a measured and a card d-spacing.",
+    )
+    angle_tol = bar.number_input(
+        "Angle tolerance (°)",
+        min_value=0.1,
+        max_value=15.0,
+        value=2.0,
+        step=0.5,
+        key=f"{prefix}_angle_tol",
+    )
+    forbidden = bar.checkbox(
+        "Include forbidden reflections",
+        value=False,
+        key=f"{prefix}_forbidden",
+        help="Also match kinematically forbidden reflections (they can appear through "
+        "double diffraction).",
+    )
+    bar.button(
+        "Analyze",
+        type="primary",
+        key=f"{prefix}_run",
+        on_click=run_state.clear_cancel,
+        args=(prefix,),
+        width="stretch",
+    )
+    problems = []
+    if int(stride) < 1:
+        problems.append("Stride must be at least 1 px (the step between windows).")
+    if int(window) < 32:
+        problems.append("Window size must be at least 32 px.")
+    if enabled and not chosen:
+        problems.append("Tick at least one phase to consider.")
+    for problem in problems:
+        bar.error(problem)
+    if problems:
+        return None
     if detector == "U-Net" and not model_available():
-        st.sidebar.warning("No trained U-Net is installed: using the classical detector.")
+        bar.warning("No trained U-Net is installed: using the classical detector.")
         detector = "Classical"
     return AnalysisParams(
         window_px=int(window),
@@ -121,7 +151,7 @@ def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = 128) -> Any:
         detector=DETECTORS[detector],
         spacing_tol=float(spacing_tol) / 100.0,
         angle_tol_deg=float(angle_tol),
-        phases=tuple(phases) if len(phases) != len(labels) or not labels else None,
+        phases=tuple(chosen) if len(chosen) != len(enabled) or not enabled else None,
         include_forbidden=bool(forbidden),
     )
 
@@ -165,15 +195,18 @@ def load_with_calibration(upload: Upload, *, key: str, frame: Any = None) -> Cal
     """
     metadata_px: float | None = None
     base = None
+    missing: str | None = None
     try:
         base = micrograph_from_upload(upload, frame=frame)
         metadata_px = float(base.pixel_size_nm[1])
     except CalibrationError as exc:
-        st.error(f"{exc.message} — enter the pixel size below.")
+        missing = exc.message
     except HRTEMError as exc:
         show_error(exc)
         return None
     default = metadata_px if metadata_px and math.isfinite(metadata_px) else 0.0
+    # The "no pixel size" message sits above the input and goes once a pixel size is typed.
+    notice = st.empty()
     col, _ = st.columns([1, 2])
     px = col.number_input(
         "Pixel size (nm/px)",
@@ -184,11 +217,17 @@ def load_with_calibration(upload: Upload, *, key: str, frame: Any = None) -> Cal
         key=f"{key}_px_{upload.digest[:16]}",
         help="From the file's metadata; change it to override the calibration.",
     )
+    if missing is not None:
+        if px <= 0:
+            notice.error(f"{missing} — enter the pixel size below.")
+        else:
+            notice.caption(f"Pixel size typed by hand: {px:g} nm/px (the file has none).")
     if base is not None and metadata_px is not None and math.isclose(px, metadata_px, rel_tol=1e-9):
         micrograph = base
     else:
         if px <= 0:
-            st.info("Enter the pixel size (nm/px) to analyse this image.")
+            if missing is None:
+                st.info("Enter the pixel size (nm/px) to analyse this image.")
             return None
         try:
             micrograph = micrograph_from_upload(upload, pixel_size_nm=float(px), frame=frame)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,43 @@ def validate_frames(phases: pd.DataFrame, reflections: pd.DataFrame) -> Any:
     return CardDatabase.from_frames(
         phases.reset_index(drop=True), reflections.reset_index(drop=True)
     )
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A validation message placed at its row of an editor."""
+
+    table: str  # "phases" or "reflections"
+    row: int  # 1-based row of the editor as the user counts it (header not counted)
+    column: str
+    text: str
+
+
+_ROW_RE = re.compile(r"sheet '(phases|reflections)', row (\d+)(?:, column '([^']*)')?: (.*)")
+
+
+def locate_error(message: str) -> RowError | None:
+    """Turn a card-database message (spreadsheet rows: the header is row 1) into editor terms.
+
+    ``sheet 'phases', row 2, column 'a': ...`` is the first row of the phases editor.
+    Returns None when the message names no row.
+    """
+    m = _ROW_RE.search(str(message))
+    if not m:
+        return None
+    table, sheet_row, column, text = m.group(1), int(m.group(2)), m.group(3) or "", m.group(4)
+    return RowError(table=table, row=max(1, sheet_row - 1), column=column, text=text)
+
+
+def row_error_text(err: RowError, frame: pd.DataFrame | None) -> str:
+    """``Row 1 of the phases table (card 39-1346), column 'a': expected ...``."""
+    where = f"Row {err.row} of the {err.table} table"
+    if frame is not None and 0 <= err.row - 1 < len(frame) and "card_id" in frame:
+        card = frame.iloc[err.row - 1]["card_id"]
+        if isinstance(card, str) and card.strip():
+            where += f" (card {card.strip()})"
+    column = f", column '{err.column}'" if err.column else ""
+    return f"{where}{column}: {err.text}"
 
 
 def file_digest(path: Path) -> str | None:

@@ -47,6 +47,9 @@ EXAMPLE_IMAGE = EXAMPLES_DIR / "maghemite_particle.tif"
 #: The bundled focal series the Defocus-series page offers.
 FOCAL_SERIES_DIR = EXAMPLES_DIR / "focal_series"
 MODEL_SETTINGS = REPO / "models" / "unet_spots.json"
+#: The detectors' held-out evaluation, written by ``benchmarks/eval_detectors.py``: the one
+#: source of the accuracy figures on the About page and in the README.
+DETECTOR_EVAL = REPO / "benchmarks" / "results" / "eval_detectors.json"
 
 #: Environment variable that overrides the card database path (tests point it at a copy).
 CARDS_ENV = "HRTEM_CARDS_PATH"
@@ -116,10 +119,54 @@ def page_guard() -> None:
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
+#: Reader texts (h5py, Pillow/imageio, tifffile, rsciio) and what they mean to a microscopist.
+_READER_TEXTS: tuple[tuple[str, str], ...] = (
+    (
+        r"file signature not found|not an hdf5|unable to (synchronously )?open file",
+        "it is not an HDF5 file (EMD files are HDF5)",
+    ),
+    (
+        r"bad object header|truncated file|addr overflow|eof",
+        "the HDF5 structure is damaged or the file ends early",
+    ),
+    (
+        r"cannot identify image file|could not find a backend|unknown image format",
+        "no known image format (PNG/JPEG) was recognised in it",
+    ),
+    (
+        r"image file is truncated|broken data stream|failed to read \d+ bytes",
+        "the file ends early (truncated)",
+    ),
+    (r"decompressionbomb|exceeds limit of", "the image is larger than the reader accepts"),
+    (r"not a tiff file", "it has no TIFF header"),
+    (r"not a valid dm3 or dm4", "it has no DigitalMicrograph header"),
+    (r"endian", "its header is not that of a SER file"),
+)
+
+
+def friendly_message(text: str) -> str:
+    """Replace a reader's raw exception text (``OSError: Unable to ...``) by what it means.
+
+    The core's messages end, for unreadable files, with the reader's own exception after
+    "(corrupt, truncated or not this format): ". That tail is translated (HDF5, Pillow, TIFF, DM,
+    SER texts) or dropped; the rest of the message is kept.
+    """
+    text = " ".join(str(text).split())
+    marker = "(corrupt, truncated or not this format): "
+    if marker not in text:
+        return text
+    head, tail = text.split(marker, 1)
+    low = tail.lower()
+    for pattern, meaning in _READER_TEXTS:
+        if re.search(pattern, low):
+            return f"{head}(corrupt, truncated or not this format): {meaning}."
+    return f"{head}(corrupt, truncated or not this format)."
+
+
 def show_error(exc: BaseException) -> None:
     """One ``st.error`` line for an exception: the core's message, or type + message."""
     if isinstance(exc, HRTEMError):
-        st.error(exc.message)
+        st.error(friendly_message(exc.message))
     else:
         text = " ".join(str(exc).split()) or "no message"
         st.error(f"Unexpected error ({type(exc).__name__}): {text}")
@@ -429,11 +476,50 @@ def image_key(upload: Upload, micrograph: Any) -> tuple:
 # --------------------------------------------------------------------------------------------
 # Analysis with progress
 # --------------------------------------------------------------------------------------------
-def progress_reporter(bar: Any) -> Callable:
-    """A :data:`hrtem_core.analysis.ProgressCallback` that drives a ``st.progress`` element."""
+def progress_text(fraction: float, *, total: int | None, elapsed_s: float, label: str = "") -> str:
+    """``name: 412 / 961 windows · 12 s elapsed · about 16 s left`` (no ETA before 2 %)."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    parts = []
+    if total:
+        parts.append(f"{round(f * total)} / {int(total)} windows")
+    else:
+        parts.append(f"{100 * f:.0f} %")
+    parts.append(f"{elapsed_s:.0f} s elapsed")
+    if 0.02 <= f < 1.0 and elapsed_s > 0:
+        left = elapsed_s * (1.0 - f) / f
+        parts.append(
+            f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.1f} min left"
+        )
+    text = " · ".join(parts)
+    return f"{label}: {text}" if label else text
+
+
+def progress_reporter(
+    bar: Any,
+    *,
+    total: int | None = None,
+    label: str = "",
+    cancelled: Callable[[], bool] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Callable:
+    """A :data:`hrtem_core.analysis.ProgressCallback` that drives a ``st.progress`` element.
+
+    The bar shows windows done out of ``total``, the time elapsed and an estimate of the time
+    left (linear in the fraction done). When ``cancelled()`` is true the callback raises
+    :class:`ui.run_state.AnalysisCancelled`, which stops the analysis.
+    """
+    import time
+
+    from ui.run_state import AnalysisCancelled
+
+    now = clock or time.monotonic
+    t0 = now()
 
     def report(fraction: float, message: str = "") -> None:
-        bar.progress(min(max(float(fraction), 0.0), 1.0), text=str(message) or None)
+        if cancelled is not None and cancelled():
+            raise AnalysisCancelled("cancelled")
+        text = progress_text(fraction, total=total, elapsed_s=now() - t0, label=label)
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=text)
 
     return report
 
@@ -445,19 +531,65 @@ def params_key(params: Any) -> tuple:
     return ("params", *astuple(params))
 
 
+#: Progress updates wanted over one image: the analysis reports once per block of window rows.
+PROGRESS_STEPS = 25
+
+
+def fine_blocks(params: Any, shape: tuple[int, int]) -> Any:
+    """``params`` with blocks of about 1/:data:`PROGRESS_STEPS` of the windows (>= one row).
+
+    The analysis reports progress (and can be cancelled) once per block; the default block of
+    256 windows gives only four updates on a 4096 x 4096 image. Results do not depend on it.
+    """
+    from dataclasses import replace
+
+    from hrtem_core.windows import window_grid
+
+    try:
+        grid = window_grid(
+            tuple(shape), window_px=int(params.window_px), stride_px=params.stride_px
+        )
+    except Exception:
+        return params
+    if grid.n_windows <= params.batch_size:
+        return params  # one block: no intermediate updates needed on a small image
+    per_block = max(grid.n_cols, -(-grid.n_windows // PROGRESS_STEPS))
+    if per_block >= params.batch_size:
+        return params
+    return replace(params, batch_size=int(per_block))
+
+
 @st.cache_data(max_entries=MAX_RESULTS, show_spinner=False)
 def _analysis(
-    full_key: tuple, _micrograph: Any, _params: Any, _cards: Any, _model: Any, _label: str
+    full_key: tuple,
+    _micrograph: Any,
+    _params: Any,
+    _cards: Any,
+    _model: Any,
+    _label: str,
+    _cancelled: Callable[[], bool] | None = None,
 ) -> Any:
     """:func:`hrtem_core.analysis.analyze_image` under ``st.cache_data``, hashed on ``full_key`` only.
 
     The progress bar lives in a placeholder created here (so that ``st.cache_data`` can replay
     it) and is emptied before returning, also on an error: a cache hit replays an empty
     placeholder, so nothing shows. The returned :class:`~hrtem_core.analysis.AnalysisResult`
-    is pickled into the cache (about 0.2 MB for the 49 windows of the bundled example).
+    is pickled into the cache (about 0.2 MB for the 49 windows of the bundled example). A
+    cancelled run raises :class:`ui.run_state.AnalysisCancelled` and caches nothing.
     """
     from hrtem_core.analysis import analyze_image
 
+    total = None
+    shape = getattr(getattr(_micrograph, "data", None), "shape", None)
+    if shape is not None:
+        from hrtem_core.windows import window_grid
+
+        try:
+            total = window_grid(
+                tuple(shape), window_px=int(_params.window_px), stride_px=_params.stride_px
+            ).n_windows
+        except Exception:
+            total = None
     placeholder = st.empty()
     bar = placeholder.progress(0.0, text=_label)
     try:
@@ -466,7 +598,9 @@ def _analysis(
             params=_params,
             cards=_cards,
             model=_model,
-            progress=progress_reporter(bar),
+            progress=progress_reporter(
+                bar, total=total, label=_label.split(":")[0], cancelled=_cancelled
+            ),
         )
     finally:
         placeholder.empty()
@@ -484,11 +618,13 @@ def analyze_cached(
     *,
     cards: Any,
     label: str = "Analysing ...",
+    cancelled: Callable[[], bool] | None = None,
 ) -> Any:
     """:func:`hrtem_core.analysis.analyze_image`, cached by image key + params + cards digest.
 
-    Shows its own progress bar (text ``label``) at the current place of the page while it
-    computes; a cached result returns at once and shows nothing. See the module docstring.
+    Shows its own progress bar (text ``label``, then windows done / total, time elapsed and
+    left) at the current place of the page while it computes; a cached result returns at once
+    and shows nothing. See the module docstring.
 
     Parameters
     ----------
@@ -497,19 +633,27 @@ def analyze_cached(
     key : tuple
         :func:`image_key` of that image (digest, calibration, frame).
     params : hrtem_core.analysis.AnalysisParams
-        All of them enter the cache key.
+        All of them enter the cache key (with blocks sized for progress, :func:`fine_blocks`).
     cards : hrtem_core.cards.CardDatabase, keyword-only
         Its ``digest`` enters the cache key.
     label : str, keyword-only
         Text of the progress bar before the first window block is done.
+    cancelled : callable, optional, keyword-only
+        Polled at every progress update; when true the analysis stops with
+        :class:`ui.run_state.AnalysisCancelled`.
 
     Raises
     ------
     HRTEMError
         From the analysis (not cached: the next run tries again).
     """
+    shape = getattr(getattr(micrograph, "data", None), "shape", None)
+    if shape is not None and len(shape) == 2:
+        params = fine_blocks(params, shape)
     model = get_model() if params.detector == "unet" else None
-    return _analysis(result_key(key, params, cards), micrograph, params, cards, model, label)
+    return _analysis(
+        result_key(key, params, cards), micrograph, params, cards, model, label, cancelled
+    )
 
 
 def clear_result_cache() -> None:
@@ -557,6 +701,50 @@ def model_summary(info: dict) -> str:
     if info.get("command"):
         parts.append(f"Reproduce it with `{info['command']}`.")
     return " ".join(parts)
+
+
+_DOSES = {"low": "low (< 10 e/px)", "moderate": "moderate (10-100)", "high": "high (≥ 100)"}
+_DETECTOR_NAMES = {"unet": "U-Net", "classical": "classical"}
+
+
+def detector_eval_table(data: Any) -> Any:
+    """Precision / recall / F1 and spacing error by dose and detector from the eval JSON.
+
+    ``data`` is the content of :data:`DETECTOR_EVAL` (``by_dose`` -> dose -> detector ->
+    scores). Returns None when absent. Values rounded as the README shows them.
+    """
+    import pandas as pd
+
+    by_dose = data.get("by_dose") if isinstance(data, dict) else None
+    if not isinstance(by_dose, dict):
+        return None
+    rows = []
+    for dose, label in _DOSES.items():
+        for det, name in _DETECTOR_NAMES.items():
+            sc = (by_dose.get(dose) or {}).get(det)
+            if not isinstance(sc, dict):
+                continue
+            rows.append(
+                {
+                    "dose (e/px)": label,
+                    "detector": name,
+                    "precision": round(float(sc["precision"]), 3),
+                    "recall": round(float(sc["recall"]), 3),
+                    "F1": round(float(sc["f1"]), 3),
+                    "Δd/d median (%)": round(100 * float(sc["spacing_rel_err_median"]), 2),
+                    "Δd/d p95 (%)": round(100 * float(sc["spacing_rel_err_p95"]), 2),
+                    "angle error p95 (°)": round(float(sc["angle_err_deg_p95"]), 2),
+                }
+            )
+    return pd.DataFrame(rows) if rows else None
+
+
+def detector_false_alarms(data: Any) -> dict[str, float]:
+    """Fraction of windows without a crystal that still got a pair, per detector (eval JSON)."""
+    fa = data.get("empty_false_alarm") if isinstance(data, dict) else None
+    if not isinstance(fa, dict):
+        return {}
+    return {_DETECTOR_NAMES.get(k, k): float(v) for k, v in fa.items()}
 
 
 def validation_table(validation: Any) -> Any:

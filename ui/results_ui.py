@@ -1,4 +1,4 @@
-"""The result of one analysis on the Analyze page: map, window detail, tables, downloads."""
+"""The result of one analysis on the Analyze page: map, window panel, FFT tools, tables, downloads."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from ui.common import get_model
 #: analysis itself always uses the full image).
 MAP_DISPLAY_PX = 512
 MAP_HEIGHT_PX = 640
+FFT_HEIGHT_PX = 620
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+MIME = {"png": "image/png", "svg": "image/svg+xml"}
 
 
 def _bytes_via(write: Callable[[Path], Any], name: str) -> Callable[[], bytes]:
@@ -33,29 +35,24 @@ def _bytes_via(write: Callable[[Path], Any], name: str) -> Callable[[], bytes]:
     return make
 
 
-def pair_labels(result: Any, index: int) -> list[str]:
-    """Per detected pair of window ``index``: ``(h k l)`` of the best phase, '' if unexplained."""
-    pairs = result.pairs[index]
-    if not result.index or index >= len(result.index):
-        return [""] * len(pairs)
-    wi = result.index[index]
-    best = wi.best
-    if best is None or not wi.planes:
-        return [""] * len(pairs)
-    labels = []
-    for p in pairs:
-        # The plane measured from this pair: nearest in spacing and direction (mod 180).
-        cost = [
-            abs(q.spacing_nm - p.spacing_nm) / max(p.spacing_nm, 1e-9)
-            + abs(((q.angle_deg - p.angle_deg + 90.0) % 180.0) - 90.0) / 180.0
-            for q in wi.planes
-        ]
-        k = int(np.argmin(cost))
-        hkl = best.hkl[k] if k < len(best.hkl) else None
-        if hkl is None and k < len(best.families):
-            hkl = best.families[k]
-        labels.append("" if hkl is None else "(" + " ".join(str(int(v)) for v in hkl) + ")")
-    return labels
+def figure_downloads(
+    make_figure: Callable[[], Any], stem: str, *, key: str, stale: bool = False
+) -> None:
+    """Two buttons, PNG (300 dpi) and SVG, of a matplotlib figure built only when clicked."""
+    from hrtem_core import figures
+
+    mark = " (stale)" if stale else ""
+    cols = st.columns(2)
+    for col, fmt in zip(cols, ("png", "svg"), strict=True):
+        col.download_button(
+            f"{fmt.upper()}{mark}",
+            data=lambda fmt=fmt: figures.figure_bytes(make_figure(), fmt),
+            file_name=f"{stem}.{fmt}",
+            mime=MIME[fmt],
+            on_click="ignore",
+            key=f"{key}_{fmt}",
+            help="Publication size (180 mm wide maps, 90 mm panels), with the nm scale bar.",
+        )
 
 
 def default_window(result: Any) -> int:
@@ -85,8 +82,10 @@ def _selected_from_event(event: Any, result: Any) -> int | None:
         return None
     for pt in points or []:
         custom = pt.get("customdata")
-        if isinstance(custom, list | tuple) and custom and isinstance(custom[0], int | float):
-            idx = int(custom[0])
+        if isinstance(custom, list | tuple) and custom:
+            custom = custom[0]
+        if isinstance(custom, int | float) and not isinstance(custom, bool):
+            idx = int(custom)
             if 0 <= idx < result.grid.n_windows:
                 return idx
         if "x" in pt and "y" in pt:
@@ -97,8 +96,84 @@ def _selected_from_event(event: Any, result: Any) -> int | None:
     return None
 
 
-def show_result(result: Any, micrograph: Any, *, key: str) -> None:
-    """Everything below the progress bar of the Analyze page."""
+def fft_points_from_event(event: Any) -> list[tuple[float, float]]:
+    """``(gy, gx)`` [1/nm] of the point clicked on the power spectrum (x = gx, y = gy).
+
+    One click can select a point of several overlapping traces (the pick grid and a spot
+    marker): only the first is taken, so one click is one point.
+    """
+    try:
+        points = event.selection.points  # type: ignore[union-attr]
+    except (AttributeError, KeyError, TypeError):
+        return []
+    for pt in points or []:
+        try:
+            return [(float(pt["y"]), float(pt["x"]))]
+        except (KeyError, TypeError, ValueError):
+            continue
+    return []
+
+
+def _cell(row: Any, name: str) -> str:
+    value = row.get(name, "") if hasattr(row, "get") else getattr(row, name, "")
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
+
+
+def window_facts(row: Any, *, four_index: bool = False) -> pd.DataFrame:
+    """One row per plane of a window: d, direction, (hkl), residual (columns found by name)."""
+    from hrtem_core.figures import relabel
+
+    def split(name: str) -> list[str]:
+        text = _cell(row, name)
+        return text.split(";") if text else []
+
+    d = split("spacings_nm")
+    rows = []
+    hkl = split("hkl")
+    fam = split("families")
+    res = split("spacing_residuals_pct")
+    direction = split("directions_deg")
+    snr = split("snr")
+    for i, di in enumerate(d):
+        entry = {"d (nm)": di}
+        if i < len(direction):
+            entry["direction (°)"] = direction[i]
+        if i < len(hkl):
+            entry["(hkl)"] = relabel(hkl[i], four_index=four_index)
+        if i < len(fam):
+            entry["family"] = relabel(fam[i], four_index=four_index)
+        if i < len(res):
+            entry["Δd/d (%)"] = res[i]
+        if i < len(snr):
+            entry["SNR"] = snr[i]
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def _phase_of(cards: Any, card_id: str) -> Any | None:
+    if cards is None or not card_id:
+        return None
+    for p in getattr(cards, "phases", ()):
+        if p.card_id == card_id:
+            return p
+    return None
+
+
+def show_result(
+    result: Any,
+    micrograph: Any,
+    *,
+    key: str,
+    cards: Any = None,
+    stale: bool = False,
+) -> None:
+    """Everything below the progress bar of the Analyze page.
+
+    ``stale``: the result was computed with other settings than the ones shown (the page shows
+    the banner; here the downloads are marked).
+    """
     from hrtem_core import export, figures
 
     s = result.summary
@@ -119,15 +194,23 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
     )
     m5.metric("Time", f"{s['elapsed_s']:.1f} s", help=f"detector: {s['detector']}")
 
+    card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
     map_col, detail_col = st.columns([3, 2], gap="medium")
     with map_col:
         st.subheader("Crystal-plane map")
-        fig = figures.plane_map_figure(result, micrograph.data, max_display_px=MAP_DISPLAY_PX)
+        fig = figures.plane_map_figure(
+            result,
+            micrograph.data,
+            max_display_px=MAP_DISPLAY_PX,
+            hover="compact",
+            cards=cards,
+            card_ids=card_ids,
+        )
         fig.update_layout(
             height=MAP_HEIGHT_PX,
-            margin={"l": 10, "r": 10, "t": 70, "b": 10},
+            margin={"l": 10, "r": 10, "t": 60, "b": 10},
             title={"font": {"size": 13}, "y": 0.98, "yanchor": "top"},
-            legend={"orientation": "h", "yanchor": "top", "y": -0.08, "x": 0.0},
+            legend={"font": {"size": 11}, "tracegroupgap": 6},
         )
         event = st.plotly_chart(
             fig,
@@ -136,7 +219,11 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
             selection_mode=("points",),
             config={"displaylogo": False},
         )
-        st.caption("Click a window on the map (or pick it on the right) to see its FFT and spots.")
+        st.caption(
+            "Hover a window for its phase, (hkl), d and score; click it for everything else. "
+            "Colours: one hue per phase (from its card id), its plane families in shades; greys "
+            "for windows without a phase."
+        )
 
     # A new click on the map moves the window selector (applied before the selector is drawn).
     sel_key = f"{key}_selected_window"
@@ -151,43 +238,61 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
 
     windows = result.windows
     labels = [
-        f"#{int(r.window)} (row {int(r.row)}, col {int(r.col)})"
-        + (f" · {r.phase_name} {{{r.plane_family}}}" if r.phase_name else "")
-        + ("" if r.n_pairs else " · no spots")
-        for r in windows.itertuples(index=False)
+        f"#{int(r['window'])} (row {int(r['row'])}, col {int(r['col'])})"
+        + (f" · {r['phase_name']} {{{r['plane_family']}}}" if _cell(r, "phase_name") else "")
+        + ("" if int(r["n_pairs"]) else " · no spots")
+        for r in windows.to_dict("records")
     ]
+    index = None
     with detail_col:
-        st.subheader("One window")
-        index = st.selectbox(
-            "Window",
-            list(range(result.grid.n_windows)),
-            format_func=lambda i: labels[i],
-            key=sel_key,
+        st.subheader("The clicked window")
+        index = int(
+            st.selectbox(
+                "Window",
+                list(range(result.grid.n_windows)),
+                format_func=lambda i: labels[i],
+                key=sel_key,
+            )
         )
-        model = get_model() if result.params.detector == "unet" else None
-        detail = window_view.window_detail(result, micrograph.data, int(index), model=model)
-        spot_names = pair_labels(result, int(index))
-        f1, f2 = st.columns(2)
-        f1.plotly_chart(window_view.fft_figure(detail, spot_names), key=f"{key}_fft")
-        f2.plotly_chart(window_view.mask_figure(detail), key=f"{key}_mask")
-        row = windows.iloc[int(index)]
-        if row["phase_name"]:
-            zone = f", zone axis [{row['zone_axis']}]" if row["zone_axis"] else ""
+        row = windows.iloc[index]
+        phase = _phase_of(cards, _cell(row, "phase_card"))
+        hexagonal = phase is not None and figures.is_hexagonal(phase)
+        if _cell(row, "phase_name"):
+            zone = _cell(row, "zone_axis")
+            zone_txt = (
+                f", zone axis [{figures.relabel(zone, four_index=hexagonal, direction=True)}]"
+                if zone
+                else ""
+            )
             st.markdown(
-                f"**{row['phase_name']}** ({row['phase_card']}){zone}, score {row['score']:.2f}, "
-                f"status *{row['status']}*"
+                f"**{row['phase_name']}** ({row['phase_card']}){zone_txt}, "
+                f"score {float(row['score']):.2f}, status *{row['status']}*"
             )
         else:
-            st.markdown(f"Status *{row['status']}*")
-        if row["angles_deg"]:
+            st.markdown(f"Status *{row['status']}* (no phase named)")
+        facts = window_facts(row, four_index=hexagonal)
+        if len(facts):
+            st.dataframe(facts, hide_index=True, width="stretch")
+        if _cell(row, "angles_deg"):
             st.caption(f"Angles between the planes: {row['angles_deg'].replace(';', ', ')} °")
-        if row["alternatives"]:
-            st.caption(f"Alternatives: {row['alternatives']}")
-        table = window_view.pairs_table(detail, spot_names)
-        if len(table):
-            st.dataframe(table, hide_index=True, width="stretch")
-        with st.expander("The window itself"):
-            st.plotly_chart(window_view.window_figure(detail), key=f"{key}_window_img")
+        if _cell(row, "alternatives"):
+            st.caption("Alternatives / candidates: " + _cell(row, "alternatives"))
+        with st.expander("All columns of this window"):
+            st.json({c: _jsonable(row[c]) for c in windows.columns}, expanded=True)
+
+    model = get_model() if result.params.detector == "unet" else None
+    detail = window_view.window_detail(result, micrograph.data, index, model=model)
+    window_view.show_tools(
+        result,
+        micrograph,
+        detail,
+        row,
+        key=key,
+        cards=cards,
+        phase=phase,
+        hexagonal=hexagonal,
+        stale=stale,
+    )
 
     st.subheader("Phases")
     if result.phases is not None and len(result.phases):
@@ -209,9 +314,12 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
 
     stem = Path(result.name).stem or "result"
     image = micrograph.data
-    d1, d2, d3, d4, d5 = st.columns(5)
+    mark = " (stale)" if stale else ""
+    if stale:
+        st.caption("The downloads are the results of the previous settings (marked stale).")
+    d1, d2, d3, d4, d5, d6 = st.columns(6)
     d1.download_button(
-        "Windows (CSV)",
+        f"Windows (CSV){mark}",
         data=_bytes_via(lambda p: export.write_csv(result.windows, p), "windows.csv"),
         file_name=f"{stem}_windows.csv",
         mime="text/csv",
@@ -219,7 +327,7 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
         key=f"{key}_dl_csv",
     )
     d2.download_button(
-        "All tables (XLSX)",
+        f"All tables (XLSX){mark}",
         data=_bytes_via(lambda p: export.write_xlsx(export.result_sheets(result), p), "r.xlsx"),
         file_name=f"{stem}_results.xlsx",
         mime=XLSX_MIME,
@@ -227,29 +335,52 @@ def show_result(result: Any, micrograph: Any, *, key: str) -> None:
         key=f"{key}_dl_xlsx",
     )
     d3.download_button(
-        "Summary (JSON)",
+        f"Summary (JSON){mark}",
         data=_bytes_via(lambda p: export.write_json(result.summary, p), "summary.json"),
         file_name=f"{stem}_summary.json",
         mime="application/json",
         on_click="ignore",
         key=f"{key}_dl_json",
     )
+
+    def full_map() -> Any:
+        return figures.plane_map_figure(result, image, cards=cards, card_ids=card_ids)
+
     d4.download_button(
-        "Map (HTML)",
-        data=_bytes_via(lambda p: figures.write_html(fig, p), "plane_map.html"),
+        f"Map (HTML){mark}",
+        data=_bytes_via(lambda p: figures.write_html(full_map(), p), "plane_map.html"),
         file_name=f"{stem}_plane_map.html",
         mime="text/html",
         on_click="ignore",
         key=f"{key}_dl_html",
     )
+
+    def static_map() -> Any:
+        return figures.plane_map_mpl(result, image, cards=cards, card_ids=card_ids)
+
     d5.download_button(
-        "Map (PNG)",
-        data=_bytes_via(lambda p: figures.plane_map_png(result, image, p), "plane_map.png"),
+        f"Map (PNG){mark}",
+        data=lambda: figures.figure_bytes(static_map(), "png"),
         file_name=f"{stem}_plane_map.png",
         mime="image/png",
         on_click="ignore",
         key=f"{key}_dl_png",
+        help="180 mm wide at 300 dpi, with the nm scale bar and the legend grouped by phase.",
     )
+    d6.download_button(
+        f"Map (SVG){mark}",
+        data=lambda: figures.figure_bytes(static_map(), "svg"),
+        file_name=f"{stem}_plane_map.svg",
+        mime="image/svg+xml",
+        on_click="ignore",
+        key=f"{key}_dl_svg",
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _percent(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:

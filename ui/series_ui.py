@@ -15,6 +15,7 @@ from ui.common import (
     IMAGE_TYPES,
     Upload,
     analyze_cached,
+    friendly_message,
     image_key,
     micrograph_from_upload,
     upload_from_path,
@@ -62,9 +63,9 @@ def decode_all(uploads: list[Upload]) -> list[Item]:
         try:
             items.append(Item(u, micrograph_from_upload(u), None))
         except CalibrationError as exc:
-            items.append(Item(u, None, exc.message, needs_pixel_size=True))
+            items.append(Item(u, None, friendly_message(exc.message), needs_pixel_size=True))
         except HRTEMError as exc:
-            items.append(Item(u, None, exc.message))
+            items.append(Item(u, None, friendly_message(exc.message)))
 
     def order(it: Item) -> float:
         m = it.micrograph
@@ -177,15 +178,15 @@ def run_series(
     *,
     cards: Any,
     bar: Any,
-) -> Any:
-    """Analyse every image (each cached on its own, so editing a defocus is instant) and assemble
-    the :class:`~hrtem_core.analysis.SeriesResult`.
+    cancelled: Any = None,
+) -> list[Any]:
+    """Analyse every image (each cached on its own, so editing a defocus is instant).
 
     ``bar`` (a ``st.progress`` element of the page) counts the images; each image's analysis
-    shows its own bar below it while it computes (:func:`ui.common.analyze_cached`).
+    shows its own bar below it (windows done / total, time left) while it computes
+    (:func:`ui.common.analyze_cached`). Returns the per-image results, in ``chosen`` order;
+    :func:`hrtem_core.analysis.series_from_results` assembles them with ``defocus``.
     """
-    from hrtem_core.analysis import series_from_results
-
     n = len(chosen)
     results = []
     for i, (upload, m) in enumerate(chosen):
@@ -197,32 +198,63 @@ def run_series(
                 params,
                 cards=cards,
                 label=f"{upload.name}: analysing ...",
+                cancelled=cancelled,
             )
         )
     bar.progress(1.0, text=f"{n} images analysed")
-    return series_from_results(results, defocus)
+    return results
 
 
-def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> None:
+def focus_note(series: Any) -> str | None:
+    """How the best focus was chosen when several images tie at the maximum crystallinity."""
+    from hrtem_core.figures import focus_ties
+
+    ties = focus_ties(series.profile)
+    if len(ties) < 2 or series.best_focus_nm is None:
+        return None
+    top = float(series.profile["crystallinity"].max())
+    listed = ", ".join(f"{t:+g}" for t in ties)
+    return (
+        f"{len(ties)} images tie at the maximum crystallinity ({100 * top:.1f} %): {listed} nm. "
+        f"The best focus shown, {series.best_focus_nm:+g} nm, is the tie with the largest "
+        "crystalline area fraction, then the smallest |defocus|; the focus lies in the range "
+        f"{ties[0]:+g} to {ties[-1]:+g} nm."
+    )
+
+
+def show_series(
+    series: Any,
+    chosen: list[tuple[Upload, Any]],
+    *,
+    key: str,
+    cards: Any = None,
+    stale: bool = False,
+) -> None:
     """Profile, phase fractions, small multiples with overlays, table and downloads."""
     from hrtem_core import export, figures
 
     prof = series.profile
     c1, c2, c3 = st.columns(3)
     c1.metric("Images", len(series.results))
+    note = focus_note(series)
     c2.metric(
         "Best focus",
         "-" if series.best_focus_nm is None else f"{series.best_focus_nm:+.1f} nm",
-        help="Defocus of maximum crystallinity.",
+        help="Defocus of maximum crystallinity"
+        + (" (ties: largest area fraction, then smallest |defocus|)." if note else "."),
     )
     c3.metric("Max crystallinity", f"{100 * float(prof['crystallinity'].max()):.1f} %")
+    if note:
+        st.info(note, icon=":material/equal:")
 
     left, right = st.columns(2)
     profile_fig = figures.profile_figure(series)
     with left:
         st.plotly_chart(profile_fig, key=f"{key}_profile")
     with right:
-        fractions = figures.phase_fraction_figure(series)
+        fractions = figures.phase_fraction_figure(
+            series, card_ids=[p.card_id for p in getattr(cards, "phases", ())] or None
+        )
         fractions.update_layout(
             title={"text": "Phase fractions vs defocus (best match per window)"}
         )
@@ -231,25 +263,33 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
     st.subheader("Images side by side")
     results = list(series.results)
     by_name = {m.name: m for _, m in chosen}
-    shared = shared_colors(results)
-    if shared:
-        st.markdown(legend_html(shared), unsafe_allow_html=True)
+    card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
+    colors = figures.category_colors([r.windows for r in results], card_ids=card_ids, cards=cards)
+    st.markdown(legend_html(results, colors, cards=cards), unsafe_allow_html=True)
     for start in range(0, len(results), MULTIPLES_PER_ROW):
         cols = st.columns(MULTIPLES_PER_ROW)
         for col, r in zip(cols, results[start : start + MULTIPLES_PER_ROW], strict=False):
             m = by_name.get(r.name)
             if m is None:
                 continue
-            fig = figures.plane_map_figure(r, m.data, max_display_px=MULTIPLE_DISPLAY_PX)
-            recolor(fig, r, shared)
+            fig = figures.plane_map_figure(
+                r,
+                m.data,
+                max_display_px=MULTIPLE_DISPLAY_PX,
+                hover="compact",
+                colors=colors,
+                cards=cards,
+                card_ids=card_ids,
+            )
             _compact(fig, f"{r.defocus_nm:+.1f} nm · {100 * r.summary['crystallinity']:.0f} %")
             col.plotly_chart(fig, key=f"{key}_multiple_{start}_{r.name}")
 
     st.subheader("Profile")
     st.dataframe(prof, hide_index=True, width="stretch")
-    d1, d2, d3 = st.columns(3)
+    mark = " (stale)" if stale else ""
+    d1, d2, d3, d4, d5 = st.columns(5)
     d1.download_button(
-        "Profile (CSV)",
+        f"Profile (CSV){mark}",
         data=_bytes_via(lambda p: export.write_csv(prof, p), "profile.csv"),
         file_name="crystallinity_profile.csv",
         mime="text/csv",
@@ -257,7 +297,7 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
         key=f"{key}_dl_csv",
     )
     d2.download_button(
-        "Profile and summary (XLSX)",
+        f"Profile and summary (XLSX){mark}",
         data=_series_xlsx(series),
         file_name="defocus_series.xlsx",
         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -265,13 +305,22 @@ def show_series(series: Any, chosen: list[tuple[Upload, Any]], *, key: str) -> N
         key=f"{key}_dl_xlsx",
     )
     d3.download_button(
-        "Profile plot (HTML)",
+        f"Profile plot (HTML){mark}",
         data=_bytes_via(lambda p: figures.write_html(profile_fig, p), "profile.html"),
         file_name="crystallinity_profile.html",
         mime="text/html",
         on_click="ignore",
         key=f"{key}_dl_html",
     )
+    for col, fmt in ((d4, "png"), (d5, "svg")):
+        col.download_button(
+            f"Profile plot ({fmt.upper()}){mark}",
+            data=lambda fmt=fmt: figures.figure_bytes(figures.profile_mpl(series), fmt),
+            file_name=f"crystallinity_profile.{fmt}",
+            mime="image/png" if fmt == "png" else "image/svg+xml",
+            on_click="ignore",
+            key=f"{key}_dl_{fmt}",
+        )
 
 
 def _series_xlsx(series: Any) -> Any:
@@ -288,61 +337,49 @@ def _series_xlsx(series: Any) -> Any:
     return make
 
 
-def shared_colors(results: list[Any]) -> dict[str, str]:
-    """One colour per "phase {family}" category over all images of a series (same as on one map).
-
-    :func:`hrtem_core.figures.plane_map_figure` colours the categories of each image on its own;
-    side by side the same plane family must keep its colour, so the categories of all images are
-    collected (sorted, the unindexed category last, in its own grey) and coloured once.
-    """
-    from hrtem_core import figures
-
-    labels: set[str] = set()
-    for r in results:
-        labels.update(figures.plane_map_categories(r)[1])
-    ordered = sorted(labels - {figures.UNINDEXED_LABEL})
-    colors = {lab: _SERIES_PALETTE[i % len(_SERIES_PALETTE)] for i, lab in enumerate(ordered)}
-    if figures.UNINDEXED_LABEL in labels:
-        colors[figures.UNINDEXED_LABEL] = figures.UNINDEXED_COLOR
-    return colors
-
-
-def recolor(fig: Any, result: Any, colors: dict[str, str]) -> None:
-    """Give the category heatmap (and legend entries) of one plane map the shared colours."""
-    from hrtem_core import figures
-
-    labels = figures.plane_map_categories(result)[1]
-    k = max(len(labels), 1)
-    scale = []
-    for i in range(k):
-        c = colors.get(labels[i], "#000000") if i < len(labels) else "#000000"
-        scale += [[i / k, c], [(i + 1) / k, c]]
-    for trace in fig.data:
-        if trace.type == "heatmap" and trace.name == "windows":
-            trace.colorscale = scale
-        elif trace.type == "scatter" and trace.name in colors:
-            trace.marker.color = colors[trace.name]
-
-
-def legend_html(colors: dict[str, str]) -> str:
-    """A one-line HTML legend: a coloured square and the label per category (escaped)."""
+def legend_html(results: list[Any], colors: dict, *, cards: Any = None) -> str:
+    """A legend grouped by phase: the phase (bold), then a coloured square per plane family;
+    then the windows without a phase (neutral greys). Text is escaped."""
     import html
 
-    items = [
-        f'<span style="white-space:nowrap;margin-right:1.2em">'
-        f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{c};'
-        f'opacity:0.7;margin-right:0.35em;vertical-align:-0.1em"></span>{html.escape(lab)}</span>'
-        for lab, c in colors.items()
-    ]
-    return '<div style="font-size:0.85em;line-height:1.8">' + " ".join(items) + "</div>"
+    from hrtem_core import figures
 
+    groups: dict[str, list[tuple[str, str]]] = {}
+    titles: dict[str, str] = {}
+    for r in results:
+        info = figures._categories(r, colors=colors, cards=cards, card_ids=None)
+        for (group, _k), lab, col in zip(info["keys"], info["labels"], info["colors"], strict=True):
+            short = lab if group == figures.STATUS_GROUP else lab.split("{", 1)[-1].rstrip("}")
+            if group != figures.STATUS_GROUP:
+                short = "{" + short + "}"
+                titles[group] = f"{info['names'].get(group, group)} ({group})"
+            else:
+                titles[group] = "not indexed"
+            if (short, col) not in groups.setdefault(group, []):
+                groups[group].append((short, col))
+        for k in info["empty_keys"]:
+            titles["empty"] = "no lattice"
+            if (k, figures.STATUS_COLORS[k]) not in groups.setdefault("empty", []):
+                groups["empty"].append((k, figures.STATUS_COLORS[k]))
 
-#: Qualitative colours of the shared categories (plotly's Plotly + D3 palettes).
-_SERIES_PALETTE = (
-    "#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
-    "#FF97FF", "#FECB52", "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B",
-    "#E377C2", "#BCBD22", "#17BECF", "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF",
-)  # fmt: skip
+    def square(c: str) -> str:
+        return (
+            f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{c};'
+            'opacity:0.85;margin-right:0.3em;vertical-align:-0.1em;border:1px solid #888"></span>'
+        )
+
+    order = sorted(g for g in groups if g not in (figures.STATUS_GROUP, "empty"))
+    order += [g for g in (figures.STATUS_GROUP, "empty") if g in groups]
+    parts = []
+    for g in order:
+        items = " ".join(
+            f'<span style="white-space:nowrap;margin-right:0.9em">{square(c)}{html.escape(lab)}</span>'
+            for lab, c in sorted(groups[g])
+        )
+        parts.append(
+            f'<span style="margin-right:1.6em"><b>{html.escape(titles[g])}</b>: {items}</span>'
+        )
+    return '<div style="font-size:0.85em;line-height:1.9">' + " ".join(parts) + "</div>"
 
 
 def _compact(fig: Any, title: str) -> None:
