@@ -602,10 +602,10 @@ __all__ = [
     "defocus_for_result",
     "estimate_defocus",
     "fit_quality_figure",
+    "normalise_power",
     "optics_from_metadata",
     "radial_profile",
     "ring_fit_figure",
     "ring_model",
-    "normalise_power",
     "tile_power_spectra",
 ]
