@@ -379,7 +379,6 @@ def particles_for_result(
     win = result.windows
     n_win = grid.n_windows
     cry = np.asarray(win["crystalline"], dtype=bool)
-    rc = np.asarray(grid.row_col)
     origins = np.asarray(grid.origins, dtype=int)
     status = [str(v) for v in win.get("status", pd.Series([""] * n_win))]
     cards = [str(v) if isinstance(v, str) else "" for v in win.get("phase_card", [""] * n_win)]
@@ -449,7 +448,7 @@ def particles_for_result(
     # Windows -> particles: the particle covering most of the window's central stride square.
     window_particle = np.zeros(n_win, dtype=np.int64)
     half = max(1, s // 2)
-    for _foot, _clusters_, _ow, members in region_info:
+    for *_, members in region_info:
         for i in members:
             cy, cx = origins[i] + w // 2
             sub = labels[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]

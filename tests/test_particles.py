@@ -76,7 +76,7 @@ def _match(table, truth):
 
 
 def test_one_particle(cards) -> None:
-    sim, res, pr = _scene(cards, [("33-0664", (0, 0, 1), 8.0, 20.0, (256.0, 256.0))], seed=1)
+    sim, _res, pr = _scene(cards, [("33-0664", (0, 0, 1), 8.0, 20.0, (256.0, 256.0))], seed=1)
     t = pr.table
     assert list(t.columns) == list(PARTICLE_COLUMNS)
     assert len(t) == 1
@@ -94,7 +94,7 @@ def test_one_particle(cards) -> None:
 
 
 def test_two_particles_of_different_phases(cards) -> None:
-    sim, res, pr = _scene(
+    sim, _res, pr = _scene(
         cards,
         [
             ("19-0629", (1, 0, 0), 8.0, 20.0, (300.0, 150.0)),
@@ -120,7 +120,7 @@ def test_five_particles(cards) -> None:
         (h, (0, 0, 1), 5.0, 15.0, (410.0, 110.0)),
         (g, (1, 0, 0), 5.0, 40.0, (410.0, 400.0)),
     ]
-    sim, res, pr = _scene(cards, specs, seed=4)
+    sim, _res, pr = _scene(cards, specs, seed=4)
     t = pr.table
     assert len(t) == 5
     m = _match(t, sim.truth.particles)
