@@ -58,6 +58,8 @@ from hrtem_core.simulate import chi_rad, ctf, wavelength_nm
 DEFAULT_VOLTAGE_KV = 300.0
 #: Default spherical aberration [mm] when neither the metadata nor the user gives one.
 DEFAULT_CS_MM = 1.2
+#: Smallest peak prominence of a trustworthy fit (see :attr:`DefocusEstimate.prominence`).
+MIN_PROMINENCE = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ class DefocusEstimate:
         ``"estimated"``.
     warnings : tuple of str
         One-line warnings (weak rings, uncertain sign, no amorphous tile).
+    prominence : float
+        ``(best score - median score) / (1.4826 MAD of the scores)`` over the scan: how far the
+        fit stands out of what any defocus achieves on that profile. Thon rings give tens;
+        a spectrum without rings (or rings too fine for the tiles) gives ~3-5.
     """
 
     defocus_nm: float
@@ -110,6 +116,12 @@ class DefocusEstimate:
     scan_score: np.ndarray = field(repr=False)
     source: str = "estimated"
     warnings: tuple[str, ...] = ()
+    prominence: float = float("nan")
+
+    @property
+    def reliable(self) -> bool:
+        """True when the score peak stands out of the scan (``prominence >= MIN_PROMINENCE``)."""
+        return bool(self.prominence >= MIN_PROMINENCE)
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no arrays)."""
@@ -122,6 +134,8 @@ class DefocusEstimate:
             "defocus_cs_mm": float(self.cs_mm),
             "defocus_n_tiles": int(self.n_tiles),
             "defocus_source": self.source,
+            "defocus_prominence": round(float(self.prominence), 1),
+            "defocus_reliable": self.reliable,
             "defocus_warnings": list(self.warnings),
         }
 
@@ -449,7 +463,15 @@ def estimate_defocus(
     else:
         sigma = float("nan")
     sigma = max(sigma, floor) if math.isfinite(sigma) else 10 * floor
+    med = float(np.median(scores))
+    mad = 1.4826 * float(np.median(np.abs(scores - med)))
+    prominence = (float(scores.max()) - med) / mad if mad > 0 else float("inf")
     warnings = []
+    if prominence < MIN_PROMINENCE:
+        warnings.append(
+            f"no clear Thon rings (fit prominence {prominence:.1f} < {MIN_PROMINENCE:g}): "
+            "the defocus estimate is not reliable"
+        )
     if used_all:
         warnings.append("no amorphous tile free of crystalline windows: every tile was used")
     if score < 0.2:
@@ -471,6 +493,7 @@ def estimate_defocus(
         scan_defocus_nm=grid,
         scan_score=scores,
         warnings=tuple(warnings),
+        prominence=float(prominence),
     )
 
 
@@ -515,10 +538,10 @@ def compare_defocus(
 ) -> str | None:
     """A one-line warning when a given defocus and the estimate differ by more than their uncertainty.
 
-    The combined uncertainty is ``sqrt(sigma_est^2 + sigma_given^2)``; None when they agree or
-    either is missing.
+    The combined uncertainty is ``sqrt(sigma_est^2 + sigma_given^2)``; None when they agree,
+    either is missing, or the estimate is not :attr:`~DefocusEstimate.reliable`.
     """
-    if given_nm is None or estimate is None:
+    if given_nm is None or estimate is None or not estimate.reliable:
         return None
     tol = math.hypot(float(estimate.uncertainty_nm), float(given_uncertainty_nm))
     diff = float(given_nm) - float(estimate.defocus_nm)
@@ -596,6 +619,7 @@ def fit_quality_figure(est: DefocusEstimate):
 __all__ = [
     "DEFAULT_CS_MM",
     "DEFAULT_VOLTAGE_KV",
+    "MIN_PROMINENCE",
     "DefocusEstimate",
     "compare_defocus",
     "crystalline_footprint",

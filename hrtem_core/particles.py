@@ -706,16 +706,146 @@ def particles_summary(pr: ParticleResult) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# One image: particles + defocus estimate (what the CLI, the series and the dashboard call)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageParticles:
+    """Particles and the Thon-ring defocus estimate of one analysed image.
+
+    Attributes
+    ----------
+    particles : ParticleResult
+    defocus : DefocusEstimate or None
+        None when the image is too small for the estimate (the reason is in ``warnings``).
+    defocus_given_nm : float or None
+        The defocus the image came with (metadata, name or user), None if none.
+    defocus_source : str
+        ``"given"`` or ``"estimated"`` (or ``"unknown"``): where :attr:`defocus_nm` comes from.
+    warnings : tuple of str
+        One-line warnings (weak rings, ...); :attr:`disagreement` is also among them.
+    disagreement : str or None
+        The warning when a given defocus and a reliable estimate disagree.
+    """
+
+    particles: ParticleResult
+    defocus: Any
+    defocus_given_nm: float | None
+    defocus_source: str
+    warnings: tuple[str, ...] = ()
+    disagreement: str | None = None
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The particle table (``particles.csv``)."""
+        return self.particles.table
+
+    @property
+    def defocus_nm(self) -> float | None:
+        """The defocus to use: the given one, else the estimate, else None."""
+        if self.defocus_given_nm is not None:
+            return self.defocus_given_nm
+        if self.defocus is None or not self.defocus.reliable:
+            return None
+        return float(self.defocus.defocus_nm)
+
+    def summary(self) -> dict:
+        """Keys added to ``summary.json``: the particle list and the defocus estimate."""
+        est = self.defocus
+        return {
+            "n_particles": len(self.table),
+            "particles": particles_summary(self.particles),
+            "defocus_estimate_nm": None if est is None else round(float(est.defocus_nm), 2),
+            "defocus_estimate_uncertainty_nm": None
+            if est is None
+            else round(float(est.uncertainty_nm), 2),
+            "defocus_estimate_score": None if est is None else round(float(est.score), 4),
+            "defocus_estimate_reliable": None if est is None else est.reliable,
+            "defocus_source": self.defocus_source,
+            "particle_warnings": list(self.warnings),
+        }
+
+    def with_estimated_defocus(self, result: Any) -> Any:
+        """``result`` with the estimate as its defocus (``summary.defocus_source = "estimated"``)."""
+        import dataclasses
+
+        if self.defocus_given_nm is not None or self.defocus_nm is None:
+            return result
+        df = float(self.defocus_nm)
+        summary = dict(result.summary, defocus_nm=df, defocus_source="estimated")
+        return dataclasses.replace(result, defocus_nm=df, summary=summary)
+
+
+def image_particles(
+    result: Any,
+    image: np.ndarray,
+    *,
+    metadata: dict | None = None,
+    params: ParticleParams = ParticleParams(),
+    voltage_kv: float | None = None,
+    cs_mm: float | None = None,
+) -> ImageParticles:
+    """Particles of an analysed image and its defocus estimated from the Thon rings.
+
+    The defocus of the delocalisation correction is ``result.defocus_nm`` (given), else the
+    estimate when it is reliable (a clear Thon-ring fit), else none. A given defocus that differs
+    from a reliable estimate by more than its uncertainty gives a warning
+    (:func:`hrtem_core.defocus.compare_defocus`).
+
+    Parameters
+    ----------
+    result : AnalysisResult
+    image : ndarray, shape (ny, nx)
+    metadata : dict, optional, keyword-only
+        The micrograph's metadata (``voltage_kv``, ``cs_mm``).
+    params : ParticleParams, keyword-only
+    voltage_kv, cs_mm : float, optional, keyword-only
+        Override the metadata (defaults 300 kV, 1.2 mm).
+    """
+    from hrtem_core.defocus import compare_defocus, defocus_for_result, optics_from_metadata
+    from hrtem_core.errors import HRTEMError
+
+    vk, cs = optics_from_metadata(metadata, voltage_kv=voltage_kv, cs_mm=cs_mm)
+    warnings: list[str] = []
+    try:
+        est = defocus_for_result(result, image, voltage_kv=vk, cs_mm=cs)
+        warnings.extend(est.warnings)
+    except HRTEMError as exc:
+        est = None
+        warnings.append(f"no defocus estimate: {exc}")
+    given = getattr(result, "defocus_nm", None)
+    given = None if given is None or not math.isfinite(float(given)) else float(given)
+    usable = est is not None and est.reliable
+    disagreement = compare_defocus(given, est) if given is not None else None
+    if disagreement:
+        warnings.append(disagreement)
+    source = "given" if given is not None else ("estimated" if usable else "unknown")
+    df = given if given is not None else (float(est.defocus_nm) if usable else None)
+    pr = particles_for_result(result, image, params=params, defocus_nm=df, voltage_kv=vk, cs_mm=cs)
+    return ImageParticles(
+        particles=pr,
+        defocus=est,
+        defocus_given_nm=given,
+        defocus_source=source,
+        warnings=tuple(warnings),
+        disagreement=disagreement,
+    )
+
+
 __all__ = [
     "PARTICLE_COLUMNS",
     "STATUS_MIXED",
     "STATUS_POLY",
     "STATUS_SINGLE",
+    "ImageParticles",
     "ParticleParams",
     "ParticleResult",
     "bragg_amplitude",
     "corrected_radius_nm",
     "delocalisation_nm",
+    "image_particles",
     "particle_series",
     "particles_for_result",
     "particles_summary",
