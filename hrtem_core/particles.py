@@ -115,6 +115,9 @@ class ParticleParams:
     edge_level : float
         Threshold of the fringe amplitude between the background (0) and the plateau (1)
         (default 0.2; see the module docstring).
+    core_level : float
+        Cores of the watershed that splits touching particles, same scale as ``edge_level``
+        (default 0.5; see :func:`_split_touching`).
     halo : {"least", "strongest", "weighted", "none"}
         Which delocalisation ``R`` corrects the size: the smallest ``R(g)`` among the strong
         reflections (weight >= 20 % of the strongest; default), that of the strongest, the
@@ -123,7 +126,7 @@ class ParticleParams:
         A particle needs a median fringe amplitude at least this many robust background sigmas
         above the amorphous background (``fringe_snr``)...
     strong_support_windows : int
-        ...or at least this many crystalline windows (default 20 and 6: the false fringe patches
+        ...or at least this many crystalline windows (default 20 and 5: the false fringe patches
         that false window detections leave in the amorphous film have both fewer).
     """
 
@@ -134,9 +137,10 @@ class ParticleParams:
     edge_sigma_nm: float = 0.35
     min_grain_windows: int = 2
     edge_level: float = 0.2
+    core_level: float = 0.5
     halo: str = "least"
     min_fringe_snr: float = 20.0
-    strong_support_windows: int = 6
+    strong_support_windows: int = 5
 
     def validate(self) -> None:
         """Raise :class:`AnalysisParameterError` for an invalid value."""
@@ -287,6 +291,56 @@ def bragg_amplitude(
 # --------------------------------------------------------------------------------------------
 # Grouping
 # --------------------------------------------------------------------------------------------
+
+
+def _split_touching(
+    amp: np.ndarray, mask: np.ndarray, *, level: float, saddle: float
+) -> tuple[np.ndarray, int]:
+    """Label ``mask``, splitting parts that hold several cores (``amp > level``).
+
+    Each core seeds a watershed of ``-amp`` inside ``mask``; two basins stay split only where the
+    median amplitude along their common boundary is below ``saddle`` (a real gap between two
+    particles, bridged in the mask by the blur and the delocalised fringes), else they are merged
+    again (thickness fringes inside one particle). Parts of the mask without a core keep their
+    own label. Returns ``(labels, n)``.
+    """
+    from skimage.segmentation import watershed
+
+    cores, n_c = ndi.label((amp > level) & mask)
+    if n_c <= 1:
+        return ndi.label(mask)
+    ws = watershed(-amp, cores, mask=mask)
+    # Merge basins whose common boundary is not a saddle.
+    parent = list(range(n_c + 1))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for dy, dx in ((0, 1), (1, 0)):
+        a = ws[: ws.shape[0] - dy, : ws.shape[1] - dx]
+        b = ws[dy:, dx:]
+        edge = (a != b) & (a > 0) & (b > 0)
+        if not edge.any():
+            continue
+        va = amp[: ws.shape[0] - dy, : ws.shape[1] - dx][edge]
+        vb = amp[dy:, dx:][edge]
+        pairs = np.stack([np.minimum(a[edge], b[edge]), np.maximum(a[edge], b[edge])], axis=1)
+        vals = np.minimum(va, vb)
+        keys, inv = np.unique(pairs, axis=0, return_inverse=True)
+        for k, (p, q) in enumerate(keys):
+            if float(np.median(vals[inv.ravel() == k])) >= saddle:
+                parent[find(int(p))] = find(int(q))
+    lut = np.array([find(i) for i in range(n_c + 1)])
+    merged = lut[ws]
+    rest, _ = ndi.label(mask & (merged == 0))
+    merged = np.where(rest > 0, rest + n_c, merged)
+    uniq = np.unique(merged[merged > 0])
+    relabel = np.zeros(int(merged.max()) + 1, dtype=np.int64)
+    relabel[uniq] = np.arange(1, len(uniq) + 1)
+    return relabel[merged], len(uniq)
 
 
 def delocalisation_nm(
@@ -468,7 +522,12 @@ def particles_for_result(
         mask = (amp > thr) & foot
         mask = ndi.binary_opening(mask, iterations=1)
         mask = ndi.binary_fill_holes(mask)
-        plab, n_p = ndi.label(mask)
+        plab, n_p = _split_touching(
+            amp,
+            mask,
+            level=bg + params.core_level * (fg - bg),
+            saddle=bg + 0.5 * (thr - bg + (params.core_level * (fg - bg))),
+        )
         min_px = params.min_area_nm2 / (py * px)
         for j in range(1, n_p + 1):
             part = plab == j
