@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, results_ui
+from ui import analyze_ui, particles_ui, results_ui
 from ui.common import (
     EXAMPLE_IMAGE,
     analyze_cached,
@@ -80,3 +80,5 @@ if calibrated is not None and params is not None and db is not None:
 if result is not None:
     with guard():
         results_ui.show_result(result, calibrated.micrograph, key="analyze")
+    with guard():  # issue 22: particles and the defocus from the Thon rings
+        particles_ui.show_particles(result, calibrated.micrograph, key="analyze")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, series_ui
+from ui import analyze_ui, particles_ui, series_ui
 from ui.common import (
     FOCAL_SERIES_DIR,
     example_description,
@@ -71,3 +71,5 @@ if items and params is not None and db is not None:
 if series is not None:
     with guard():
         series_ui.show_series(series, chosen, key="series")
+    with guard():  # issue 22: per-particle crystallinity, defocus estimates
+        particles_ui.show_series_particles(series, chosen, key="series")

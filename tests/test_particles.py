@@ -236,3 +236,71 @@ def test_bad_parameters() -> None:
         ParticleParams(min_windows=0).validate()
     with pytest.raises(AnalysisParameterError):
         ParticleParams(edge_level=1.5).validate()
+
+
+def test_dashboard_figures(cards) -> None:
+    from hrtem_core.particles import image_particles
+    from ui.particles_ui import outline_figure, size_histogram
+
+    sim, res, _ = _scene(
+        cards,
+        [
+            ("19-0629", (1, 0, 0), 8.0, 20.0, (300.0, 150.0)),
+            ("33-0664", (0, 0, 1), 6.0, 5.0, (150.0, 360.0)),
+        ],
+        seed=1,
+    )
+    extras = image_particles(res, sim.image)
+    assert extras.defocus_source == "given" and extras.defocus is not None
+    assert extras.defocus.reliable and abs(extras.defocus.defocus_nm + 50.0) < 6.0
+    summary = extras.summary()
+    assert summary["n_particles"] == len(extras.table) == 2
+    assert summary["defocus_estimate_uncertainty_nm"] > 0
+    fig = outline_figure(extras, sim.image)
+    outlines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
+    assert len(outlines) >= 2
+    # Every outline point lies on or next to its particle's mask.
+    lab = extras.particles.labels
+    for t in outlines:
+        y = np.clip(np.rint(np.asarray(t.y)).astype(int), 0, 511)
+        x = np.clip(np.rint(np.asarray(t.x)).astype(int), 0, 511)
+        pid = int(t.name.split()[0][1:])
+        near = ndi_dilate(lab == pid)
+        assert near[y, x].all()
+    hist = size_histogram(extras.table)
+    assert sum(len(h.x) for h in hist.data) == 2
+    assert hist.layout.barmode == "stack"
+
+
+def ndi_dilate(mask: np.ndarray) -> np.ndarray:
+    import scipy.ndimage as ndi
+
+    return ndi.binary_dilation(mask, iterations=2)
+
+
+def test_summary_and_export_files(cards, tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from hrtem_core.export import export_analysis
+    from hrtem_core.particles import image_particles
+
+    sim, res, _ = _scene(cards, [("33-0664", (0, 0, 1), 8.0, 20.0, (256.0, 256.0))], seed=1)
+    # Without a given defocus the reliable estimate is used for the halo and labelled.
+    res0 = __import__("dataclasses").replace(res, defocus_nm=None)
+    extras = image_particles(res0, sim.image)
+    assert extras.defocus_source == "estimated"
+    assert extras.defocus_nm == pytest.approx(extras.defocus.defocus_nm)
+    relabelled = extras.with_estimated_defocus(res0)
+    assert relabelled.summary["defocus_source"] == "estimated"
+    assert relabelled.defocus_nm == pytest.approx(extras.defocus.defocus_nm)
+    paths = export_analysis(res0, tmp_path, image=sim.image, figures=False, particles=extras)
+    back = pd.read_csv(paths["particles_csv"], keep_default_na=False)
+    assert list(back.columns) == list(PARTICLE_COLUMNS) and len(back) == 1
+    summ = json.loads(paths["summary_json"].read_text(encoding="utf-8"))
+    assert summ["n_particles"] == 1 and summ["particles"][0]["particle_id"] == 1
+    assert summ["defocus_estimate_nm"] == pytest.approx(extras.defocus.defocus_nm, abs=0.01)
+    book = pd.read_excel(paths["results_xlsx"], sheet_name=None)
+    assert len(book["particles"]) == 1
+    assert "defocus_estimate_nm" in set(book["summary"]["key"])
