@@ -61,7 +61,7 @@ def run(*, analysis: bool) -> dict:
             support_thickness_nm=support,
             seed=seed,
         )
-        est, unc, secs = [], [], []
+        est, unc, secs, reliable = [], [], [], []
         for i, s in enumerate(sims):
             t0 = time.perf_counter()
             if analysis:
@@ -80,6 +80,7 @@ def run(*, analysis: bool) -> dict:
             secs.append(time.perf_counter() - t0)
             est.append(e.defocus_nm)
             unc.append(e.uncertainty_nm)
+            reliable.append(e.reliable)
         est_a = np.asarray(est)
         resid = est_a - dfs
         offset = float(resid.mean())
@@ -96,9 +97,10 @@ def run(*, analysis: bool) -> dict:
                 "offset_nm": round(offset, 2),
                 "rms_after_offset_nm": round(rms, 3),
                 "n_estimates": int(np.isfinite(est_a).sum()),
+                "n_reliable": int(sum(reliable)),
                 "n_images": len(dfs),
                 "mean_seconds_per_image": round(float(np.mean(secs)), 3),
-                "pass": bool(rms <= 2.0 and np.isfinite(est_a).all()),
+                "pass": bool(rms <= 2.0 and np.isfinite(est_a).all() and all(reliable)),
             }
         )
     return {"analysis": analysis, "series": out, "pass": all(s["pass"] for s in out)}
@@ -115,13 +117,14 @@ def main() -> int:
     lines = [
         "# Defocus from Thon rings (issue 22 acceptance)",
         "",
-        "| card | zone | support nm | offset nm | RMS after offset nm | estimates | pass |",
-        "|---|---|---|---|---|---|---|",
+        "| card | zone | support nm | offset nm | RMS after offset nm | estimates | reliable | pass |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in report["series"]:
         lines.append(
             f"| {s['card_id']} | {s['zone_axis']} | {s['support_nm']} | {s['offset_nm']} | "
-            f"{s['rms_after_offset_nm']} | {s['n_estimates']}/{s['n_images']} | {s['pass']} |"
+            f"{s['rms_after_offset_nm']} | {s['n_estimates']}/{s['n_images']} | "
+            f"{s['n_reliable']}/{s['n_images']} | {s['pass']} |"
         )
     (res / "defocus.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -119,3 +119,48 @@ def test_bad_input() -> None:
         D.estimate_defocus(np.zeros((128, 128)), -1.0)
     with pytest.raises(AnalysisParameterError):
         D.estimate_defocus(np.zeros((128, 128)), 0.04, defocus_range_nm=(10.0, -10.0))
+
+
+def test_series_cli_estimates_a_missing_defocus(tmp_path) -> None:
+    """A focal series with no defocus anywhere: every image gets the Thon-ring estimate."""
+    import json
+
+    import pandas as pd
+    import tifffile
+
+    from hrtem_core.cards import load_cards
+    from hrtem_core.cli import main
+
+    dfs = [-60.0, -35.0]
+    sims = simulate_series(
+        load_cards().phase("33-0664"),
+        dfs,
+        zone_axis=(0, 0, 1),
+        diameter_nm=6.0,
+        pixel_size_nm=0.04,
+        shape=(512, 512),
+        support_thickness_nm=3.0,
+        seed=11,
+    )
+    paths = []
+    for i, s in enumerate(sims):
+        p = tmp_path / f"image_{'ab'[i]}.tif"
+        tifffile.imwrite(p, s.image)
+        paths.append(str(p))
+    out = tmp_path / "series"
+    opts = ["--pixel-size-nm", "0.04", "--window", "64", "--stride", "32"]
+    code = main(
+        ["series", *paths, *opts, "--detector", "classical", "--no-progress", "--out", str(out)]
+    )
+    assert code == 0
+    prof = pd.read_csv(out / "profile.csv")
+    got = prof.sort_values("file")["defocus_nm"].to_numpy()
+    assert np.all(np.abs(got - np.asarray(dfs) + 3.0) < 3.0)  # support 3 nm below mid-plane
+    assert abs((got[1] - got[0]) - 25.0) < 1.0
+    for stem in ("image_a", "image_b"):
+        summ = json.loads((out / stem / "summary.json").read_text(encoding="utf-8"))
+        assert summ["defocus_source"] == "estimated"
+        assert summ["defocus_estimate_reliable"] is True
+        assert summ["defocus_estimate_uncertainty_nm"] > 0
+        assert (out / stem / "particles.csv").is_file()
+    assert (out / "particles_series.csv").is_file()
