@@ -10,10 +10,11 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    reflections ``g`` (same ``|g|`` within ``spacing_tol``, same direction within
    ``orientation_tol_deg``; ``g`` and ``-g`` alike).
 3. **Boundary finer than the stride, from the image itself**: a Bragg filter of each reflection
-   (a Gaussian of ``sigma_k = 1 / (2 pi edge_sigma_nm)`` around ``+g`` in the whole image's FFT;
-   the modulus of its inverse transform is the local fringe amplitude), summed in quadrature over
-   the reflections and smoothed, is thresholded at ``edge_level`` (default 0.2) of the way from
-   the amorphous background (median over the non-crystalline pixels) to the particle's plateau
+   (a Gaussian of ``sigma_k = 1 / (2 pi edge_sigma_nm)`` around ``+g`` in the FFT of the region's
+   bounding box grown by one window; the modulus of its inverse transform is the local fringe
+   amplitude), summed in quadrature over the (at most ``max_reflections``, 64) strongest reflections
+   and smoothed, is thresholded at ``edge_level`` (default 0.2) of the way from the amorphous
+   background (median over the box's non-crystalline pixels) to the particle's plateau
    (95th percentile in the region), never below the background + 4 robust sigma, inside the
    region's window footprints grown by half a window. (A sphere's fringe amplitude follows its
    thickness, ``sqrt(r^2 - x^2)``, so the half-maximum would cut ~13 % inside the rim; 0.2 was
@@ -115,6 +116,8 @@ class ParticleParams:
     edge_level : float
         Threshold of the fringe amplitude between the background (0) and the plateau (1)
         (default 0.2; see the module docstring).
+    max_reflections : int
+        Reflections per window region used in the Bragg filter, strongest first (default 64).
     core_level : float
         Cores of the watershed that splits touching particles, same scale as ``edge_level``
         (default 0.5; see :func:`_split_touching`).
@@ -140,11 +143,17 @@ class ParticleParams:
     core_level: float = 0.5
     halo: str = "least"
     min_fringe_snr: float = 20.0
+    max_reflections: int = 64
     strong_support_windows: int = 5
 
     def validate(self) -> None:
         """Raise :class:`AnalysisParameterError` for an invalid value."""
-        for name in ("min_windows", "min_grain_windows", "strong_support_windows"):
+        for name in (
+            "min_windows",
+            "min_grain_windows",
+            "strong_support_windows",
+            "max_reflections",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise AnalysisParameterError(f"{name} must be a positive integer, got {v!r}")
@@ -276,16 +285,50 @@ def bragg_amplitude(
 
     ``spectrum`` is the FFT of the (mean-subtracted) image, shape (ny, nx). Each reflection is
     isolated by a Gaussian of ``sigma_nm_inv`` around ``+g`` only; the modulus of the inverse
-    transform is the amplitude envelope of its fringes. Returns shape (ny, nx), float64.
+    transform is the amplitude envelope of its fringes. The envelope is band-limited (to about
+    ``4 sigma``), so it is computed by demodulation: the spectrum block around ``+g`` is shifted to
+    the origin and inverse-transformed on a coarse grid (cost independent of the image size), then
+    interpolated back (linear) to every pixel. Returns shape (ny, nx), float64, in the units of
+    a full-size inverse transform.
     """
     ny, nx = spectrum.shape
-    fy = np.fft.fftfreq(ny, d=pixel_size_nm[0])[:, None]
-    fx = np.fft.fftfreq(nx, d=pixel_size_nm[1])[None, :]
-    total = np.zeros((ny, nx))
+    # Block half-widths in FFT pixels (4 sigma), the coarse grid at least twice that.
+    half = [
+        max(2, math.ceil(4 * sigma_nm_inv * n * p))
+        for n, p in zip((ny, nx), pixel_size_nm, strict=True)
+    ]
+    m = [
+        min(n, int(2 ** math.ceil(math.log2(4 * h + 1))))
+        for n, h in zip((ny, nx), half, strict=True)
+    ]
+    if m[0] >= ny and m[1] >= nx:
+        fy = np.fft.fftfreq(ny, d=pixel_size_nm[0])[:, None]
+        fx = np.fft.fftfreq(nx, d=pixel_size_nm[1])[None, :]
+        total = np.zeros((ny, nx))
+        for gy, gx in g_list:
+            g = np.exp(-((fy - gy) ** 2 + (fx - gx) ** 2) / (2 * sigma_nm_inv**2))
+            total += np.abs(np.fft.ifft2(spectrum * g)) ** 2
+        return np.sqrt(total)
+    ky = np.fft.fftfreq(m[0], d=1.0 / m[0]).astype(int)  # block offsets, FFT order
+    kx = np.fft.fftfreq(m[1], d=1.0 / m[1]).astype(int)
+    coarse = np.zeros((m[0], m[1]))
     for gy, gx in g_list:
-        m = np.exp(-((fy - gy) ** 2 + (fx - gx) ** 2) / (2 * sigma_nm_inv**2))
-        total += np.abs(np.fft.ifft2(spectrum * m)) ** 2
-    return np.sqrt(total)
+        cy, cx = gy * ny * pixel_size_nm[0], gx * nx * pixel_size_nm[1]  # g in FFT pixels
+        iy = round(cy) + ky
+        ix = round(cx) + kx
+        block = spectrum[np.mod(iy, ny)[:, None], np.mod(ix, nx)[None, :]]
+        dy = (iy - cy) / (ny * pixel_size_nm[0])
+        dx = (ix - cx) / (nx * pixel_size_nm[1])
+        gauss = np.exp(-(dy[:, None] ** 2 + dx[None, :] ** 2) / (2 * sigma_nm_inv**2))
+        # A full-size inverse transform divides by ny nx; the block's by m0 m1.
+        env = np.fft.ifft2(block * gauss) * (m[0] * m[1]) / (ny * nx)
+        coarse += np.abs(env) ** 2
+    coarse = np.sqrt(coarse)
+    # Coarse sample j sits at pixel j * n / m; periodic linear interpolation back to (ny, nx).
+    yy = np.arange(ny) * m[0] / ny
+    xx = np.arange(nx) * m[1] / nx
+    padded = np.pad(coarse, ((0, 1), (0, 1)), mode="wrap")
+    return ndi.map_coordinates(padded, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +516,6 @@ def particles_for_result(
 
     cgrid = cry.reshape(grid.n_rows, grid.n_cols)
     wlab = measure.label(cgrid, connectivity=2)
-    spectrum = np.fft.fft2(img - img.mean())
     sigma_k = 1.0 / (2 * math.pi * params.edge_sigma_nm)
     smooth_px = (params.edge_sigma_nm / py, params.edge_sigma_nm / px)
 
@@ -507,11 +549,25 @@ def particles_for_result(
             foot[max(y0 - w // 2, 0) : y0 + w + w // 2, max(x0 - w // 2, 0) : x0 + w + w // 2] = (
                 True
             )
-        amp = bragg_amplitude(
-            spectrum, [(c.gy, c.gx) for c in clusters], (py, px), sigma_nm_inv=sigma_k
+        # Bragg filter on the region's bounding box grown by one window (cost ~ its area), with
+        # at most max_reflections reflections (the strongest by summed SNR).
+        ys, xs = np.nonzero(foot)
+        y0c, y1c = max(int(ys.min()) - w, 0), min(int(ys.max()) + w + 1, ny)
+        x0c, x1c = max(int(xs.min()) - w, 0), min(int(xs.max()) + w + 1, nx)
+        crop = img[y0c:y1c, x0c:x1c]
+        strong = sorted(clusters, key=lambda c: -c.weight)[: params.max_reflections]
+        amp_c = bragg_amplitude(
+            np.fft.fft2(crop - crop.mean()),
+            [(c.gy, c.gx) for c in strong],
+            (py, px),
+            sigma_nm_inv=sigma_k,
         )
-        amp = ndi.gaussian_filter(amp, smooth_px)
-        outside = ~cry_foot
+        amp_c = ndi.gaussian_filter(amp_c, smooth_px)
+        amp = np.zeros((ny, nx))
+        amp[y0c:y1c, x0c:x1c] = amp_c
+        in_crop = np.zeros((ny, nx), dtype=bool)
+        in_crop[y0c:y1c, x0c:x1c] = True
+        outside = in_crop & ~cry_foot
         bg_vals = amp[outside] if outside.sum() > 100 else amp[foot]
         bg = float(np.median(bg_vals))
         bg_sd = 1.4826 * float(np.median(np.abs(bg_vals - bg)))
