@@ -112,7 +112,7 @@ class ParticleParams:
     edge_sigma_nm : float
         Spatial resolution of the Bragg-filtered amplitude [nm] (default 0.35).
     min_grain_windows : int
-        Smaller grains are merged into a neighbour (default 2).
+        Smaller grains are merged into a neighbour (default 3).
     edge_level : float
         Threshold of the fringe amplitude between the background (0) and the plateau (1)
         (default 0.2; see the module docstring).
@@ -138,7 +138,7 @@ class ParticleParams:
     spacing_tol: float = 0.04
     orientation_tol_deg: float = 5.0
     edge_sigma_nm: float = 0.35
-    min_grain_windows: int = 2
+    min_grain_windows: int = 3
     edge_level: float = 0.2
     core_level: float = 0.5
     halo: str = "least"
@@ -520,10 +520,13 @@ def particles_for_result(
     smooth_px = (params.edge_sigma_nm / py, params.edge_sigma_nm / px)
 
     # Amorphous background of the amplitude: pixels outside every crystalline footprint.
+    # (Grown by half a window: the delocalised fringes reach beyond the crystalline windows.)
     cry_foot = np.zeros((ny, nx), dtype=bool)
     for i in np.flatnonzero(cry):
         y0, x0 = origins[i]
-        cry_foot[y0 : y0 + w, x0 : x0 + w] = True
+        cry_foot[max(y0 - w // 2, 0) : y0 + w + w // 2, max(x0 - w // 2, 0) : x0 + w + w // 2] = (
+            True
+        )
 
     labels = np.zeros((ny, nx), dtype=np.int32)
     fringe_snr: dict[int, float] = {}
