@@ -38,6 +38,9 @@ PROFILE_PNG = "profile.png"
 PHASE_FRACTIONS_HTML = "phase_fractions.html"
 SERIES_JSON = "series.json"
 SERIES_XLSX = "series.xlsx"
+#: Per-particle outputs (issue 22): one image's particles, a series' particles across defocus.
+PARTICLES_CSV = "particles.csv"
+PARTICLES_SERIES_CSV = "particles_series.csv"
 
 
 def jsonable(value: Any) -> Any:
@@ -148,6 +151,7 @@ def export_analysis(
     *,
     image: np.ndarray | None = None,
     figures: bool = True,
+    particles: Any = None,
 ) -> dict[str, Path]:
     """Write every output of one analysis into ``out_dir``.
 
@@ -161,6 +165,9 @@ def export_analysis(
         canvas.
     figures : bool, keyword-only
         Also write ``plane_map.html`` and ``plane_map.png`` (default True).
+    particles : ImageParticles, optional, keyword-only
+        :func:`hrtem_core.particles.image_particles`: adds ``particles.csv``, a ``particles``
+        sheet and the particle list and defocus estimate in ``summary.json``.
 
     Returns
     -------
@@ -169,17 +176,41 @@ def export_analysis(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary, sheets = result.summary, result_sheets(result)
+    if particles is not None:  # issue 22: particles + defocus estimate
+        summary, sheets = particle_outputs(particles, summary, sheets)
     paths = {
         "windows_csv": write_csv(result.windows, out / WINDOWS_CSV),
-        "summary_json": write_json(result.summary, out / SUMMARY_JSON),
-        "results_xlsx": write_xlsx(result_sheets(result), out / RESULTS_XLSX),
+        "summary_json": write_json(summary, out / SUMMARY_JSON),
+        "results_xlsx": write_xlsx(sheets, out / RESULTS_XLSX),
     }
+    if particles is not None:
+        paths["particles_csv"] = write_csv(particles.table, out / PARTICLES_CSV)
     if figures:
         from hrtem_core.figures import plane_map_figure, plane_map_png, write_html
 
         paths["plane_map_html"] = write_html(plane_map_figure(result, image), out / PLANE_MAP_HTML)
         paths["plane_map_png"] = plane_map_png(result, image, out / PLANE_MAP_PNG)
     return paths
+
+
+def particle_outputs(
+    particles: Any, summary: dict, sheets: dict[str, pd.DataFrame]
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """``summary`` with the particle list and defocus estimate, ``sheets`` with ``particles``.
+
+    ``particles`` is an :class:`hrtem_core.particles.ImageParticles`; the defocus estimate and its
+    uncertainty also go into the ``summary`` sheet.
+    """
+    extra = particles.summary()
+    summary = dict(summary, **extra)
+    sheets = dict(sheets)
+    sheets["particles"] = particles.table
+    sheets["summary"] = pd.concat(
+        [sheets["summary"], _kv_frame({k: v for k, v in extra.items() if k != "particles"})],
+        ignore_index=True,
+    )
+    return summary, sheets
 
 
 def export_series(
@@ -254,6 +285,8 @@ def export_series(
 
 
 __all__ = [
+    "PARTICLES_CSV",
+    "PARTICLES_SERIES_CSV",
     "PHASE_FRACTIONS_HTML",
     "PLANE_MAP_HTML",
     "PLANE_MAP_PNG",
@@ -268,6 +301,7 @@ __all__ = [
     "export_analysis",
     "export_series",
     "jsonable",
+    "particle_outputs",
     "result_sheets",
     "write_csv",
     "write_json",

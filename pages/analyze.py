@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, results_ui, run_state
+from ui import analyze_ui, particles_ui, results_ui, run_state
 from ui.common import (
     EXAMPLE_IMAGE,
     analyze_cached,
@@ -117,3 +117,5 @@ elif params is None:
 if result is not None:
     with guard():
         results_ui.show_result(result, calibrated.micrograph, key="analyze", cards=db, stale=stale)
+    with guard():  # issue 22: particles and the defocus from the Thon rings
+        particles_ui.show_particles(result, calibrated.micrograph, key="analyze")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, run_state, series_ui
+from ui import analyze_ui, particles_ui, run_state, series_ui
 from ui.common import (
     FOCAL_SERIES_DIR,
     example_description,
@@ -117,3 +117,5 @@ elif params is None:
 if series is not None:
     with guard():
         series_ui.show_series(series, chosen, key="series", cards=db, stale=stale)
+    with guard():  # issue 22: per-particle crystallinity, defocus estimates
+        particles_ui.show_series_particles(series, chosen, key="series")

@@ -60,7 +60,8 @@ def test_analyze_writes_every_file(tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert "goethite_-8nm.tif: crystallinity" in captured.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "plane_map.html", "plane_map.png", "results.xlsx", "summary.json", "windows.csv",
+        "particles.csv", "plane_map.html", "plane_map.png", "results.xlsx", "summary.json",
+        "windows.csv",
     ]  # fmt: skip
 
     win = pd.read_csv(out / "windows.csv", keep_default_na=False)
@@ -165,7 +166,8 @@ def test_series_writes_profile_and_folders(tmp_path, capsys) -> None:
     for stem in ("s_-8nm", "s_+4nm", "s_-2nm"):
         sub = out / stem
         assert sorted(p.name for p in sub.iterdir()) == [
-            "plane_map.html", "plane_map.png", "results.xlsx", "summary.json", "windows.csv",
+            "particles.csv", "plane_map.html", "plane_map.png", "results.xlsx", "summary.json",
+            "windows.csv",
         ]  # fmt: skip
         summ = json.loads((sub / "summary.json").read_text(encoding="utf-8"))
         assert summ["defocus_nm"] == float(stem[2:-2])
@@ -177,8 +179,8 @@ def test_series_writes_profile_and_folders(tmp_path, capsys) -> None:
     with Image.open(out / "profile.png") as png:
         assert png.format == "PNG"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "phase_fractions.html", "profile.csv", "profile.html", "profile.png", "series.json",
-        "series.xlsx",
+        "particles_series.csv", "phase_fractions.html", "profile.csv", "profile.html",
+        "profile.png", "series.json", "series.xlsx",
     ]  # fmt: skip
     assert "goethite" in (out / "phase_fractions.html").read_text(encoding="utf-8")
     book = pd.read_excel(out / "series.xlsx", sheet_name=None)

@@ -5,7 +5,10 @@ Writes into DIR (default ``<image stem>_analysis`` in the current folder):
 * ``windows.csv`` -- one row per window (:data:`hrtem_core.analysis.WINDOW_COLUMNS`);
 * ``summary.json`` -- crystallinity, crystalline area fraction, phases, parameters, timing;
 * ``results.xlsx`` -- sheets windows, phases, families, summary, parameters (with the version);
-* ``plane_map.html`` (interactive, plotly) and ``plane_map.png`` (static).
+* ``plane_map.html`` (interactive, plotly) and ``plane_map.png`` (static);
+* ``particles.csv`` -- one row per particle (:data:`hrtem_core.particles.PARTICLE_COLUMNS`),
+  also a ``particles`` sheet in ``results.xlsx`` and a ``particles`` list in ``summary.json``,
+  with ``defocus_estimate_nm`` and its uncertainty from the Thon rings.
 
 Prints one line on stdout: the crystallinity and the output folder. Progress bar on stderr.
 Bad input: exit code 2 and one line ``error: ...`` on stderr.
@@ -71,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
         total=1.0, desc=micrograph.name, unit="image", enabled=not args.no_progress
     ) as bar:
         result = analyze_image(micrograph, params=params, cards=cards, model=model, progress=bar)
-    export_analysis(result, out, image=micrograph.data)
+    from hrtem_core.particles import image_particles  # issue 22: particles + defocus estimate
+
+    extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    for w in filter(None, [extras.disagreement]):
+        sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
+    export_analysis(result, out, image=micrograph.data, particles=extras)
     s = result.summary
     sys.stdout.write(
         f"{micrograph.name}: crystallinity {s['crystallinity']:.3f} "

@@ -12,8 +12,11 @@ then the profile over defocus:
 Defocus of each image: ``--defocus-nm`` (one value per image, in order, negative = underfocus;
 separate values ``--defocus-nm -6 6``, comma-separated ``--defocus-nm -6,6`` or
 ``--defocus-nm=-6,6``; put the flag after the images), else the file's metadata, else its name
-(e.g. ``..._-16nm.dm3``).
-An image whose defocus is unknown, or that cannot be read or analysed, is listed as failed; the
+(e.g. ``..._-16nm.dm3``), else the estimate from its Thon rings (``defocus_source: estimated``
+in its ``summary.json``; a warning when a given value and the estimate disagree by more than
+the estimate's uncertainty). ``particles_series.csv``: per-particle crystallinity across defocus.
+An image that cannot be read or analysed (or whose defocus is neither given nor estimable) is
+listed as failed; the
 others are still written, and the exit code is 2 when any image failed.
 """
 
@@ -115,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
         resolve_defocus,
         series_from_results,
     )
-    from hrtem_core.export import export_analysis, export_series
+    from hrtem_core.export import PARTICLES_SERIES_CSV, export_analysis, export_series, write_csv
     from hrtem_core.io import load_image
+    from hrtem_core.particles import image_particles, particle_series
 
     images = list(args.images)
     defocus = _defocus_values(args.defocus_nm)
@@ -133,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     results = []
+    particle_results = []
     failures: dict[str, str] = {}
     used: set[str] = set()
     n = len(images)
@@ -149,14 +154,24 @@ def run(args: argparse.Namespace) -> int:
                 if not path.is_file():
                     raise AnalysisParameterError(f"{image}: no such file")
                 micrograph = load_image(path, pixel_size_nm=pixel, frame=args.frame)
-                df = resolve_defocus(micrograph, None if defocus is None else defocus[i])
-                micrograph = _with_defocus(micrograph, df)
+                try:
+                    df = resolve_defocus(micrograph, None if defocus is None else defocus[i])
+                    micrograph = _with_defocus(micrograph, df)
+                except AnalysisParameterError as exc:  # issue 22: estimate from the Thon rings
+                    df, unknown = None, exc
                 result = analyze_image(
                     micrograph, params=params, cards=cards, model=model, progress=sub, tables=tables
                 )
+                extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+                if df is None and extras.defocus_nm is None:
+                    raise AnalysisParameterError(f"{unknown} (no clear Thon rings to estimate it)")
+                result = extras.with_estimated_defocus(result)
+                for w in filter(None, [extras.disagreement]):
+                    sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
                 folder = _unique_folder(out, safe_stem(micrograph.name), used)
-                export_analysis(result, folder, image=micrograph.data)
+                export_analysis(result, folder, image=micrograph.data, particles=extras)
                 results.append(result)
+                particle_results.append(extras.particles)
             except (HRTEMError, OSError, ValueError, MemoryError) as exc:
                 msg = str(exc) if isinstance(exc, HRTEMError) else f"{type(exc).__name__}: {exc}"
                 failures[image] = " ".join(msg.split())
@@ -165,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if results:
         series = series_from_results(results)
         export_series(series, out, failures=failures)
+        write_csv(particle_series(results, particle_results), out / PARTICLES_SERIES_CSV)
         best = series.best_focus_nm
         sys.stdout.write(
             f"series of {len(results)} images: best focus "
