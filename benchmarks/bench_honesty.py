@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if scene.window_px is not None:
             prm = dataclasses.replace(params, window_px=scene.window_px)
         res = analyze_image(scene.micrograph, params=prm, cards=cards, model=model)
+        print(f"  analysed {scene.name} ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
         return sc.score_scene(res.windows, res.grid, scene, cards, halo_nm=args.halo_nm, **kw)
 
     q = args.quick
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         f0, f1 = s0["foreign"], s1["foreign"]
         print(
             f"  {s0['scene']:10s} inside {f0['inside']:3d} found {f0['found']:3d} "
-            f"named {f0['named']:3d} | with card: found {f1['found']:3d} "
+            f"named {f0['named']:3d} unmatched {f0['unmatched']:3d} | with card: found {f1['found']:3d} "
             f"right {f1['named_right']:3d} zone {f1['zone_right']:3d}"
         )
     print("per shipped scene (inside, found, phase right, zone right, beyond-halo crystalline):")

@@ -521,7 +521,8 @@ def score_scene(
         "status_counts": {str(k): int(v) for k, v in windows["status"].value_counts().items()},
         "shipped": {"inside": 0, "found": 0, "phase_right": 0, "phase_right_strict": 0,
                     "zone_right": 0},
-        "foreign": {"inside": 0, "found": 0, "named": 0, "named_right": 0, "zone_right": 0},
+        "foreign": {"inside": 0, "found": 0, "named": 0, "unmatched": 0, "named_right": 0,
+                    "zone_right": 0},
     }  # fmt: skip
     rows = list(windows.itertuples())
     for i, row in enumerate(rows):
@@ -538,6 +539,7 @@ def score_scene(
         card = t["card_id"]
         if t["foreign"]:
             acc["named"] += int(named(row))
+            acc["unmatched"] += int(row.status == "unmatched")
             if foreign_named_as:
                 right = named(row) and row.phase_card == card
                 acc["named_right"] += int(right)
