@@ -41,9 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 for _p in (REPO, REPO / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+# HRTEM_CORE_PATH=/path/to/checkout: measure that checkout's hrtem_core (e.g. a branch under work)
+# with this harness; default the checkout this script is in.
+if os.environ.get("HRTEM_CORE_PATH"):
+    sys.path.insert(0, str(Path(os.environ["HRTEM_CORE_PATH"]).resolve()))
 
 import scenes as sc  # noqa: E402
 
+import hrtem_core  # noqa: E402
 from hrtem_core import __version__  # noqa: E402
 from hrtem_core.analysis import AnalysisParams, analyze_image  # noqa: E402
 from hrtem_core.cards import load_cards  # noqa: E402
@@ -81,7 +86,14 @@ def git_rev() -> str:
         import subprocess
 
         return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            [
+                "git",
+                "-C",
+                str(Path(hrtem_core.__file__).resolve().parents[1]),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "quick" if q else "full",
             "version": __version__,
             "git": git_rev(),
+            "library": str(Path(hrtem_core.__file__).resolve().parent),
             "python": platform.python_version(),
             "detector": args.detector,
             "window_px": 256,

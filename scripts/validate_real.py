@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -53,9 +54,14 @@ REPO = Path(__file__).resolve().parents[1]
 for _p in (REPO, REPO / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+# HRTEM_CORE_PATH=/path/to/checkout: measure that checkout's hrtem_core (e.g. a branch under work)
+# with this harness; default the checkout this script is in.
+if os.environ.get("HRTEM_CORE_PATH"):
+    sys.path.insert(0, str(Path(os.environ["HRTEM_CORE_PATH"]).resolve()))
 
 import scenes as sc  # noqa: E402
 
+import hrtem_core  # noqa: E402
 from hrtem_core import __version__  # noqa: E402
 from hrtem_core.analysis import AnalysisParams, analyze_image  # noqa: E402
 from hrtem_core.cards import CardDatabase, load_cards  # noqa: E402
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "version": __version__,
         "detector": args.detector,
+        "library": str(Path(hrtem_core.__file__).resolve().parent),
         "window_px": args.window,
         "stride_px": args.stride,
         "sto_ser_correction": STO_SER_CORRECTION,
