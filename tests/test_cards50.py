@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from cards50 import EXTRA_PHASES, fifty_phase_database
 
 from hrtem_core.cards import CardDatabase, load_cards
 
 
-def test_fifty_distinct_phases_over_the_crystal_systems():
-    db = fifty_phase_database()
+@pytest.fixture(scope="module")
+def db() -> CardDatabase:
+    """Built once for the module (43 phases validated through the sheet rules)."""
+    return fifty_phase_database()
+
+
+def test_fifty_distinct_phases_over_the_crystal_systems(db):
     assert len(db.phases) == 50
     assert len(set(db.card_ids)) == 50
     assert len(EXTRA_PHASES) == 43
@@ -28,8 +34,7 @@ def test_fifty_distinct_phases_over_the_crystal_systems():
     assert all(p.enabled and p.reflections for p in db.phases)
 
 
-def test_known_spacings():
-    db = fifty_phase_database()
+def test_known_spacings(db):
 
     def first_allowed(card_id: str):
         return next(r for r in db.phase(card_id).reflections if not r.forbidden)
@@ -52,8 +57,7 @@ def test_known_spacings():
     )
 
 
-def test_round_trip_through_frames():
-    db = fifty_phase_database()
+def test_round_trip_through_frames(db):
     phases, reflections = db.to_frames()
     assert len(phases) == 50
     back = CardDatabase.from_frames(phases, reflections)
