@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             "windows+FFT",
             "detector",
             "spot pairs",
+            "spots: detect_pairs_in_image",
             "card tables",
             "indexing",
             "tables",
