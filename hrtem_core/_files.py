@@ -22,7 +22,6 @@ import math
 import os
 import re
 import tempfile
-import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,11 +199,10 @@ def jsonable(value: Any, *, max_array_size: int | None = None) -> Any:
 def safe_name(name: str, *, fallback: str = "file", max_len: int = 200) -> str:
     """A file name from ``name``'s last component: ``[A-Za-z0-9._+-]``, not hidden, not empty.
 
-    Other runs of characters become ``_`` (accents are dropped first: ``Å`` -> ``A``); leading
-    dots and underscores go, so the name is never hidden and never ``..``.
+    Other runs of characters become ``_``; leading dots and underscores go, so the name is never
+    hidden and never ``..``; at most ``max_len`` characters.
     """
     base = re.split(r"[\\/]", str(name))[-1]
-    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
     text = _UNSAFE_NAME.sub("_", base).lstrip("._")
     return text[:max_len] or fallback
 

@@ -344,9 +344,9 @@ def phase_fraction_figure(series: Any):
 
 def write_html(fig: Any, path: str | os.PathLike) -> Path:
     """Write a plotly figure as a self-contained HTML file (plotly.js embedded, works offline)."""
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(
+    return atomic_write(
         Path(path), lambda p: fig.write_html(str(p), include_plotlyjs=True, full_html=True)
     )
 
@@ -427,9 +427,9 @@ def plane_map_png(
             title_fontsize=8,
         )
     fig.tight_layout()
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(Path(path), lambda p: fig.savefig(p, format="png"))
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
 def profile_png(series: Any, path: str | os.PathLike, *, dpi: int = 100) -> Path:
@@ -460,9 +460,9 @@ def profile_png(series: Any, path: str | os.PathLike, *, dpi: int = 100) -> Path
     ax.legend(fontsize=8)
     ax.set_title("Crystallinity vs defocus")
     fig.tight_layout()
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(Path(path), lambda p: fig.savefig(p, format="png"))
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
 
 
 __all__ = [
