@@ -18,8 +18,8 @@ Rules
   cell was edited), :attr:`CardDatabase.warnings` says so.
 * Formula cells and external links are refused, never evaluated or followed.
 
-Size: at most 20 MB of workbook (read in chunks, so a device such as ``/dev/zero`` is refused
-after 20 MB), 1,000 phases and 200,000 rows per sheet; larger books are refused before parsing.
+Size: at most 20 MB of workbook (read in chunks; a device such as ``/dev/zero`` is refused at
+once), 32 MB uncompressed (about 100,000 reflection rows), 1,000 phases and 200,000 rows per sheet; larger books are refused before parsing.
 Names and card ids that start with ``= + - @`` or a control character are refused (they would
 become live formulas in a spreadsheet; OWASP CSV injection).
 
@@ -117,6 +117,9 @@ _ANGLE_ATOL = 0.01
 
 _MAX_FILE_BYTES = 20 * 1024 * 1024
 _MAX_ROWS = 200_000
+#: Largest uncompressed workbook content: openpyxl scans a whole sheet for its size when the
+#: sheet does not declare it (about 10 MB of XML per second), so this bounds the load time.
+_MAX_EXPANDED_BYTES = 32 * 1024 * 1024
 #: Most phases in a database: every phase's reflections are computed or checked on load
 #: (about 6 ms each), so 1,000 phases load in seconds; 100,000 would take over ten minutes.
 MAX_PHASES = 1_000
@@ -597,8 +600,11 @@ def _load_bytes(data: bytes, name: str) -> CardDatabase:
         raise CardDatabaseError(
             f"card database {name} is not an .xlsx workbook (not a zip container)"
         ) from None
-    if total > 20 * _MAX_FILE_BYTES:
-        raise CardDatabaseError(f"card database {name} expands to {total / 1e6:.0f} MB: refused")
+    if total > _MAX_EXPANDED_BYTES:
+        raise CardDatabaseError(
+            f"card database {name} expands to {total / 1e6:.0f} MB, more than "
+            f"{_MAX_EXPANDED_BYTES / 1e6:.0f} MB: refused"
+        )
     links = [n for n in names if n.lower().startswith("xl/externallinks/")]
     if links:
         raise CardDatabaseError(
@@ -620,7 +626,9 @@ def _load_bytes(data: bytes, name: str) -> CardDatabase:
                     f"card database {name}: sheet {sheet!r} is missing "
                     f"(found: {', '.join(map(repr, wb.sheetnames))})"
                 )
-            sheets[sheet] = _sheet_rows(wb[sheet], sheet, columns)
+            sheets[sheet] = _sheet_rows(
+                wb[sheet], sheet, columns, max_rows=MAX_PHASES if sheet == "phases" else None
+            )
     finally:
         wb.close()
     _check_phase_count(len(sheets["phases"]), name)
@@ -636,7 +644,11 @@ def _check_phase_count(n: int, name: str) -> None:
         )
 
 
-def _sheet_rows(ws: Any, sheet: str, columns: Sequence[str]) -> list[_Row]:
+def _sheet_rows(
+    ws: Any, sheet: str, columns: Sequence[str], *, max_rows: int | None = None
+) -> list[_Row]:
+    """The non-blank rows of a sheet, streamed; refused as soon as there are more than
+    ``_MAX_ROWS`` rows or ``max_rows`` non-blank ones (the phase cap)."""
     rows_iter = ws.iter_rows()
     header_cells = next(rows_iter, None)
     if header_cells is None:
@@ -669,6 +681,11 @@ def _sheet_rows(ws: Any, sheet: str, columns: Sequence[str]) -> list[_Row]:
         if all(_blank(v) for v in values.values()):
             continue
         out.append(_Row(sheet, n, values))
+        if max_rows is not None and len(out) > max_rows:
+            raise CardDatabaseError(
+                f"sheet {sheet!r} holds more than {max_rows:,} phases, the limit: refused "
+                "(split the database, or keep only the phases you index against)"
+            )
     return out
 
 

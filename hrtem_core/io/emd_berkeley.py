@@ -78,6 +78,14 @@ def read_open(handle: Any, walk: _hdf5.Walk, name: str) -> RawImage:
     shape = tuple(dataset.shape)
     _guard.check_declared(shape, name, itemsize=dataset.dtype.itemsize, lazy=len(shape) == 3)
     dims = _dims(chosen, len(shape), name)
+    units = [d[1] for d in dims]
+    frame_axis = None
+    if len(shape) == 3:
+        lengths = [i for i in range(3) if is_length_unit(units[i])]
+        frame_axis = ({0, 1, 2} - set(lengths)).pop() if len(lengths) == 2 else 0
+        _guard.check_declared(
+            shape, name, itemsize=dataset.dtype.itemsize, frame_axis=frame_axis, lazy=True
+        )
     microscope: dict = {}
     scope = handle.get("microscope")
     if scope is not None and hasattr(scope, "attrs"):
@@ -85,12 +93,8 @@ def read_open(handle: Any, walk: _hdf5.Walk, name: str) -> RawImage:
     group_name = chosen.name
     raw = RawImage(data=np.empty(0), reader="ncempy-emd")
     steps = [d[0] for d in dims]
-    units = [d[1] for d in dims]
     spatial = [i for i in range(len(shape)) if shape[i] > 1]
-    frame_axis = None
-    if len(shape) == 3:
-        lengths = [i for i in range(3) if is_length_unit(units[i])]
-        frame_axis = ({0, 1, 2} - set(lengths)).pop() if len(lengths) == 2 else 0
+    if frame_axis is not None:
         spatial = [i for i in range(3) if i != frame_axis]
     attach(raw, handle, dataset, frame_axis=frame_axis, name=name)
     if len(spatial) >= 2:

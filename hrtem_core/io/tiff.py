@@ -50,6 +50,11 @@ def read(path: Path, name: str) -> RawImage:
             samples = declared[-1]
             declared = declared[:-1]
         _guard.check_declared(declared, name, itemsize=series.dtype.itemsize, samples=samples)
+        if series.dtype.kind == "c":  # refused before decoding (the same words as finalise)
+            raise ReadError(
+                f"{name}: complex data ({series.dtype}, an FFT or exit wave?) is not an image; "
+                "save the real-space image instead"
+            )
         _guard.tick("reading the TIFF header")
         data = np.asarray(series.asarray(maxworkers=1))
         axes = series.axes
