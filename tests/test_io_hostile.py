@@ -568,5 +568,8 @@ def test_isolated_read_matches_and_limits(tmp_path: Path) -> None:
     isolated = load_image_isolated(path, timeout_s=60)
     np.testing.assert_array_equal(direct.data, isolated.data)
     assert isolated.pixel_size_nm == direct.pixel_size_nm
-    with pytest.raises(ReadError, match=r"a\.tif: (reading needs more memory than the limit|not enough memory to read)"):
+    with pytest.raises(
+        ReadError,
+        match=r"a\.tif: (reading needs more memory than the limit|not enough memory to read)",
+    ):
         load_image_isolated(path, timeout_s=60, max_memory_bytes=64 * 1024**2)
