@@ -39,7 +39,12 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 # --------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], None],
+    *,
+    tmp_suffix: str | None = None,
+) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then move it onto ``path``.
 
     Parameters
@@ -47,7 +52,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path : path-like
         Destination; its folder is created.
     write : callable
-        ``write(tmp_path)`` writes the whole file to ``tmp_path``.
+        ``write(tmp_path)`` writes the whole file to ``tmp_path`` (it may also check it: an
+        exception leaves ``path`` as it was and removes the temporary file).
+    tmp_suffix : str, optional, keyword-only
+        Suffix of the temporary file; default ``.tmp`` plus the destination's suffix (so that
+        writers choosing the format by suffix see it). The temporary name always starts with
+        ``.<name>.``.
 
     Returns
     -------
@@ -56,9 +66,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent
-    )
+    suffix = f".tmp{dest.suffix}" if tmp_suffix is None else tmp_suffix
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -19,15 +19,16 @@ Rules
 * Formula cells and external links are refused, never evaluated or followed.
 
 Size: at most 20 MB of workbook (read in chunks; a device such as ``/dev/zero`` is refused at
-once), 32 MB uncompressed (about 100,000 reflection rows), 1,000 phases and 200,000 rows per sheet; larger books are refused before parsing.
+once), 32 MB uncompressed (about 100,000 reflection rows), 1,000 phases and 200,000 rows per
+sheet; larger books are refused before or while their rows are streamed.
 Names and card ids that start with ``= + - @`` or a control character are refused (they would
 become live formulas in a spreadsheet; OWASP CSV injection).
 
 Saving (:func:`save_cards`) takes a lock (:mod:`filelock`, on a lock file named after the
-database's resolved path in ``<tempdir>/hrtem-locks``, so no sidecar is left beside it), checks that the file is
-still the one that was loaded (sha256), writes a temporary file in the same folder, reads it back
+database's resolved path in ``<tempdir>/hrtem-locks``, so no sidecar is left beside it), checks
+that the file is still the one that was loaded (sha256), writes a temporary file in the same folder, reads it back
 and validates it, keeps the previous file as ``<file>.bak`` and moves the new file in place with
-``os.replace`` (atomic on POSIX and Windows).
+``os.replace`` (:func:`hrtem_core._files.atomic_write`; atomic on POSIX and Windows).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hrtem_core import _files
 from hrtem_core.crystallography import (
     Reflection,
     UnitCell,
@@ -469,14 +471,13 @@ def save_cards(
                     "the card database was changed by someone else since you loaded it: "
                     "reload it and apply your edit again"
                 )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        written: dict[str, bytes] = {}
+
+        def write_checked(tmp: Path) -> None:
             _write_workbook(db, tmp)
             _copy_mode(dest, tmp)
-            data = tmp.read_bytes()
-            check = _load_bytes(data, dest.name)
+            written["data"] = tmp.read_bytes()
+            check = _load_bytes(written["data"], dest.name)
             if not _same_phases(check.phases, db.phases):
                 raise CardDatabaseError(
                     f"cannot save the card database to {dest}: the written file does not read "
@@ -484,7 +485,9 @@ def save_cards(
                 )
             if dest.exists():
                 _backup(dest)
-            os.replace(tmp, dest)
+
+        try:
+            _files.atomic_write(dest, write_checked, tmp_suffix=".tmp")
             _fsync_dir(folder)
         except HRTEMError:
             raise
@@ -498,9 +501,7 @@ def save_cards(
                 f"cannot save the card database to {dest}: {type(exc).__name__}: {exc} "
                 "(the previous file is unchanged)"
             ) from None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        data = written["data"]
         return hashlib.sha256(data).hexdigest()
 
 
@@ -1175,19 +1176,17 @@ def _remove_stale_temporaries(dest: Path) -> None:
 
 
 def _backup(dest: Path) -> None:
-    bak = dest.with_name(dest.name + ".bak")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{bak.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(dest, "rb") as src:
+    """Copy ``dest`` to ``<dest>.bak`` atomically (fsynced, same permissions)."""
+
+    def copy(tmp: Path) -> None:
+        with open(tmp, "wb") as out, open(dest, "rb") as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        _copy_mode(dest, Path(tmp_name))
-        os.replace(tmp_name, bak)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+        _copy_mode(dest, tmp)
+
+    _files.atomic_write(dest.with_name(dest.name + ".bak"), copy, tmp_suffix=".tmp")
 
 
 def _copy_mode(dest: Path, tmp: Path) -> None:
