@@ -122,10 +122,8 @@ def editor_gate() -> bool:
         "The card database is read-only: enter the editor password to edit, import or save. "
         "Reading, computing and downloading need no password."
     )
-    with st.form("cards_editor_form", clear_on_submit=True):
-        given = st.text_input("Editor password", type="password", key="cards_editor_password")
-        submitted = st.form_submit_button("Unlock editing")
-    if submitted:
+    given = st.text_input("Editor password", type="password", key="cards_editor_password")
+    if st.button("Unlock editing", key="cards_editor_unlock"):
         problem = try_unlock(state, given, expected)
         if problem is None:
             st.rerun()
