@@ -55,6 +55,14 @@ MAX_METADATA_BYTES = 16 * 1024**2
 MAX_DEPTH = 64
 #: Wall-clock budget of one read [s]; a read past it is refused at its next check.
 READ_BUDGET_S = _guard.env_number("HRTEM_IO_READ_BUDGET_S", 60.0)
+#: Read HDF5 files (``.emd``, ``.h5``, ``.hdf5``) in a child process (``HRTEM_IO_ISOLATE_HDF5=0``
+#: turns it off). libhdf5 runs in C under h5py's process-wide lock, and a damaged file can make
+#: it loop for ever (found by ``scripts/fuzz_readers.py``: a corrupt string attribute); in a child
+#: such a read ends at its budget, and other reads in this process never wait for it.
+ISOLATE_HDF5 = os.environ.get("HRTEM_IO_ISOLATE_HDF5", "1").strip() != "0"
+#: Address-space limit of an isolated read's child process [bytes].
+CHILD_MEMORY_BYTES = 3 * 1024**3
+_IN_CHILD = False
 
 from hrtem_core.io._model import (  # noqa: E402  (the limits above are read by the modules)
     NON_SQUARE_REL_TOL,
@@ -73,6 +81,7 @@ from hrtem_core.io._registry import (  # noqa: E402
     READERS,
     SUPPORTED_EXTENSIONS,
     UNSUPPORTED,
+    Reader,
     sniff,
 )
 
@@ -155,40 +164,110 @@ def load_image(
                 f"{display}: unsupported or unrecognised file format {suffix or '(no suffix)'!r}; "
                 f"supported: {known}"
             )
-        try:
-            with _guard.quiet(), _guard.budget(display, budget_s):
-                raw = reader.read(path, display)
-                try:  # stacks may still be read here, frame by frame
-                    return finalise(
-                        raw,
-                        name=display,
-                        family=reader.family,
-                        pixel_size_nm=pixel_size_nm,
-                        frame=frame,
-                    )
-                finally:
-                    for close in raw.closers:
-                        close()
-        except HRTEMError:
-            raise
-        except MemoryError:
-            raise ReadError(
-                f"{display}: not enough memory to read this file (a damaged or hostile file?)"
-            ) from None
-        except Exception as exc:  # the reader boundary: no library exception escapes
-            reason = short(exc)
-            if tmpdir is not None:  # never show the private temporary path
-                reason = reason.replace(str(path), display).replace(tmpdir, "")
-            raise ReadError(
-                f"{display}: cannot be read as {reader.label} (corrupt, truncated or "
-                f"not this format): {reason}"
-            ) from None
+        if reader.family == "emd" and ISOLATE_HDF5 and not _IN_CHILD:
+            seconds = READ_BUDGET_S if budget_s is None else float(budget_s)
+            return _guard.run_isolated(
+                _read_in_child,
+                str(path),
+                display,
+                reader.family,
+                pixel_size_nm,
+                frame,
+                seconds,
+                _guard.limits(),
+                tmpdir,
+                name=display,
+                timeout_s=seconds + 5.0,
+                max_memory_bytes=CHILD_MEMORY_BYTES,
+            )
+        return _read(
+            path,
+            display,
+            reader,
+            pixel_size_nm=pixel_size_nm,
+            frame=frame,
+            budget_s=budget_s,
+            tmpdir=tmpdir,
+        )
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def _read(
+    path: Path,
+    display: str,
+    reader: Reader,
+    *,
+    pixel_size_nm: float | tuple[float, float] | None,
+    frame: FrameChoice,
+    budget_s: float | None,
+    tmpdir: str | None,
+) -> Micrograph:
+    """One read in this process: the reader, then the common checks, inside the guard."""
+    try:
+        with _guard.quiet(), _guard.budget(display, budget_s):
+            raw = reader.read(path, display)
+            try:  # stacks may still be read here, frame by frame
+                return finalise(
+                    raw,
+                    name=display,
+                    family=reader.family,
+                    pixel_size_nm=pixel_size_nm,
+                    frame=frame,
+                )
+            finally:
+                for close in raw.closers:
+                    close()
+    except HRTEMError:
+        raise
+    except MemoryError:
+        raise ReadError(
+            f"{display}: not enough memory to read this file (a damaged or hostile file?)"
+        ) from None
+    except Exception as exc:  # the reader boundary: no library exception escapes
+        reason = short(exc)
+        if tmpdir is not None:  # never show the private temporary path
+            reason = reason.replace(str(path), display).replace(tmpdir, "")
+        raise ReadError(
+            f"{display}: cannot be read as {reader.label} (corrupt, truncated or "
+            f"not this format): {reason}"
+        ) from None
+
+
+def _read_in_child(
+    path: str,
+    display: str,
+    family: str,
+    pixel_size_nm: float | tuple[float, float] | None,
+    frame: FrameChoice,
+    budget_s: float,
+    limits: _guard.Limits,
+    tmpdir: str | None,
+) -> Micrograph:
+    """:func:`_read` in an isolated child, with the parent's limits."""
+    global _IN_CHILD, MAX_IMAGE_PIXELS, MAX_DATA_VALUES, MAX_DECODED_BYTES, MAX_FRAMES
+    global MAX_TAGS, MAX_METADATA_BYTES, MAX_DEPTH, READ_BUDGET_S
+    _IN_CHILD = True
+    MAX_IMAGE_PIXELS, MAX_DATA_VALUES = limits.image_pixels, limits.data_values
+    MAX_DECODED_BYTES, MAX_FRAMES, MAX_TAGS = limits.decoded_bytes, limits.frames, limits.tags
+    MAX_METADATA_BYTES, MAX_DEPTH = limits.metadata_bytes, limits.depth
+    READ_BUDGET_S = limits.budget_s
+    reader = next(r for r in READERS if r.family == family)
+    return _read(
+        Path(path),
+        display,
+        reader,
+        pixel_size_nm=pixel_size_nm,
+        frame=frame,
+        budget_s=budget_s,
+        tmpdir=tmpdir,
+    )
+
+
 def _load_in_child(source: str | bytes, kwargs: dict) -> Micrograph:
+    global _IN_CHILD
+    _IN_CHILD = True  # already isolated: HDF5 is read right here
     return load_image(source, **kwargs)
 
 

@@ -225,6 +225,12 @@ def _noop_print(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
+def mute(module: Any) -> Any:
+    """Silence ``print`` in a third-party module (shadows the builtin there only); return it."""
+    module.print = _noop_print
+    return module
+
+
 def _install() -> None:
     """Once per process: mute ncempy's prints, give library loggers a NullHandler, and wrap
     :func:`warnings.showwarning` so that warnings raised inside :func:`quiet` are not shown.
@@ -234,16 +240,15 @@ def _install() -> None:
     global _INSTALLED
     if _INSTALLED:
         return
-    import importlib
     import logging
 
     with _INSTALL_LOCK:
         if _INSTALLED:
             return
-        for module_name in _PRINTING_MODULES:
-            with contextlib.suppress(ImportError):
-                module = importlib.import_module(module_name)
-                module.print = _noop_print  # shadows the builtin in that module only
+        for module_name in _PRINTING_MODULES:  # those imported already; readers call mute()
+            module = sys.modules.get(module_name)
+            if module is not None:
+                mute(module)
         for logger_name in _LOGGERS:
             logger = logging.getLogger(logger_name)
             if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
@@ -345,6 +350,8 @@ def run_isolated(
     """
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
+    if method == "forkserver":  # children fork from a server that has the readers imported
+        ctx.set_forkserver_preload(["numpy", "h5py", "hrtem_core.io"])
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, func, args, max_memory_bytes), daemon=True)
     proc.start()

@@ -171,6 +171,8 @@ def read(path: Path, name: str) -> RawImage:
     """
     from ncempy.io import dm
 
+    _guard.mute(dm)
+
     n_tags = scan_tags(path, name)
     with dm.fileDM(path, on_memory=False) as handle:  # no mmap left open on errors
         n_sets = handle.numObjects - (1 if handle.thumbnail else 0)

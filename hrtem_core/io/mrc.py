@@ -18,6 +18,8 @@ def read(path: Path, name: str) -> RawImage:
     """MRC via ncempy: voxel size in Å, stacks are (n_frames, ny, nx), memory-mapped."""
     from ncempy.io import mrc
 
+    _guard.mute(mrc)
+
     with mrc.fileMRC(path) as handle:
         dims = [int(d) for d in handle.dataSize]
         _guard.check_declared(dims, name, frame_axis=0 if len(dims) == 3 else None, lazy=True)

@@ -95,6 +95,8 @@ def _parse_emi(data: bytes) -> dict:
 def _ser_class() -> type:
     from ncempy.io import ser
 
+    _guard.mute(ser)
+
     class _SER(ser.fileSER):
         def _read_emi(self) -> None:  # the .emi is read by :func:`read_emi`, bounded
             self._emi = None
