@@ -687,3 +687,25 @@ def test_file_timeout_is_recorded_and_the_rest_go_on(cluster_address, image_dir,
     on_disk = pd.read_csv(r.files_path, keep_default_na=False).set_index("file")
     assert "'-evil_cmd.tif" in on_disk.index  # escaped in the CSV, plain in memory
     assert on_disk.loc["slow_df-5nm.tif", "status"] == "error"
+
+
+def test_hdf5_files_are_read_on_daemonic_workers(cluster_address, tmp_path) -> None:
+    """Dask workers are daemonic processes, which may not start the isolated HDF5 reader."""
+    from tests.test_io import write_berkeley_emd
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    image = lattice(rng, 0.235)
+    write_berkeley_emd(data / "a_df-4nm.emd", image, steps=(0.02, 0.02), units=("nm", "nm"))
+    settings = batch.BatchSettings(params=FakeParams(), pixel_size_nm=None)
+    r = batch.run_batch(
+        [data],
+        settings=settings,
+        out_dir=tmp_path / "out",
+        scheduler=cluster_address,
+        analyze_fn=fake_analyze,
+    )
+    by = r.files.set_index("file")
+    assert by.loc["a_df-4nm.emd", "status"] == "ok", by.loc["a_df-4nm.emd", "error"]
+    assert by.loc["a_df-4nm.emd", "n_windows"] == 9 and r.n_failed == 0

@@ -58,7 +58,8 @@ READ_BUDGET_S = _guard.env_number("HRTEM_IO_READ_BUDGET_S", 60.0)
 #: Read HDF5 files (``.emd``, ``.h5``, ``.hdf5``) in a child process (``HRTEM_IO_ISOLATE_HDF5=0``
 #: turns it off). libhdf5 runs in C under h5py's process-wide lock, and a damaged file can make
 #: it loop for ever (found by ``scripts/fuzz_readers.py``: a corrupt string attribute); in a child
-#: such a read ends at its budget, and other reads in this process never wait for it.
+#: such a read ends at its budget, and other reads in this process never wait for it. A daemonic
+#: process (a Dask worker) may not start children: there HDF5 is read in-process.
 ISOLATE_HDF5 = os.environ.get("HRTEM_IO_ISOLATE_HDF5", "1").strip() != "0"
 #: Address-space limit of an isolated read's child process [bytes].
 CHILD_MEMORY_BYTES = 3 * 1024**3
@@ -164,7 +165,7 @@ def load_image(
                 f"{display}: unsupported or unrecognised file format {suffix or '(no suffix)'!r}; "
                 f"supported: {known}"
             )
-        if reader.family == "emd" and ISOLATE_HDF5 and not _IN_CHILD:
+        if reader.family == "emd" and ISOLATE_HDF5 and not _IN_CHILD and _guard.can_isolate():
             seconds = READ_BUDGET_S if budget_s is None else float(budget_s)
             return _guard.run_isolated(
                 _read_in_child,
@@ -296,6 +297,8 @@ def load_image_isolated(
     **kwargs
         ``name``, ``pixel_size_nm``, ``frame``, ``budget_s`` as for :func:`load_image`.
     """
+    if not _guard.can_isolate():  # a daemonic process may not start children
+        return load_image(source, **kwargs)  # type: ignore[arg-type]
     shown = display_name(str(kwargs.get("name") or "")) if kwargs.get("name") else None
     if shown is None:
         shown = "upload" if isinstance(source, (bytes, bytearray)) else Path(source).name

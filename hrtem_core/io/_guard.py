@@ -315,6 +315,11 @@ def _child(conn: Any, func: Callable[..., Any], args: tuple, max_memory_bytes: i
     conn.close()
 
 
+def can_isolate() -> bool:
+    """True when this process may start a child (a daemonic process, e.g. a Dask worker, may not)."""
+    return not multiprocessing.current_process().daemon
+
+
 def run_isolated(
     func: Callable[..., Any],
     *args: Any,
