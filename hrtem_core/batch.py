@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from hrtem_core import _files
 from hrtem_core.errors import CalibrationError, HRTEMError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -81,20 +83,9 @@ MANIFEST = "_done.jsonl"
 #: Name of each file's Parquet part inside its partition folder.
 PART_NAME = "part-0.parquet"
 
-#: File extensions a folder search picks up when :mod:`hrtem_core.io` does not list its own.
-DEFAULT_EXTENSIONS: tuple[str, ...] = (
-    ".dm3",
-    ".dm4",
-    ".ser",
-    ".emd",
-    ".mrc",
-    ".tif",
-    ".tiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-)
+#: Seconds one file may take (read and analysis) before it is recorded as timed out and the batch
+#: goes on; ``None`` for no limit.
+DEFAULT_FILE_TIMEOUT_S = 600.0
 
 #: Columns of ``files.csv`` that come before the analysis summary fields.
 FILE_COLUMNS: tuple[str, ...] = (
@@ -117,7 +108,6 @@ ProgressCallback = Callable[[float, str], None]
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,18 +275,9 @@ def _resolve_weights_path(path: str | os.PathLike | None) -> Path | None:
 
 
 def supported_extensions() -> tuple[str, ...]:
-    """Lower-case file extensions (with the dot) that a folder search picks up."""
-    try:
-        from hrtem_core import io as hio
-    except ImportError:  # pragma: no cover - io is part of the package
-        return DEFAULT_EXTENSIONS
-    # io names its readers by suffix; a public list wins when io exports one.
-    exts = getattr(hio, "SUPPORTED_EXTENSIONS", None) or tuple(
-        getattr(hio, "_FAMILY_BY_SUFFIX", {})
-    )
-    if not exts:
-        return DEFAULT_EXTENSIONS
-    return tuple(sorted({e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts}))
+    """Lower-case file extensions (with the dot) that a folder search picks up: the suffixes of
+    the readers registered in :mod:`hrtem_core.io`."""
+    return _files.supported_extensions()
 
 
 def discover_files(
@@ -388,8 +369,7 @@ def safe_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _sanitize(name: str) -> str:
-    text = _UNSAFE.sub("_", name).lstrip("._") or "file"
-    return text[:200]
+    return _files.safe_name(name, fallback="file", max_len=200)
 
 
 def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = 1 << 20) -> str:
@@ -441,9 +421,7 @@ def stage_file(
     for fname, content in ((name, data), *companions):
         target = target_dir / _sanitize(Path(fname).name)
         if not (target.is_file() and target.stat().st_size == len(content)):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, target)
+            _files.write_bytes(target, content)
     return target_dir / _sanitize(Path(name).name)
 
 
@@ -608,6 +586,7 @@ def run_file_task(
     settings: BatchSettings,
     expected_sha256: str | None = None,
     analyze_fn: AnalyzeFn | None = None,
+    timeout_s: float | None = None,
 ) -> FileOutput:
     """One Dask task: hash the file, skip it when already done, else analyse it.
 
@@ -624,6 +603,11 @@ def run_file_task(
     analyze_fn : callable or None
         ``analyze_fn(path, settings) -> (windows, summary, defocus_nm)``; default
         :func:`analyze_file`.
+    timeout_s : float or None
+        Seconds the analysis may take. Past it the file is reported as an error ("timed out")
+        and the task returns, so the batch goes on; the read inside has the same wall-clock
+        budget and stops itself, while an analysis past it finishes unobserved in the
+        background (Python cannot stop a thread).
     """
     t0 = time.perf_counter()
     worker = _worker_name()
@@ -644,7 +628,16 @@ def run_file_task(
         )
     fn = analyze_fn or analyze_file
     try:
-        windows, summary, defocus = fn(path, settings)
+        windows, summary, defocus = _with_timeout(fn, path, settings, timeout_s)
+    except _FileTimeout:
+        return FileOutput(
+            sha256=digest,
+            status="error",
+            error=f"{Path(path).name}: timed out after {timeout_s:g} s (analysis abandoned)",
+            retry=False,
+            elapsed_s=time.perf_counter() - t0,
+            worker=worker,
+        )
     except Exception as exc:  # one bad file never stops the batch
         return FileOutput(
             sha256=digest,
@@ -663,6 +656,47 @@ def run_file_task(
         elapsed_s=time.perf_counter() - t0,
         worker=worker,
     )
+
+
+class _FileTimeout(Exception):
+    """One file ran past its time limit."""
+
+
+def _with_timeout(
+    fn: AnalyzeFn, path: str, settings: BatchSettings, timeout_s: float | None
+) -> tuple[pd.DataFrame, dict, float | None]:
+    """``fn(path, settings)`` on a helper thread, waited for at most ``timeout_s`` seconds.
+
+    The read inside gets the same wall-clock budget (:func:`hrtem_core.io._guard.budget`), so a
+    hostile file stops itself; :class:`_FileTimeout` when the time is up.
+    """
+    if timeout_s is None:
+        return fn(path, settings)
+    import contextvars
+
+    from hrtem_core.io import _guard
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with _guard.budget(Path(path).name, timeout_s):
+                box["result"] = fn(path, settings)
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    ctx = contextvars.copy_context()
+    thread = threading.Thread(
+        target=ctx.run, args=(target,), name=f"hrtem-file-{Path(path).name}", daemon=True
+    )
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        _LOG.warning("%s: timed out after %g s; the analysis thread is abandoned", path, timeout_s)
+        raise _FileTimeout
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,10 +757,8 @@ def _write_part(out_dir: Path, name: str, windows: pd.DataFrame) -> Path:
             if frame[col].dtype == object:
                 frame[col] = [None if v is None else json.dumps(_jsonable(v)) for v in frame[col]]
         table = pa.Table.from_pandas(frame, preserve_index=False)
-    tmp = target.with_name(f".{PART_NAME}.tmp")  # a leading dot: readers ignore it
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
-    return target
+    # The temporary name starts with a dot: readers of the partitioned table ignore it.
+    return _files.atomic_write(target, lambda tmp: pq.write_table(table, tmp))
 
 
 def _remove_part(out_dir: Path, name: str) -> None:
@@ -802,32 +834,13 @@ def _files_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    """Atomic UTF-8 CSV; text that starts like a formula (file names, errors) is escaped."""
+    _files.write_csv(frame, path)
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn numpy scalars/arrays, tuples, paths and dataclasses into JSON-friendly values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    return str(value)
+    """Strict JSON values (NaN and inf -> None): :func:`hrtem_core._files.jsonable`."""
+    return _files.jsonable(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1050,6 +1063,7 @@ def run_batch(
     analyze_fn: AnalyzeFn | None = None,
     defocus_nm: Mapping[str | os.PathLike, float] | None = None,
     pixel_sizes_nm: Mapping[str | os.PathLike, float | tuple[float, float]] | None = None,
+    file_timeout_s: float | None = DEFAULT_FILE_TIMEOUT_S,
 ) -> BatchResult:
     """Analyse many files on a Dask cluster and write one table of windows and one of files.
 
@@ -1090,6 +1104,10 @@ def run_batch(
     pixel_sizes_nm : mapping of path -> float or (float, float), or None, keyword-only
         Pixel size of some files [nm/px], replacing ``pixel_size_nm`` for them (e.g. files
         without a calibration). Part of those files' parameter digest.
+    file_timeout_s : float or None, keyword-only
+        Seconds one file may take (default :data:`DEFAULT_FILE_TIMEOUT_S`; None: no limit). A
+        file past it is recorded in ``files.csv`` as an error "timed out after ... s" and the
+        batch goes on.
 
     Returns
     -------
@@ -1148,6 +1166,7 @@ def run_batch(
                     fs,
                     expected,
                     analyze_fn,
+                    file_timeout_s,
                     key=f"hrtem-batch-{name}-{digest[:12]}-{time.time_ns()}",
                     pure=False,
                     retries=0,
@@ -1166,6 +1185,8 @@ def run_batch(
                     finished += 1
                     row = _finish_file(out, path, name, res, previous.get(name), params_digest)
                     rows[name] = row
+                    # n_skipped: not run again (done earlier, also an earlier failure that is
+                    # final); n_failed (below) counts every error row of files.csv.
                     if res.status == "skipped":
                         n_skipped += 1
                     elif res.status == "ok":
@@ -1224,38 +1245,31 @@ def run_batch(
 
 @contextlib.contextmanager
 def folder_lock(out_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir/.lock`` (``fcntl.flock``) while a batch writes there.
+    """Hold an exclusive lock on ``out_dir/.lock`` (:class:`filelock.FileLock`) while a batch
+    writes there.
 
-    The lock goes with the process (also when it is killed). Where ``fcntl`` does not exist
-    (Windows) nothing is locked.
+    filelock takes ``flock`` on POSIX and ``msvcrt`` locking on Windows (the hand-written lock it
+    replaces locked nothing on Windows); the lock goes with the process, also when it is killed.
 
     Raises
     ------
     HRTEMError
         Another process holds the lock (a batch is already writing into ``out_dir``).
     """
+    import filelock
+
+    lock = filelock.FileLock(Path(out_dir) / ".lock", timeout=0, thread_local=False)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+        lock.acquire()
+    except filelock.Timeout:
+        raise HRTEMError(
+            f"another batch is writing into {out_dir}: wait for it to finish or choose "
+            "another --out"
+        ) from None
+    try:
         yield
-        return
-    path = Path(out_dir) / ".lock"
-    with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HRTEMError(
-                f"another batch is writing into {out_dir}: wait for it to finish or choose "
-                "another --out"
-            ) from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n")
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _per_file(
@@ -1400,7 +1414,6 @@ def phase_order(files: pd.DataFrame) -> tuple[tuple[str, str], ...]:
 
 __all__ = [
     "BATCH_FORMAT",
-    "DEFAULT_EXTENSIONS",
     "FILE_COLUMNS",
     "WORKER_MALLOC_ENV",
     "AnalyzeFn",

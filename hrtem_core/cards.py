@@ -18,10 +18,17 @@ Rules
   cell was edited), :attr:`CardDatabase.warnings` says so.
 * Formula cells and external links are refused, never evaluated or followed.
 
-Saving (:func:`save_cards`) takes a lock on a sidecar ``<file>.lock``, checks that the file is
-still the one that was loaded (sha256), writes a temporary file in the same folder, reads it back
+Size: at most 20 MB of workbook (read in chunks; a device such as ``/dev/zero`` is refused at
+once), 32 MB uncompressed (about 100,000 reflection rows), 1,000 phases and 200,000 rows per
+sheet; larger books are refused before or while their rows are streamed.
+Names and card ids that start with ``= + - @`` or a control character are refused (they would
+become live formulas in a spreadsheet; OWASP CSV injection).
+
+Saving (:func:`save_cards`) takes a lock (:mod:`filelock`, on a lock file named after the
+database's resolved path in ``<tempdir>/hrtem-locks``, so no sidecar is left beside it), checks
+that the file is still the one that was loaded (sha256), writes a temporary file in the same folder, reads it back
 and validates it, keeps the previous file as ``<file>.bak`` and moves the new file in place with
-``os.replace`` (atomic on POSIX and Windows).
+``os.replace`` (:func:`hrtem_core._files.atomic_write`; atomic on POSIX and Windows).
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ import math
 import numbers
 import os
 import re
+import stat
 import tempfile
 import threading
-import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hrtem_core import _files
 from hrtem_core.crystallography import (
     Reflection,
     UnitCell,
@@ -56,11 +64,6 @@ from hrtem_core.crystallography import (
     resolve_space_group,
 )
 from hrtem_core.errors import AnalysisParameterError, CardDatabaseError, HRTEMError
-
-try:  # POSIX advisory locks; elsewhere an O_CREAT|O_EXCL lock file
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "COMPUTED_D_MIN_NM",
@@ -116,6 +119,12 @@ _ANGLE_ATOL = 0.01
 
 _MAX_FILE_BYTES = 20 * 1024 * 1024
 _MAX_ROWS = 200_000
+#: Largest uncompressed workbook content: openpyxl scans a whole sheet for its size when the
+#: sheet does not declare it (about 10 MB of XML per second), so this bounds the load time.
+_MAX_EXPANDED_BYTES = 32 * 1024 * 1024
+#: Most phases in a database: every phase's reflections are computed or checked on load
+#: (about 6 ms each), so 1,000 phases load in seconds; 100,000 would take over ten minutes.
+MAX_PHASES = 1_000
 _LOCK_TIMEOUT_S = 30.0
 
 _CRYSTAL_SYSTEMS = (
@@ -303,8 +312,12 @@ class CardDatabase:
 
         Row numbers in error messages are Excel rows (DataFrame position + 2, header in row 1).
         """
+        for sheet, frame in (("phases", phases), ("reflections", reflections)):
+            if isinstance(frame, pd.DataFrame) and len(frame) > _MAX_ROWS:
+                raise CardDatabaseError(f"sheet {sheet!r} has more than {_MAX_ROWS} rows")
         prows = _frame_rows(phases, "phases", PHASE_COLUMNS)
         rrows = _frame_rows(reflections, "reflections", REFLECTION_COLUMNS)
+        _check_phase_count(len(prows), "(edited)")
         phases_t, warnings = _build(prows, rrows)
         return cls(phases=phases_t, warnings=warnings)
 
@@ -368,7 +381,7 @@ def load_cards(path: str | os.PathLike = DEFAULT_CARDS_PATH) -> CardDatabase:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = _read_capped(p)
     except FileNotFoundError:
         raise CardDatabaseError(f"card database {p} does not exist") from None
     except OSError as exc:
@@ -386,6 +399,23 @@ def load_cards(path: str | os.PathLike = DEFAULT_CARDS_PATH) -> CardDatabase:
                 _LOAD_CACHE.pop(next(iter(_LOAD_CACHE)))
             _LOAD_CACHE[key] = db
     return dataclasses.replace(db, path=p, digest=digest)
+
+
+def _read_capped(p: Path) -> bytes:
+    """The file's bytes, read in chunks; refused past ``_MAX_FILE_BYTES`` or when not a file."""
+    with open(p, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise CardDatabaseError(f"card database {p} is not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := fh.read(1 << 20):
+            total += len(chunk)
+            if total > _MAX_FILE_BYTES:
+                raise CardDatabaseError(
+                    f"card database {p.name} is larger than {_MAX_FILE_BYTES / 1e6:.0f} MB: refused"
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 #: Validated databases by (sha256, file name): identical bytes need not be parsed twice.
@@ -441,14 +471,13 @@ def save_cards(
                     "the card database was changed by someone else since you loaded it: "
                     "reload it and apply your edit again"
                 )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        written: dict[str, bytes] = {}
+
+        def write_checked(tmp: Path) -> None:
             _write_workbook(db, tmp)
             _copy_mode(dest, tmp)
-            data = tmp.read_bytes()
-            check = _load_bytes(data, dest.name)
+            written["data"] = tmp.read_bytes()
+            check = _load_bytes(written["data"], dest.name)
             if not _same_phases(check.phases, db.phases):
                 raise CardDatabaseError(
                     f"cannot save the card database to {dest}: the written file does not read "
@@ -456,7 +485,9 @@ def save_cards(
                 )
             if dest.exists():
                 _backup(dest)
-            os.replace(tmp, dest)
+
+        try:
+            _files.atomic_write(dest, write_checked, tmp_suffix=".tmp")
             _fsync_dir(folder)
         except HRTEMError:
             raise
@@ -470,9 +501,7 @@ def save_cards(
                 f"cannot save the card database to {dest}: {type(exc).__name__}: {exc} "
                 "(the previous file is unchanged)"
             ) from None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        data = written["data"]
         return hashlib.sha256(data).hexdigest()
 
 
@@ -572,8 +601,11 @@ def _load_bytes(data: bytes, name: str) -> CardDatabase:
         raise CardDatabaseError(
             f"card database {name} is not an .xlsx workbook (not a zip container)"
         ) from None
-    if total > 20 * _MAX_FILE_BYTES:
-        raise CardDatabaseError(f"card database {name} expands to {total / 1e6:.0f} MB: refused")
+    if total > _MAX_EXPANDED_BYTES:
+        raise CardDatabaseError(
+            f"card database {name} expands to {total / 1e6:.0f} MB, more than "
+            f"{_MAX_EXPANDED_BYTES / 1e6:.0f} MB: refused"
+        )
     links = [n for n in names if n.lower().startswith("xl/externallinks/")]
     if links:
         raise CardDatabaseError(
@@ -595,14 +627,29 @@ def _load_bytes(data: bytes, name: str) -> CardDatabase:
                     f"card database {name}: sheet {sheet!r} is missing "
                     f"(found: {', '.join(map(repr, wb.sheetnames))})"
                 )
-            sheets[sheet] = _sheet_rows(wb[sheet], sheet, columns)
+            sheets[sheet] = _sheet_rows(
+                wb[sheet], sheet, columns, max_rows=MAX_PHASES if sheet == "phases" else None
+            )
     finally:
         wb.close()
+    _check_phase_count(len(sheets["phases"]), name)
     phases, warnings = _build(sheets["phases"], sheets["reflections"])
     return CardDatabase(phases=phases, warnings=warnings)
 
 
-def _sheet_rows(ws: Any, sheet: str, columns: Sequence[str]) -> list[_Row]:
+def _check_phase_count(n: int, name: str) -> None:
+    if n > MAX_PHASES:
+        raise CardDatabaseError(
+            f"card database {name} holds {n:,} phases, more than the limit of {MAX_PHASES:,}: "
+            "refused (split it, or keep only the phases you index against)"
+        )
+
+
+def _sheet_rows(
+    ws: Any, sheet: str, columns: Sequence[str], *, max_rows: int | None = None
+) -> list[_Row]:
+    """The non-blank rows of a sheet, streamed; refused as soon as there are more than
+    ``_MAX_ROWS`` rows or ``max_rows`` non-blank ones (the phase cap)."""
     rows_iter = ws.iter_rows()
     header_cells = next(rows_iter, None)
     if header_cells is None:
@@ -635,6 +682,11 @@ def _sheet_rows(ws: Any, sheet: str, columns: Sequence[str]) -> list[_Row]:
         if all(_blank(v) for v in values.values()):
             continue
         out.append(_Row(sheet, n, values))
+        if max_rows is not None and len(out) > max_rows:
+            raise CardDatabaseError(
+                f"sheet {sheet!r} holds more than {max_rows:,} phases, the limit: refused "
+                "(split the database, or keep only the phases you index against)"
+            )
     return out
 
 
@@ -851,9 +903,19 @@ def _check_cell(r: _Row, system: str, cell: UnitCell, sg_hex_axes: bool | None) 
             fail("alpha", "two of alpha, beta, gamma equal to 90")
 
 
+def _no_formula(r: _Row, col: str, value: str) -> str:
+    """Refuse a name that a spreadsheet would run as a formula (``= + - @``, tab, CR, control)."""
+    if value and (value[0] in "=+-@" or ord(value[0]) < 32 or ord(value[0]) == 127):
+        raise CardDatabaseError(
+            f"{_where(r, col)}: {value[:20]!r} starts with {value[0]!r}; names may not start with "
+            "= + - @ or a control character (a spreadsheet would run them as a formula)"
+        )
+    return value
+
+
 def _parse_phase(r: _Row) -> tuple[Phase, str]:
-    card_id = _text(r, "card_id", required=True)
-    name = _text(r, "name", required=True)
+    card_id = _no_formula(r, "card_id", _text(r, "card_id", required=True))
+    name = _no_formula(r, "name", _text(r, "name", required=True))
     formula = _text(r, "formula", required=False)
     system_raw = _text(r, "crystal_system", required=True)
     system = _SYSTEM_ALIASES.get(system_raw.lower(), system_raw.lower())
@@ -1114,19 +1176,17 @@ def _remove_stale_temporaries(dest: Path) -> None:
 
 
 def _backup(dest: Path) -> None:
-    bak = dest.with_name(dest.name + ".bak")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{bak.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(dest, "rb") as src:
+    """Copy ``dest`` to ``<dest>.bak`` atomically (fsynced, same permissions)."""
+
+    def copy(tmp: Path) -> None:
+        with open(tmp, "wb") as out, open(dest, "rb") as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        _copy_mode(dest, Path(tmp_name))
-        os.replace(tmp_name, bak)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+        _copy_mode(dest, tmp)
+
+    _files.atomic_write(dest.with_name(dest.name + ".bak"), copy, tmp_suffix=".tmp")
 
 
 def _copy_mode(dest: Path, tmp: Path) -> None:
@@ -1153,60 +1213,36 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _file_lock(dest: Path, *, timeout_s: float) -> Iterator[None]:
-    """Exclusive lock on the sidecar ``<dest>.lock`` (removed again on release).
+    """Exclusive inter-process lock for saving ``dest`` (:class:`filelock.FileLock`).
 
-    POSIX: ``flock`` on the sidecar; after locking, the sidecar must still be the file on disk
-    (a releasing holder unlinks it), otherwise the attempt starts over. Elsewhere: an
-    ``O_CREAT | O_EXCL`` lock file.
+    The lock file lives in ``<tempdir>/hrtem-locks/`` under a name derived from the resolved path
+    of ``dest``, so every process saving the same database takes the same lock and nothing is
+    left beside the workbook. filelock uses ``flock`` on POSIX and ``msvcrt`` locking on Windows;
+    the lock dies with its process.
     """
-    lock_path = dest.with_name(dest.name + ".lock")
-    deadline = time.monotonic() + max(0.0, float(timeout_s))
-    delay = 0.002
+    import filelock
 
-    def wait() -> None:
-        nonlocal delay
-        if time.monotonic() >= deadline:
-            raise CardDatabaseError(
-                f"the card database {dest.name} is being saved by another session "
-                f"(lock file {lock_path.name} held for over {timeout_s:g} s); try again, or "
-                "delete that file if no one is saving"
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+    lock_path = _lock_path(dest)
+    lock = filelock.FileLock(lock_path, timeout=max(0.0, float(timeout_s)), mode=0o666)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise CardDatabaseError(
+            f"the card database {dest.name} is being saved by another session "
+            f"(lock held for over {timeout_s:g} s); try again in a moment"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
-    if fcntl is not None:
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                wait()
-                continue
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder we waited for removed this sidecar: lock the new one
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(lock_path)
-            os.close(fd)  # closing releases the flock
-    else:  # pragma: no cover - exclusive-create lock file
-        while True:
-            try:
-                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                wait()
-        try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(lock_path)
+
+def _lock_path(dest: Path) -> Path:
+    """``<tempdir>/hrtem-locks/<name>-<sha1 of the resolved path>.lock`` (folder created)."""
+    folder = Path(tempfile.gettempdir()) / "hrtem-locks"
+    if not folder.is_dir():
+        with contextlib.suppress(OSError):
+            folder.mkdir(mode=0o1777, exist_ok=True)
+            os.chmod(folder, 0o1777)  # shared by every user's sessions, like /tmp
+    key = hashlib.sha1(str(Path(dest).resolve()).encode("utf-8")).hexdigest()[:16]
+    return folder / f"{dest.name}-{key}.lock"

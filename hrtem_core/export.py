@@ -7,15 +7,15 @@ version), ``plane_map.html`` (plotly) and ``plane_map.png`` (matplotlib).
 A defocus series (:func:`export_series`) -> ``profile.csv``, ``profile.html``, ``profile.png``,
 ``phase_fractions.html``, ``series.json`` (best focus, files) and ``series.xlsx``.
 
-Every file is written to a temporary name and moved into place, so a reader never sees half a file.
+Every file is written to a temporary name and moved into place (:mod:`hrtem_core._files`), so a
+reader never sees half a file; text cells that start like a formula (file names, phase names,
+notes) are escaped with a leading ``'`` in every CSV and XLSX.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hrtem_core import __version__
+from hrtem_core import __version__, _files
 
 #: File names of one image's outputs.
 WINDOWS_CSV = "windows.csv"
@@ -44,49 +44,23 @@ PARTICLES_SERIES_CSV = "particles_series.csv"
 
 
 def jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays, tuples, paths -> JSON types; NaN and inf -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, int | str) or value is None:
-        return value
-    return str(value)
+    """Numpy scalars/arrays, tuples, paths -> JSON types; NaN and inf -> None (strict JSON).
 
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    The one rule of :func:`hrtem_core._files.jsonable`.
+    """
+    return _files.jsonable(value)
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a DataFrame as UTF-8 CSV without the index."""
-    return _atomic(Path(path), lambda p: frame.to_csv(p, index=False, encoding="utf-8"))
+    """Write a DataFrame as UTF-8 CSV without the index, atomically; text cells that start like
+    a formula (``= + - @``, tab, CR) get a leading ``'`` (OWASP CSV injection)."""
+    return _files.write_csv(frame, path)
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write strict JSON (NaN -> null), indented."""
+    """Write strict JSON (NaN -> null), indented, atomically."""
     text = json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False)
-    return _atomic(Path(path), lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    return _files.write_text(path, text + "\n")
 
 
 def _kv_frame(data: dict) -> pd.DataFrame:
@@ -114,14 +88,9 @@ def _parameters_frame(params: dict, extra: dict) -> pd.DataFrame:
 
 
 def write_xlsx(sheets: dict[str, pd.DataFrame], path: str | os.PathLike) -> Path:
-    """Write one sheet per DataFrame (names cut to Excel's 31 characters)."""
-
-    def write(p: Path) -> None:
-        with pd.ExcelWriter(p, engine="openpyxl") as xl:
-            for name, frame in sheets.items():
-                frame.to_excel(xl, sheet_name=name[:31], index=False)
-
-    return _atomic(Path(path), write)
+    """Write one sheet per DataFrame (names cut to Excel's 31 characters), atomically; text
+    cells that start like a formula get a leading ``'`` (OWASP CSV injection)."""
+    return _files.write_xlsx(sheets, path)
 
 
 def result_sheets(result: Any) -> dict[str, pd.DataFrame]:

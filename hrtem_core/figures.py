@@ -1249,9 +1249,9 @@ def plane_map_png(
 ) -> Path:
     """Write the static plane map (:func:`plane_map_mpl`) as PNG (or SVG with ``fmt="svg"``)."""
     fig = plane_map_mpl(result, image, max_display_px=max_display_px, cards=cards, width_in=9.5)
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=dpi))
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=dpi))
 
 
 def fft_mpl(
@@ -1528,9 +1528,9 @@ def phase_fraction_figure(series: Any, *, card_ids: Iterable[str] | None = None)
 
 def write_html(fig: Any, path: str | os.PathLike) -> Path:
     """Write a plotly figure as a self-contained HTML file (plotly.js embedded, works offline)."""
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(
+    return atomic_write(
         Path(path), lambda p: fig.write_html(str(p), include_plotlyjs=True, full_html=True)
     )
 
@@ -1575,9 +1575,9 @@ def profile_mpl(series: Any, *, width_in: float = 7.0) -> Any:
 def profile_png(series: Any, path: str | os.PathLike, *, dpi: int = 100, fmt: str = "png") -> Path:
     """Write :func:`profile_mpl` as PNG (or SVG with ``fmt="svg"``)."""
     fig = profile_mpl(series)
-    from hrtem_core.export import _atomic
+    from hrtem_core._files import atomic_write
 
-    return _atomic(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=dpi))
+    return atomic_write(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=dpi))
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from hrtem_core.errors import CardDatabaseError, HRTEMError
-from ui import cards_ui
+from ui import auth, cards_ui
 from ui.common import (
     REPO,
     cards_path,
@@ -24,6 +24,7 @@ from ui.common import (
 
 page_guard()
 st.title("PDF card database")
+editable = auth.editor_gate()  # optional editor password (ui/auth.py); read-only without it
 path = cards_path()
 try:
     shown = path.resolve().relative_to(REPO)
@@ -105,7 +106,7 @@ with tab_edit:
         save = col_save.button(
             "Save",
             type="primary",
-            disabled=edited_db is None or conflict or not changed,
+            disabled=edited_db is None or conflict or not changed or not editable,
             key="cards_save",
         )
         if col_reload.button("Reload from disk", key="cards_reload"):
@@ -113,6 +114,7 @@ with tab_edit:
             st.rerun()
         if save and edited_db is not None:
             with guard():
+                auth.require_editor()
                 digest = cards_ui.save(edited_db, path, expected_digest=state.digest)
                 clear_cards_cache()
                 cards_ui.reset(state)
@@ -212,7 +214,10 @@ with tab_io:
                 + ", ".join(p.card_id for p in new_db.phases)
             )
             st.dataframe(pd.DataFrame(new_db.to_frames()[0]), hide_index=True, width="stretch")
-            if st.button("Replace the database with this file", key="cards_replace"):
+            if st.button(
+                "Replace the database with this file", key="cards_replace", disabled=not editable
+            ):
+                auth.require_editor()
                 expected = state.digest if state.phases is not None else None
                 digest = cards_ui.save(new_db, path, expected_digest=expected)
                 clear_cards_cache()

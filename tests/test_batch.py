@@ -640,3 +640,72 @@ def test_local_scheduler_starts_and_stops_its_own_cluster(image_dir, tmp_path) -
     )
     assert r.n_workers == 1 and r.n_analysed == 1
     assert r.scheduler == "LocalCluster(1 processes x 1 thread)"
+
+
+def slow_analyze(path: str, settings: batch.BatchSettings):
+    """fake_analyze, but a file named ``slow*`` hangs far past any timeout."""
+    import time
+
+    if Path(path).name.startswith("slow"):
+        time.sleep(60)
+    return fake_analyze(path, settings)
+
+
+def test_file_timeout_is_recorded_and_the_rest_go_on(cluster_address, image_dir, tmp_path) -> None:
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    first, second = good_paths(image_dir)[:2]
+    shutil.copy(first, data / first.name)
+    shutil.copy(first, data / "slow_df-5nm.tif")
+    shutil.copy(second, data / "-evil=cmd.tif")  # a formula-like name
+    (data / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    settings = batch.BatchSettings(params=FakeParams(), pixel_size_nm=PIXEL_NM)
+    t0 = time.monotonic()
+    r = batch.run_batch(
+        [data],
+        settings=settings,
+        out_dir=tmp_path / "out",
+        scheduler=cluster_address,
+        analyze_fn=slow_analyze,
+        file_timeout_s=3.0,
+    )
+    assert time.monotonic() - t0 < 40  # not the 60 s the slow file would take
+    by = r.files.set_index("file")
+    assert by.loc["slow_df-5nm.tif", "status"] == "error"
+    assert by.loc["slow_df-5nm.tif", "error"] == (
+        "slow_df-5nm.tif: timed out after 3 s (analysis abandoned)"
+    )
+    assert (
+        by.loc["broken.tif", "status"] == "error" and "broken.tif" in by.loc["broken.tif", "error"]
+    )
+    assert by.loc[first.name, "status"] == "ok" and by.loc["-evil_cmd.tif", "status"] == "ok"
+    assert (r.n_files, r.n_analysed, r.n_failed, r.n_skipped) == (4, 2, 2, 0)
+    assert r.n_analysed + r.n_failed + r.n_skipped == r.n_files
+    assert any("timed out after 3 s" in w for w in r.warnings)
+    on_disk = pd.read_csv(r.files_path, keep_default_na=False).set_index("file")
+    assert "'-evil_cmd.tif" in on_disk.index  # escaped in the CSV, plain in memory
+    assert on_disk.loc["slow_df-5nm.tif", "status"] == "error"
+
+
+def test_hdf5_files_are_read_on_daemonic_workers(cluster_address, tmp_path) -> None:
+    """Dask workers are daemonic processes, which may not start the isolated HDF5 reader."""
+    from tests.test_io import write_berkeley_emd
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    image = lattice(rng, 0.235)
+    write_berkeley_emd(data / "a_df-4nm.emd", image, steps=(0.02, 0.02), units=("nm", "nm"))
+    settings = batch.BatchSettings(params=FakeParams(), pixel_size_nm=None)
+    r = batch.run_batch(
+        [data],
+        settings=settings,
+        out_dir=tmp_path / "out",
+        scheduler=cluster_address,
+        analyze_fn=fake_analyze,
+    )
+    by = r.files.set_index("file")
+    assert by.loc["a_df-4nm.emd", "status"] == "ok", by.loc["a_df-4nm.emd", "error"]
+    assert by.loc["a_df-4nm.emd", "n_windows"] == 9 and r.n_failed == 0

@@ -37,6 +37,7 @@ from typing import Any
 
 import streamlit as st
 
+from hrtem_core import _files
 from hrtem_core.errors import HRTEMError, ReadError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,20 +55,9 @@ DETECTOR_EVAL = REPO / "benchmarks" / "results" / "eval_detectors.json"
 #: Environment variable that overrides the card database path (tests point it at a copy).
 CARDS_ENV = "HRTEM_CARDS_PATH"
 
-#: File types the uploaders accept (extension without the dot).
-IMAGE_TYPES: tuple[str, ...] = (
-    "dm3",
-    "dm4",
-    "ser",
-    "emi",
-    "emd",
-    "mrc",
-    "tif",
-    "tiff",
-    "png",
-    "jpg",
-    "jpeg",
-)
+#: File types the uploaders accept (extension without the dot): every suffix a reader of
+#: :mod:`hrtem_core.io` is registered for, plus ``emi`` (the metadata companion of a ``.ser``).
+IMAGE_TYPES: tuple[str, ...] = (*(e.lstrip(".") for e in _files.supported_extensions()), "emi")
 #: Largest upload [MB]; keep equal to server.maxUploadSize in .streamlit/config.toml.
 MAX_UPLOAD_MB = 500
 
@@ -375,13 +365,25 @@ def example_description(json_path: Path) -> str | None:
 
 
 def _safe_name(name: str, fallback: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".")
-    return stem or fallback
+    return _files.safe_name(name, fallback=fallback)
+
+
+#: Environment variable: ``1`` reads every upload in a child process with a timeout and an
+#: address-space limit (:func:`hrtem_core.io.load_image_isolated`), for a public deployment.
+ISOLATE_ENV = "HRTEM_ISOLATE_READS"
+
+
+def _reader() -> Any:
+    """:func:`hrtem_core.io.load_image`, or its isolated variant when :data:`ISOLATE_ENV` is 1."""
+    from hrtem_core import io as hio
+
+    if os.environ.get(ISOLATE_ENV, "").strip() == "1":
+        return hio.load_image_isolated
+    return hio.load_image
 
 
 def _load_upload(upload: Upload, pixel_size_nm: float | None, frame: int | str | None) -> Any:
-    from hrtem_core.io import load_image
-
+    load_image = _reader()
     if upload.companion is None:
         return load_image(upload.data, name=upload.name, pixel_size_nm=pixel_size_nm, frame=frame)
     # A .ser needs its .emi beside it: both go into a private temporary folder (our own names,

@@ -31,6 +31,7 @@ from hrtem_core.commands._options import (
     pixel_size_from_args,
     positive_int,
 )
+from hrtem_core.commands.info import seconds_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -76,6 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="PT",
         help="U-Net weights (default models/unet_spots.pt)",
     )
+    g.add_argument(
+        "--file-timeout",
+        type=seconds_arg("--file-timeout"),
+        default=None,
+        metavar="S",
+        help="seconds one file may take (default 600); a file past it is recorded in files.csv "
+        "as timed out and the batch goes on",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.set_defaults(func=run)
     return parser
@@ -83,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``batch``; return the exit code (2 when any file failed, after writing the rest)."""
-    from hrtem_core.batch import discover_files, make_settings, run_batch
+    from hrtem_core.batch import DEFAULT_FILE_TIMEOUT_S, discover_files, make_settings, run_batch
 
     files = discover_files(args.inputs, glob=args.glob)  # bad inputs fail before the cluster
     settings = make_settings(
@@ -103,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             workers=args.workers,
             progress=bar,
+            file_timeout_s=getattr(args, "file_timeout", None) or DEFAULT_FILE_TIMEOUT_S,
         )
     for w in result.warnings:
         sys.stderr.write(f"warning: {w}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from hrtem_core.commands._options import frame_arg, pixel_size_arg
@@ -55,13 +56,42 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N|sum",
         help="for stacks: the frame number (from 0) or 'sum' (default: frame 0, with a warning)",
     )
+    parser.add_argument(
+        "--read-budget",
+        type=seconds_arg("--read-budget"),
+        default=None,
+        metavar="S",
+        help="wall-clock budget of the read in seconds (default 60); a read past it is refused",
+    )
     parser.set_defaults(func=run)
     return parser
 
 
+def seconds_arg(flag: str):
+    """argparse type: a positive finite number of seconds."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a number of seconds, got {text!r}"
+            ) from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{flag} must be > 0 seconds, got {text!r}")
+        return value
+
+    return parse
+
+
 def run(args: argparse.Namespace) -> int:
     """Read ``args.file`` and print its description as JSON; return 0."""
-    micrograph = load_image(args.file, pixel_size_nm=args.pixel_size_nm, frame=args.frame)
+    micrograph = load_image(
+        args.file,
+        pixel_size_nm=args.pixel_size_nm,
+        frame=args.frame,
+        budget_s=getattr(args, "read_budget", None),
+    )
     metadata = micrograph.metadata
     out = {
         "name": micrograph.name,
