@@ -488,9 +488,13 @@ def flat_windows(
     grid.check_image(img)
     r0, r1 = grid.row_range(rows)
     w, s = grid.window_px, grid.stride_px
-    x = img.astype(np.float64) - image_offset(img)
-    scale = float(np.max(np.abs(x))) if x.size else 0.0
-    ys = np.arange(r0, r1) * s
+    offset = image_offset(img)
+    # The scale is the whole image's (the same for every block of rows); the sums only need the
+    # rows of this block.
+    scale = max(float(np.max(img)) - offset, offset - float(np.min(img))) if img.size else 0.0
+    y0 = r0 * s
+    x = img[y0 : (r1 - 1) * s + w].astype(np.float64) - offset
+    ys = np.arange(r0, r1) * s - y0
     xs = np.arange(grid.n_cols) * s
 
     def box_sums(a: np.ndarray) -> np.ndarray:

@@ -365,3 +365,20 @@ def test_row_median_equals_numpy_median(rng) -> None:
     for bad in (np.zeros(5), np.zeros((2, 0)), np.zeros((2, 2, 2))):
         with pytest.raises(ValueError, match="row_median"):
             row_median(bad)
+
+
+def test_flat_windows_by_blocks_of_rows_equal_the_whole_grid() -> None:
+    """The flat test of a block of grid rows equals the whole grid's (one image-wide scale)."""
+    from hrtem_core.windows import flat_windows
+
+    rng = np.random.default_rng(3)
+    img = np.zeros((640, 512), np.float32)
+    img[300:420, 100:300] = rng.normal(50.0, 2.0, (120, 200))
+    grid = window_grid(img.shape, window_px=128, stride_px=64)
+    whole = flat_windows(img, grid)
+    assert whole.any() and not whole.all()
+    parts = [
+        flat_windows(img, grid, rows=(a, min(a + 3, grid.n_rows))) for a in range(0, grid.n_rows, 3)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(flat_windows(img * 7.0 + 1e4, grid), whole)
