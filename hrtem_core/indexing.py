@@ -144,6 +144,8 @@ TOLERANCE_EDGE = 0.25
 MAX_PLANES = 8
 #: Reference planes of the hypotheses: the window's strongest planes, at most this many.
 MAX_REFERENCES = 3
+#: At most this many spacing candidates are listed for a window that names no phase.
+MAX_CANDIDATES = 6
 
 # --------------------------------------------------------------------------------------------
 # Measured planes
@@ -1281,6 +1283,12 @@ def _search_phase(
     a_idx = cstart[qi][q] + off // nj[q]
     c_idx = cstart[qj][q] + off % nj[q]
     fa, fc = cf[a_idx], cf[c_idx]
+    # Only family pairs that share an allowed zone have directions to look up.
+    live = pt.block_count[fa, fc] > 0
+    if not live.all():
+        q, a_idx, c_idx, fa, fc = q[live], a_idx[live], c_idx[live], fa[live], fc[live]
+    if len(q) == 0:
+        return empty
     block = (fa * n_f + fc).astype(float) * 1000.0 + 100.0
     dphi = np.mod(fl.phi[qj[q]] - fl.phi[qi[q]], 180.0)
 
@@ -1290,8 +1298,13 @@ def _search_phase(
     m_sign: list[np.ndarray] = []
     for sgn in (1, -1):
         target = np.mod(sgn * dphi, 180.0)
-        lo = np.searchsorted(pt.entry_key, block + target - tol_a, side="left")
-        hi = np.searchsorted(pt.entry_key, block + target + tol_a, side="right")
+        # Sorted queries: searchsorted walks the table once instead of jumping around it.
+        centre = block + target
+        order = np.argsort(centre, kind="stable")
+        lo = np.empty(len(centre), dtype=np.int64)
+        hi = np.empty(len(centre), dtype=np.int64)
+        lo[order] = np.searchsorted(pt.entry_key, centre[order] - tol_a, side="left")
+        hi[order] = np.searchsorted(pt.entry_key, centre[order] + tol_a, side="right")
         k, e = _expand(lo, hi)
         m_combo.append(k)
         m_entry.append(e)
@@ -1641,7 +1654,7 @@ def _index_unique(
         ls = log_s[:, w]
         spacing = [
             _spacing_match(tables.phases[k], per_phase[k], w, fl, planes)
-            for k in np.argsort(ls, kind="stable")
+            for k in np.argsort(ls, kind="stable")[:MAX_CANDIDATES]
             if np.isfinite(ls[k]) and int(k) not in weak
         ]
         if cands or (len(planes) == 1 and spacing):
