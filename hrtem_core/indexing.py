@@ -1203,6 +1203,22 @@ class _PhaseResult:
     so_residual: np.ndarray
 
 
+def _no_hypotheses(n_w: int) -> dict[str, np.ndarray]:
+    """The per-window fields of a :class:`_PhaseResult` for windows without any hypothesis."""
+    return dict(
+        log_chance=np.full(n_w, np.inf),
+        log_density=np.zeros(n_w),
+        n_explained=np.zeros(n_w, np.int64),
+        ref_plane=np.full(n_w, -1, np.int64),
+        ref_family=np.full(n_w, -1, np.int64),
+        ref_residual=np.zeros(n_w),
+        zone=np.full(n_w, -1, np.int64),
+        sign=np.zeros(n_w, np.int64),
+        rows_start=np.zeros(n_w, np.int64),
+        rows_n=np.zeros(n_w, np.int64),
+    )
+
+
 def _search_phase(
     pt: PhaseTable,
     fl: _Planes,
@@ -1253,16 +1269,7 @@ def _search_phase(
     so_log = np.where(so_m > 0, so_log, np.inf)
 
     empty = _PhaseResult(
-        log_chance=np.full(n_w, np.inf),
-        log_density=np.zeros(n_w),
-        n_explained=np.zeros(n_w, np.int64),
-        ref_plane=np.full(n_w, -1, np.int64),
-        ref_family=np.full(n_w, -1, np.int64),
-        ref_residual=np.zeros(n_w),
-        zone=np.full(n_w, -1, np.int64),
-        sign=np.zeros(n_w, np.int64),
-        rows_start=np.zeros(n_w, np.int64),
-        rows_n=np.zeros(n_w, np.int64),
+        **_no_hypotheses(n_w),
         rows_plane=np.zeros(0, np.int64),
         rows_member=np.zeros(0, np.int64),
         rows_family=np.zeros(0, np.int64),
@@ -1426,18 +1433,7 @@ def _search_phase(
     first = np.unique(h_win[o], return_index=True)[1]
     best_h = o[first]
     wins = h_win[best_h]
-    res = dict(
-        log_chance=np.full(n_w, np.inf),
-        log_density=np.zeros(n_w),
-        n_explained=np.zeros(n_w, np.int64),
-        ref_plane=np.full(n_w, -1, np.int64),
-        ref_family=np.full(n_w, -1, np.int64),
-        ref_residual=np.zeros(n_w),
-        zone=np.full(n_w, -1, np.int64),
-        sign=np.zeros(n_w, np.int64),
-        rows_start=np.zeros(n_w, np.int64),
-        rows_n=np.zeros(n_w, np.int64),
-    )
+    res = _no_hypotheses(n_w)
     res["log_chance"][wins] = log_e[best_h]
     res["log_density"][wins] = h_dens[best_h] / _LN10
     res["n_explained"][wins] = n_expl[best_h]
