@@ -128,9 +128,10 @@ STRONG_FRACTION = 0.3
 #: Probability that a kinematically strong reflection in the observed range is not seen (the CTF
 #: can hide one): the factor each missing strong reflection costs.
 MISSING_STRONG_PENALTY = 0.2
-#: Probability that a kinematically weak reflection (below WEAK_FRACTION of the zone's strongest)
-#: is seen: the factor each matched weak reflection costs.
-WEAK_MATCH_PENALTY = 0.25
+#: A matched reflection weaker than WEAK_FRACTION of the zone's strongest costs the factor
+#: ``1 / max(I / (WEAK_FRACTION I_max), WEAK_MATCH_FLOOR)``: the chance of seeing a spot falls with
+#: its kinematic intensity, down to WEAK_MATCH_FLOOR (a factor 10) for an (almost) extinct one.
+WEAK_MATCH_FLOOR = 0.1
 #: For a phase without known intensities: only reflections at spacings at least this many times
 #: the largest matched one count as missing strong ones (low orders that any crystal shows).
 LOW_ORDER_FACTOR = 1.5
@@ -1203,6 +1204,13 @@ class _PhaseResult:
     so_residual: np.ndarray
 
 
+def _log10_weak_penalty(intensity: np.ndarray, zone_max: np.ndarray) -> np.ndarray:
+    """log10 of the factor a matched reflection of kinematic ``intensity`` costs (0 when it is
+    at least WEAK_FRACTION of the zone's strongest ``zone_max``; up to 1 for an extinct one)."""
+    rel = np.clip(intensity / (WEAK_FRACTION * np.maximum(zone_max, 1e-300)), WEAK_MATCH_FLOOR, 1.0)
+    return -np.log10(rel)
+
+
 def _no_hypotheses(n_w: int) -> dict[str, np.ndarray]:
     """The per-window fields of a :class:`_PhaseResult` for windows without any hypothesis."""
     return dict(
@@ -1386,7 +1394,7 @@ def _search_phase(
     )
     # 7. Kinematic intensities: weak reflections alone, where the zone has strong ones, are no
     # match.
-    # Each matched weak reflection costs WEAK_MATCH_PENALTY, each strong reflection of the zone
+    # Each matched weak reflection costs up to 1 / WEAK_MATCH_FLOOR, each strong one of the zone
     # that is missing in the observed range MISSING_STRONG_PENALTY.
     # Without a structure (smooth intensities) only the low-order rule applies: strong zone
     # reflections at spacings >= LOW_ORDER_FACTOR x the largest matched one.
@@ -1394,7 +1402,7 @@ def _search_phase(
     if len(inten) and np.all(np.isfinite(inten)) and np.all(np.isfinite(pt.zone_max_intensity)):
         zmax = pt.zone_max_intensity[h_zone]
         fd = pt.family_d_nm
-        n_weak = np.zeros(n_h)
+        weak_log = np.zeros(n_h)
         if pt.intensity_known:
             # A forbidden reflection matched here is produced by double diffraction (or
             # included on purpose): not a weak kinematic one.
@@ -1403,9 +1411,9 @@ def _search_phase(
             i_rows = np.maximum.reduceat(eff[m_fc], hstart)
             i_max = np.maximum(eff[h_fa], i_rows)
             log_e = np.where(i_max < WEAK_FRACTION * zmax, np.inf, log_e)
-            weak_rows = (eff[m_fc] < WEAK_FRACTION * pt.zone_max_intensity[zone]).astype(float)
-            n_weak = np.bincount(h_of, weights=weak_rows, minlength=n_h) + (
-                eff[h_fa] < WEAK_FRACTION * zmax
+            weak_rows = _log10_weak_penalty(eff[m_fc], pt.zone_max_intensity[zone])
+            weak_log = np.bincount(h_of, weights=weak_rows, minlength=n_h) + _log10_weak_penalty(
+                eff[h_fa], zmax
             )
             d_lo = np.minimum(np.minimum.reduceat(fd[m_fc], hstart), fd[h_fa]) * (1.0 - 1e-9)
         else:
@@ -1421,11 +1429,7 @@ def _search_phase(
             pt.strong_key, h_zone * 10.0 + d_lo
         )
         missing = np.maximum(in_range - n_strong, 0)
-        log_e = (
-            log_e
-            + n_weak * math.log10(1.0 / WEAK_MATCH_PENALTY)
-            + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
-        )
+        log_e = log_e + weak_log + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
 
     # 8. The best hypothesis per window: smallest E, then more planes, then a fixed order.
     o = np.lexsort((h_sign, h_zone, h_fa, fl.local[h_pi], -n_expl, log_e, h_win))
@@ -1637,7 +1641,10 @@ def _index_unique(
                 if k != best_k:
                     alts = [a for a in alts if a.card_id != twin.card_id]
                     group.append(twin)
-            group.sort(key=lambda m: (round(m.fit_log10, 9), -m.n_explained))
+            # Only a convincing match (K <= max_chance) may lead.
+            group.sort(
+                key=lambda m: (m.chance > tables.max_chance, round(m.fit_log10, 9), -m.n_explained)
+            )
             best = group[0]
             alts = [*group[1:], *alts]
             alts.sort(key=lambda m: m.rank_key, reverse=True)

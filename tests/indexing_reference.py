@@ -162,10 +162,13 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                             eff = [math.inf if pt.family_forbidden[f] else inten[f] for f in fams]
                             if max(eff) < ix.WEAK_FRACTION * zmax:
                                 continue
-                            n_weak = sum(e < ix.WEAK_FRACTION * zmax for e in eff)
+                            weak_log = sum(
+                                float(ix._log10_weak_penalty(np.array([e]), np.array([zmax]))[0])
+                                for e in eff
+                            )
                             d_lo = min(fd[f] for f in fams) * (1.0 - 1e-9)
                         else:
-                            n_weak = 0
+                            weak_log = 0.0
                             d_lo = ix.LOW_ORDER_FACTOR * max(fd[f] for f in fams)
                         strong = [
                             mm
@@ -179,7 +182,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                             inten[f] >= ix.STRONG_FRACTION * zmax and fd[f] >= d_lo for f in fams
                         )
                         missing = max(len(strong) - seen, 0)
-                        total += n_weak * math.log10(1.0 / ix.WEAK_MATCH_PENALTY)
+                        total += weak_log
                         total += missing * math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
                     cand = (round(total, 9), -n_expl)
                     if best is None or cand < best[0]:
