@@ -658,12 +658,14 @@ def _expand_sites(structure: CrystalStructure) -> tuple:
     ops = gemmi.SpaceGroup(structure.space_group).operations()
     out = []
     for site in structure.sites:
-        pts: list[np.ndarray] = []
-        for op in ops:
-            q = np.mod(np.asarray(op.apply_to_xyz(list(site.xyz)), dtype=float), 1.0)
-            if not any(np.allclose(np.mod(q - r + 0.5, 1.0) - 0.5, 0.0, atol=1e-5) for r in pts):
-                pts.append(q)
-        pos = np.array(pts)
+        q = np.mod(np.array([op.apply_to_xyz(list(site.xyz)) for op in ops], dtype=float), 1.0)
+        # Symmetry images that coincide (within 1e-5, periodically) are one atom: keep the first
+        # of each group, in the order of the operations (as the former pairwise loop did).
+        diff = np.mod(q[:, None, :] - q[None, :, :] + 0.5, 1.0) - 0.5
+        same = np.all(np.abs(diff) <= 1e-5, axis=2)
+        first = ~np.any(np.tril(same, k=-1), axis=1)
+        pos = q[first]
+        pts = pos
         out.append(
             (
                 site.element,
