@@ -445,19 +445,12 @@ def _sweep_cases(db):
                 yield ph, uvw, chosen
 
 
-def test_top_match_rate_over_every_phase_and_zone(db, tables) -> None:
-    """Every phase of the database in 8 zones, 2 and 3 planes, noise 1 % / 0.5 deg (uniform).
-
-    A named window names the true phase or lists it as a near-twin (>= 97 %); the true phase is
-    among the candidates of >= 98 % of all windows; with three planes >= 80 % of the windows
-    are named, with two (a dense card and 1 % noise give modest odds) >= 60 %. Measured: 2 planes
-    named 70 %, right 164/167; 3 planes named 88 %, right 210/210; candidates 477/480.
-    """
-    rng = np.random.default_rng(11)
+def _sweep_sets(db, rng, *, planes, repeats):
+    """Noisy (1 %, 0.5 deg) zone patterns of every _sweep_cases case: (pair sets, truth)."""
     sets, truth = [], []
     for ph, uvw, chosen in _sweep_cases(db):
-        for n_planes in (2, 3):
-            for _ in range(3):
+        for n_planes in planes:
+            for _ in range(repeats):
                 sets.append(
                     zone_pairs(
                         ph,
@@ -470,6 +463,18 @@ def test_top_match_rate_over_every_phase_and_zone(db, tables) -> None:
                     )
                 )
                 truth.append((ph.card_id, n_planes))
+    return sets, truth
+
+
+def test_top_match_rate_over_every_phase_and_zone(db, tables) -> None:
+    """Every phase of the database in 8 zones, 2 and 3 planes, noise 1 % / 0.5 deg (uniform).
+
+    A named window names the true phase or lists it as a near-twin (>= 97 %); the true phase is
+    among the candidates of >= 98 % of all windows; with three planes >= 80 % of the windows
+    are named, with two (a dense card and 1 % noise give modest odds) >= 60 %. Measured: 2 planes
+    named 70 %, right 164/167; 3 planes named 88 %, right 210/210; candidates 477/480.
+    """
+    sets, truth = _sweep_sets(db, np.random.default_rng(11), planes=(2, 3), repeats=3)
     results = indexing.index_windows(sets, tables)
     assert len(results) > 300
     named = {2: 0, 3: 0}
@@ -879,21 +884,7 @@ def test_a_crystal_outside_the_cards_is_not_named() -> None:
 
 def test_one_plane_never_scores_above_two_planes_and_their_angle(db, tables) -> None:
     """Scores of spacing-only windows are <= 0.5; named (angle-confirmed) ones >= 1/(1 + 0.05)."""
-    rng = np.random.default_rng(4)
-    sets = []
-    for ph, uvw, chosen in _sweep_cases(db):
-        for n_planes in (1, 2, 3):
-            sets.append(
-                zone_pairs(
-                    ph,
-                    uvw,
-                    chosen[:n_planes],
-                    rotation_deg=float(rng.uniform(0, 180)),
-                    rng=rng,
-                    spacing_noise=0.01,
-                    angle_noise_deg=0.5,
-                )
-            )
+    sets, _truth = _sweep_sets(db, np.random.default_rng(4), planes=(1, 2, 3), repeats=1)
     results = indexing.index_windows(sets, tables)
     named = [r.best.score for r in results if r.named]
     other = [r.best.score for r in results if not r.named and r.best is not None]
