@@ -18,44 +18,47 @@ unmatched"):
    ``angle_tol_deg``. All hypotheses are found at once for all windows: per phase, the member
    directions are tabulated per pair of families, sorted by ``(family pair, psi)``, and every
    measured plane pair of every window is looked up with ``searchsorted`` (:func:`index_windows`).
-3. **Kinematic intensities.** A zone whose strong reflections (kinematic ``|F|^2`` from the
-   phase's structure or the card's intensities) are all missing while only weak ones (below
-   ``WEAK_FRACTION`` of the zone's strongest) are matched is rejected: a superlattice of weak
-   spots does not identify a phase whose strong spots are absent. Kinematically forbidden
-   reflections (screw axes, glide planes) are matched only where double diffraction in the zone
-   produces them (:func:`_dd_ok`), or with ``include_forbidden`` at a penalty.
-4. **Score: the chance of a coincidence.** Every measured spacing and direction carries its own
-   standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus
-   ``SIGMA_SYSTEMATIC_REL`` of calibration for spacings). The *chance expectation* ``E`` of a
-   hypothesis is the expected number of equally good matches that random planes would produce
-   against the same card, under the null model "no enabled card fits": spacings log-uniform over
-   the detector's band ``[d_lo, d_hi]``, directions uniform:
+3. **Kinematic intensities.** From the phase's structure (:func:`hrtem_core.simulate.known_structure`)
+   or the card's intensities (the CIF import writes them): a matched reflection weaker than
+   ``WEAK_FRACTION`` of the zone's strongest costs up to ``1 / WEAK_MATCH_FLOOR``, a strong one of
+   the zone (``STRONG_FRACTION``) missing from the observed range ``1 / MISSING_STRONG_PENALTY``,
+   and a zone matched by weak reflections alone is rejected. Cards without intensities use the
+   electron scattering-factor fall-off, for missing low orders only (``LOW_ORDER_FACTOR``).
+   Kinematically forbidden reflections (screw axes, glide planes) are matched only where double
+   diffraction in the zone produces them (:func:`_dd_ok`), or with ``include_forbidden`` at a
+   factor ``1 / FORBIDDEN_WEIGHT``.
+4. **Score: the odds against a coincidence.** Every measured spacing and direction carries its own
+   standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus the model terms
+   ``SIGMA_MODEL_REL`` and ``SIGMA_MODEL_ANGLE_DEG``). ``K`` is the odds "chance : card": the
+   likelihood of the measurement under the null model "no enabled card fits" over its likelihood
+   under the hypothesis:
 
-   * per explained plane, ``P_d = N_fam * 2 max(|r|, sigma_r) / ln(d_hi / d_lo)``: ``N_fam`` the
-     card's (visible) families in the band, so a card dense in reflections pays for explaining
-     spacings easily;
-   * per explained plane besides the reference, ``P_a = n * 2 max(|dphi|, sigma_phi) / 180 deg``,
-     ``n`` the number of directions its family offers: every member direction over all allowed
-     zones for the first one (the zone is chosen by it), the family's members in the chosen zone
-     for the others;
-   * a factor ``1 / UNEXPLAINED_PENALTY`` per plane of the window the hypothesis leaves
-     unexplained, and ``1 / FORBIDDEN_WEIGHT`` per forbidden reflection matched without double
-     diffraction.
+   * spacings (:func:`_log10_odds_spacing`): under the card, Gaussian residuals with each plane's
+     sigma and a calibration error common to the window (``SIGMA_CALIBRATION_REL``); under chance,
+     the density of the card's families per unit ``ln d`` around each measured spacing
+     (:func:`_family_density`), so a card dense in reflections pays for explaining spacings;
+   * directions (:func:`_log10_odds_angle`): under the card Gaussian; under chance uniform over
+     180 deg times the number of directions the family offers (every member over all allowed
+     zones for the first other plane, which chooses the zone; the members in that zone for the
+     rest);
+   * a factor ``1 / UNEXPLAINED_PENALTY`` per plane the hypothesis leaves unexplained, and the
+     intensity factors above.
 
-   ``E = prod P_d * prod P_a * penalties``; the **score** is ``1 / (1 + E)``, the probability that
-   the match is not a coincidence under this model. Candidates are ranked by ``E`` (not by the
-   number of planes first): explaining more planes lowers ``E`` only when they fit.
-5. **Decisions.** A window is ``indexed`` when its best angle-confirmed hypothesis has ``E <=
-   max_chance`` (default 1e-3: score >= 0.999); other phases within ``ambiguity_decades`` (default
-   1, a factor 10 in ``E``) of the best are listed and the window is ``ambiguous`` (near-twins
-   such as maghemite / magnetite; a near-twin that lost a plane only at the tolerance edge is
-   found by :func:`_edge_twin`). A window with one plane, or whose angle-confirmed matches are
-   weaker than ``max_chance``, is ``spacing-only``: its candidates are listed, no phase is
-   named, and its score is at most 0.5 (``0.5 / (1 + E)``: one spacing cannot tell a card from
-   an unlisted phase with a line at the same ``d``), so it never scores above an angle-confirmed
-   window. A window with two or more planes that no card explains with a matching angle, or
-   whose spacings no card has, is ``unmatched`` (its spacings are still reported). A window with
-   no significant spot pair is ``no-spots``.
+   The **score** is ``1 / (1 + K)``: the probability that the card rather than chance produced
+   the planes, at even prior odds. Candidates are ranked by ``K`` (not by the number of planes
+   first): explaining more planes lowers ``K`` only when they fit.
+5. **Decisions.** A window is ``indexed`` when its best angle-confirmed hypothesis has ``K <=
+   max_chance`` (default 0.05: score >= 0.952); other phases within ``ambiguity_decades``
+   (default 1, a factor 10 in ``K``) are listed and the window is ``ambiguous``; cards with
+   near-twin cells (maghemite / magnetite, :func:`_twin_cells`) are always listed together and
+   the convincing one whose residuals fit better leads (a near-twin that loses a plane only at
+   the tolerance edge is found by :func:`_edge_twins`). A window with one plane, or whose
+   angle-confirmed matches are weaker than ``max_chance``, is ``spacing-only``: its candidates
+   are listed, no phase is named, and its score is at most 0.5 (``0.5 / (1 + K)``: one spacing
+   cannot tell a card from an unlisted phase with a line at the same ``d``), so it never scores
+   above an angle-confirmed window. A window with two or more planes that no card explains with a
+   matching angle, or whose spacings no card has, is ``unmatched`` (its spacings are still
+   reported). A window with no significant spot pair is ``no-spots``.
 
 Per-phase tables are built once per analysis (:func:`build_tables`); :func:`index_windows`
 indexes every window of an image in whole-array operations, and identical plane sets share one
@@ -98,7 +101,7 @@ NAMED_STATUSES = (STATUS_INDEXED, STATUS_AMBIGUOUS)
 #: Largest zone-axis index: ``max(|u|, |v|, |w|) <= MAX_ZONE_INDEX`` (crossed fringes are seen
 #: along low-index zones; a high-index zone that "explains" two spacings is a coincidence).
 MAX_ZONE_INDEX = 3
-#: A window names a phase when its best match has a chance expectation ``E <= MAX_CHANCE``.
+#: A window names a phase when the odds "chance : card" of its best match are ``K <= MAX_CHANCE``.
 MAX_CHANCE = 0.05
 #: Other phases within this many decades of the best ``E`` are listed (the window is ambiguous).
 AMBIGUITY_DECADES = 1.0
@@ -809,10 +812,10 @@ def build_tables(
     d_min_nm : float, keyword-only
         Smallest spacing of interest [nm].
     ambiguity_decades : float, keyword-only
-        Other phases whose chance expectation is within this many decades of the best are listed
+        Other phases whose odds "chance : card" are within this many decades of the best are listed
         as alternatives (default 1).
     max_chance : float, keyword-only
-        Largest chance expectation ``E`` at which a window names a phase (default 1e-3).
+        Largest odds "chance : card" ``K`` at which a window names a phase (default 0.05).
     max_zone_index : int, keyword-only
         Largest zone-axis index (default 3).
     forbidden_weight : float, keyword-only
@@ -948,8 +951,8 @@ class PhaseMatch:
     n_explained : int
     angle_confirmed : bool
     chance : float
-        The chance expectation ``E`` (module docstring): the expected number of equally good
-        matches of random planes against this card.
+        ``K``, the odds "chance : card" (module docstring): the likelihood of the measured planes
+        if they were random, over their likelihood under this card and hypothesis.
     spacing_sigma_rel : tuple of float
         Per plane: the relative spacing uncertainty used (fit and model).
     density_log10 : float
