@@ -1819,7 +1819,7 @@ def format_hkl(hkl: Sequence[int] | None) -> str:
 
 
 def format_match(match: PhaseMatch) -> str:
-    """One-line description: ``name [card] (hkl;hkl) [uvw] score E=... residuals``."""
+    """One-line description: ``name (card) hkl;hkl [uvw] score S K odds dd residuals dang angles``."""
     hk = ";".join(format_hkl(h) if h is not None else "-" for h in match.hkl)
     zone = f" [{format_hkl(match.zone_axis)}]" if match.zone_axis is not None else ""
     res = ";".join(f"{100 * r:+.1f}%" if r is not None else "-" for r in match.rel_residuals)
@@ -1828,7 +1828,7 @@ def format_match(match: PhaseMatch) -> str:
         ang = " dang " + ";".join(f"{a:.1f}" for a in match.angle_residuals_deg)
     return (
         f"{match.phase_name} ({match.card_id}) {hk}{zone} score {match.score:.3f} "
-        f"E {match.chance:.1e} dd {res}{ang}"
+        f"K {match.chance:.1e} dd {res}{ang}"
     )
 
 
