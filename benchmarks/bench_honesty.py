@@ -81,27 +81,6 @@ def fmt(v: float | None) -> str:
     return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
 
-def git_rev() -> str:
-    try:
-        import subprocess
-
-        return subprocess.run(
-            [
-                "git",
-                "-C",
-                str(Path(hrtem_core.__file__).resolve().parents[1]),
-                "rev-parse",
-                "--short",
-                "HEAD",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except Exception:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1024 px scenes, half the series")
@@ -222,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
 
     print(
-        f"bench_honesty ({'quick' if q else 'full'}), hrtem_core {__version__} @ {git_rev()}, "
+        f"bench_honesty ({'quick' if q else 'full'}), hrtem_core {__version__} @ {sc.git_rev()}, "
         f"detector {args.detector}, w=256 s={args.stride}, R_halo = {args.halo_nm:g} nm"
     )
     print(f"{'metric':34s} {'value':>7s}  {'target':>8s}  verdict  detail")
@@ -254,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "mode": "quick" if q else "full",
             "version": __version__,
-            "git": git_rev(),
+            "git": sc.git_rev(),
             "library": str(Path(hrtem_core.__file__).resolve().parent),
             "python": platform.python_version(),
             "detector": args.detector,

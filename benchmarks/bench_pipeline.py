@@ -439,25 +439,6 @@ def dashboard_first_view() -> dict:
     return res
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(
-            [
-                "git",
-                "-C",
-                str(Path(hrtem_core.__file__).resolve().parents[1]),
-                "rev-parse",
-                "--short",
-                "HEAD",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="best of N (default 5)")
@@ -487,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     report: dict[str, Any] = {
         "version": __version__,
-        "git": git_rev(),
+        "git": sc.git_rev(),
         "library": str(Path(hrtem_core.__file__).resolve().parent),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),

@@ -67,6 +67,30 @@ DEFAULT_DEFOCUS_NM = -16.0
 # --------------------------------------------------------------------------------------------
 
 
+def git_rev() -> str:
+    """Short commit of the checkout whose ``hrtem_core`` is measured, or ``"?"``."""
+    import subprocess
+
+    import hrtem_core
+
+    try:
+        return subprocess.run(
+            [
+                "git",
+                "-C",
+                str(Path(hrtem_core.__file__).resolve().parents[1]),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
 def make_phase(
     card_id: str,
     name: str,
