@@ -230,6 +230,7 @@ def spot_significance(
     pixel_size_nm: tuple[float, float],
     radius_px: tuple[int, int],
     min_l_px: float = 2.0,
+    local_median: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Significance ``z`` of peaks at integer offsets ``(ky, kx)`` of spectra ``magnitudes[win]``.
 
@@ -256,6 +257,9 @@ def spot_significance(
         The band's half-widths ``(radius_y, radius_x)`` [FFT px].
     min_l_px : float, keyword-only
         Peaks nearer the DC are not searched (for the number of searched pixels).
+    local_median : ndarray, shape (m,), optional, keyword-only
+        The median ``|F|`` of each peak's local ring (:func:`_local_ring`), where the caller
+        has it already; computed here otherwise.
 
     Returns
     -------
@@ -275,11 +279,9 @@ def spot_significance(
     if m == 0:
         return np.zeros(0), n_searched
     peak = magnitudes[win, cy + ky, cx + kx].astype(np.float64)
-    patch = _gather(magnitudes, win, cy + ky, cx + kx, _BG_HALF_PX)
-    ring = np.ones((2 * _BG_HALF_PX + 1,) * 2, dtype=bool)
-    inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
-    ring[inner, inner] = False
-    med_local = row_median(patch[:, ring])
+    if local_median is None:
+        local_median = row_median(_local_ring(magnitudes, win, cy + ky, cx + kx))
+    med_local = np.asarray(local_median, dtype=np.float64)
     med_ring = np.empty(m)
     bins = rbin[cy + ky, cx + kx]
     flat = magnitudes.reshape(magnitudes.shape[0], -1)
@@ -875,11 +877,7 @@ def _pairs_from_seeds(
         return result
 
     # 6. Local background and SNR.
-    bg_patch = _gather(magnitudes, cand_win, cy + cand_ky, cx + cand_kx, _BG_HALF_PX)
-    ring = np.ones((2 * _BG_HALF_PX + 1,) * 2, dtype=bool)
-    inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
-    ring[inner, inner] = False
-    ring_vals = bg_patch[:, ring]
+    ring_vals = _local_ring(magnitudes, cand_win, cy + cand_ky, cx + cand_kx)
     bg = row_median(ring_vals)
     spread = 1.4826 * row_median(np.abs(ring_vals - bg[:, None]))
     intensity = m_plus - bg
@@ -895,6 +893,7 @@ def _pairs_from_seeds(
         pixel_size_nm=pixel_size_nm,
         radius_px=(geometry.radius_y, geometry.radius_x),
         min_l_px=min_l,
+        local_median=bg,
     )
     keep = z >= significance_threshold(n_searched)
     if not keep.all():
@@ -954,6 +953,15 @@ def _gather(
     yy = np.clip(y[:, None] + o[None, :], 0, n_y - 1)
     xx = np.clip(x[:, None] + o[None, :], 0, n_x - 1)
     return stack[win[:, None, None], yy[:, :, None], xx[:, None, :]].astype(np.float64)
+
+
+def _local_ring(stack: np.ndarray, win: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(m, 96) float64 values of the local background ring around (y, x): the 11 x 11 patch
+    without its central 5 x 5."""
+    ring = np.ones((2 * _BG_HALF_PX + 1,) * 2, dtype=bool)
+    inner = slice(_BG_HALF_PX - _BG_INNER_PX, _BG_HALF_PX + _BG_INNER_PX + 1)
+    ring[inner, inner] = False
+    return _gather(stack, win, y, x, _BG_HALF_PX)[:, ring]
 
 
 def _is_local_max(stack: np.ndarray, win: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
