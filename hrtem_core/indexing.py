@@ -70,7 +70,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -643,8 +643,6 @@ def _with_zone_tables(
     forbidden_weight: float,
 ) -> PhaseTable:
     """Fill the zone and direction tables of a phase table (see :class:`PhaseTable`)."""
-    import dataclasses
-
     k = int(max_zone_index)
     n_f = len(pt.family_hkl)
     n_m = len(pt.member_hkl)
@@ -735,7 +733,7 @@ def _with_zone_tables(
     key = block[idx] * 1000.0 + 100.0 + psi_all
     order = np.argsort(key, kind="stable")
     idx = idx[order]
-    return dataclasses.replace(
+    return replace(
         pt,
         zones=zones,
         zone_count=zone_count,
@@ -1656,7 +1654,7 @@ def _index_unique(
             continue
         weak = [int(k) for k in np.argsort(la, kind="stable") if np.isfinite(la[k])][:3]
         cands = [_angle_match(tables.phases[k], per_phase[k], w, fl, planes) for k in weak]
-        cands = [dataclasses_replace(c, score=0.5 / (1.0 + c.chance)) for c in cands]
+        cands = [replace(c, score=0.5 / (1.0 + c.chance)) for c in cands]
         ls = log_s[:, w]
         spacing = [
             _spacing_match(tables.phases[k], per_phase[k], w, fl, planes)
@@ -1669,13 +1667,6 @@ def _index_unique(
         else:
             out.append(WindowIndex(planes, angles, None, tuple(spacing), STATUS_UNMATCHED))
     return out
-
-
-def dataclasses_replace(obj: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` (kept local so the module imports stay minimal)."""
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def _edge_twins(
