@@ -502,13 +502,7 @@ def _reduce_rows(raw: np.ndarray) -> np.ndarray:
     """:func:`_reduce` for rows of integer vectors (non-zero rows)."""
     g = np.gcd(np.gcd(np.abs(raw[:, 0]), np.abs(raw[:, 1])), np.abs(raw[:, 2]))
     g = np.where(g == 0, 1, g)
-    return _canonical_sign_first(raw // g[:, None])
-
-
-def _canonical_sign_first(v: np.ndarray) -> np.ndarray:
-    """Flip each row so that its first non-zero index (u, then v, then w) is positive."""
-    first = np.where(v[:, 0] != 0, v[:, 0], np.where(v[:, 1] != 0, v[:, 1], v[:, 2]))
-    return v * np.where(first < 0, -1, 1)[:, None]
+    return _canonical_sign(raw // g[:, None])
 
 
 def _phase_table(
