@@ -364,6 +364,9 @@ class PhaseTable:
     density_weight: np.ndarray
     allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     allowed_set: frozenset = frozenset()
+    allowed_intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    allowed_row: dict = field(default_factory=dict)
+    zone_family_intensity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     _dd_cache: dict = field(default_factory=dict)
 
     @property
@@ -438,19 +441,37 @@ def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) 
     centring-allowed reflections is allowed). Only the tabulated reflections (``d >= d_min``) are
     used as ``g1`` and ``g2``.
     """
+    return _dd_intensity(pt, hkl, uvw) is not None
+
+
+def _dd_intensity(
+    pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]
+) -> float | None:
+    """Relative intensity a forbidden ``hkl`` can get by double diffraction in zone ``[uvw]``.
+
+    ``max over hkl = g1 + g2 of min(I(g1), I(g2))`` over the allowed reflections ``g1``, ``g2`` of
+    the zone (:func:`_dd_ok`), with ``I`` the kinematic intensity of their families (0..1): a beam
+    diffracted twice is no stronger than the weaker of the two beams that make it, so a
+    reflection produced only by weak (e.g. superlattice) reflections is weak itself. ``None`` when
+    double diffraction cannot produce ``hkl`` in the zone.
+    """
     h = tuple(int(v) for v in hkl)
     z = tuple(int(v) for v in uvw)
     key = (h, z)
-    hit = pt._dd_cache.get(key)
-    if hit is None:
-        hit = False
-        if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
-            g1 = pt.allowed_pm[(pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0]
-            for g in (np.asarray(h, dtype=np.int64)[None, :] - g1).tolist():
-                if tuple(g) in pt.allowed_set:
-                    hit = True
-                    break
-        pt._dd_cache[key] = hit
+    if key in pt._dd_cache:
+        return pt._dd_cache[key]
+    hit: float | None = None
+    if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
+        in_zone = (pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0
+        g1 = pt.allowed_pm[in_zone]
+        i1 = pt.allowed_intensity[in_zone] if len(pt.allowed_intensity) else np.zeros(len(g1))
+        for g, i in zip((np.asarray(h, dtype=np.int64)[None, :] - g1).tolist(), i1, strict=True):
+            row = pt.allowed_row.get(tuple(g))
+            if row is not None:
+                i2 = float(pt.allowed_intensity[row]) if len(pt.allowed_intensity) else 0.0
+                v = min(float(i), i2)
+                hit = v if hit is None else max(hit, v)
+    pt._dd_cache[key] = hit
     return hit
 
 
@@ -569,6 +590,11 @@ def _phase_table(
         # The smooth model knows no structure, but a forbidden reflection has no kinematic
         # intensity (double diffraction may still show it).
         intensity = np.where(np.asarray(forb, dtype=bool), 0.0, intensity)
+    allowed_int = (
+        np.asarray(intensity, dtype=float)[member_family[~forb_arr[member_family]]]
+        if len(member_hkl)
+        else np.zeros(0)
+    )
     weight = np.ones(n_f)
     if known and n_f:
         weight = np.where(intensity < VISIBLE_FRACTION, 0.25, 1.0)
@@ -604,6 +630,8 @@ def _phase_table(
         density_weight=weight,
         allowed_pm=allowed_pm,
         allowed_set=frozenset(map(tuple, allowed_pm.tolist())),
+        allowed_intensity=np.concatenate([allowed_int, allowed_int]),
+        allowed_row={tuple(v): i for i, v in enumerate(allowed_pm.tolist())},
     )
     if n_f == 0:
         return pt_stub
@@ -665,9 +693,16 @@ def _with_zone_tables(
     can = in_zone & ~forb_m[None, :]
     pen_m = np.zeros((n_z, n_m))  # log10 chance factor of a member in a zone
     bad = np.log10(1.0 / forbidden_weight)
+    # Effective intensity of each family in each zone: its kinematic one where allowed, what
+    # double diffraction gives a forbidden one (_dd_intensity), 0 where only include_forbidden
+    # admits it.
+    zfi = np.tile(np.where(pt.family_forbidden, 0.0, pt.family_intensity), (n_z, 1))
     for zi, mi in zip(*np.nonzero(in_zone & forb_m[None, :]), strict=True):
-        if _dd_ok(pt, pt.member_hkl[mi], zones[zi]):
+        dd = _dd_intensity(pt, pt.member_hkl[mi], zones[zi])
+        if dd is not None:
             can[zi, mi] = True
+            f = pt.member_family[mi]
+            zfi[zi, f] = max(zfi[zi, f], dd)
         elif include_forbidden:
             can[zi, mi] = True
             pen_m[zi, mi] = bad
@@ -732,6 +767,7 @@ def _with_zone_tables(
         zones=zones,
         zone_count=zone_count,
         zone_max_intensity=zmax,
+        zone_family_intensity=zfi,
         strong_key=strong_key,
         entry_key=key[order],
         entry_member=mc[idx],
@@ -1353,6 +1389,7 @@ def _search_phase(
     zone, member, delta, sig_a, ms, me = zone[o], member[o], delta[o], sig_a[o], ms[o], me[o]
     uh, hstart, hcount = np.unique(hkey, return_index=True, return_counts=True)
     h_of = np.repeat(np.arange(len(uh)), hcount)
+
     first_row = np.zeros(len(hkey), dtype=bool)
     first_row[hstart] = True
 
@@ -1399,16 +1436,17 @@ def _search_phase(
         fd = pt.family_d_nm
         weak_log = np.zeros(n_h)
         if pt.intensity_known:
-            # A forbidden reflection matched here is produced by double diffraction (or
-            # included on purpose): not a weak kinematic one.
-            forb = pt.family_forbidden
-            eff = np.where(forb, np.inf, inten)
-            i_rows = np.maximum.reduceat(eff[m_fc], hstart)
-            i_max = np.maximum(eff[h_fa], i_rows)
+            # A forbidden reflection matched here counts with the intensity double diffraction
+            # from the zone's allowed reflections gives it (_dd_intensity; 0 where only
+            # include_forbidden admits it).
+            zfi = pt.zone_family_intensity
+            eff_rows = zfi[zone, m_fc]
+            eff_ref = zfi[h_zone, h_fa]
+            i_max = np.maximum(eff_ref, np.maximum.reduceat(eff_rows, hstart))
             log_e = np.where(i_max < WEAK_FRACTION * zmax, np.inf, log_e)
-            weak_rows = _log10_weak_penalty(eff[m_fc], pt.zone_max_intensity[zone])
+            weak_rows = _log10_weak_penalty(eff_rows, pt.zone_max_intensity[zone])
             weak_log = np.bincount(h_of, weights=weak_rows, minlength=n_h) + _log10_weak_penalty(
-                eff[h_fa], zmax
+                eff_ref, zmax
             )
             d_lo = np.minimum(np.minimum.reduceat(fd[m_fc], hstart), fd[h_fa]) * (1.0 - 1e-9)
         else:

@@ -37,6 +37,20 @@ def _can_appear(pt: ix.PhaseTable, m: int, z: tuple[int, int, int], include_forb
     return False, 0.0
 
 
+def _effective_intensity(pt: ix.PhaseTable, f: int, z: tuple[int, int, int]) -> float:
+    """Kinematic intensity of family ``f`` in zone ``z``; for a forbidden family, the best that
+    double diffraction gives any of its members in the zone (0 if none)."""
+    if not pt.family_forbidden[f]:
+        return float(pt.family_intensity[f])
+    best = 0.0
+    for mm in range(len(pt.member_hkl)):
+        if int(pt.member_family[mm]) == f and int(np.dot(pt.member_hkl[mm], z)) == 0:
+            dd = ix._dd_intensity(pt, pt.member_hkl[mm], z)
+            if dd is not None:
+                best = max(best, dd)
+    return best
+
+
 def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tuple | None:
     """The best hypothesis of one phase for one window: ``(log10 odds, n_explained, zone,
     {plane: member row})``, or None."""
@@ -159,7 +173,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         fams = [fa] + [rows[j][2] for j in js]
                         fd = pt.family_d_nm
                         if pt.intensity_known:
-                            eff = [math.inf if pt.family_forbidden[f] else inten[f] for f in fams]
+                            eff = [_effective_intensity(pt, f, z) for f in fams]
                             if max(eff) < ix.WEAK_FRACTION * zmax:
                                 continue
                             weak_log = sum(

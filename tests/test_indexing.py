@@ -927,3 +927,41 @@ Cl Cl 0.5 0.5 0.5
     pairs = zone_pairs(phase, (1, -1, 0), [(0, 0, 2), (1, 1, 1), (2, 2, 0)], rotation_deg=40.0)
     res = indexing.index_window(pairs, t)
     assert res.named and res.best.card_id == "T-NaCl"
+
+
+def test_double_diffraction_is_no_stronger_than_its_weaker_beam() -> None:
+    """A forbidden reflection made by double diffraction gets min(I(g1), I(g2)) of its makers.
+
+    Maghemite (P4_332): (300) is forbidden (h00 needs h = 4n) but (110) + (2-10) make it in
+    [001]; both are (at most) weak vacancy-superlattice reflections, so (300) is weak too. Spinel
+    (002) in [1-10] is made by (111) + (-1-11) (weak) and by (11-3) + (-1-15) (strong): it
+    is as strong as its strongest route.
+    """
+    shipped = indexing.build_tables(load_cards())
+    mgh = next(p for p in shipped.phases if p.card_id == "39-1346")
+    inten = dict(zip(mgh.family_hkl, mgh.family_intensity, strict=True))
+    dd = indexing._dd_intensity(mgh, (3, 0, 0), (0, 0, 1))
+    assert dd is not None and dd < indexing.WEAK_FRACTION * inten[(4, 0, 0)]
+    dd2 = indexing._dd_intensity(mgh, (0, 0, 2), (1, -1, 0))
+    via_113 = min(mgh.allowed_intensity[mgh.allowed_row[h]] for h in ((1, 1, -3), (-1, -1, 5)))
+    assert dd2 is not None and dd2 >= via_113 > inten[(1, 1, 1)]
+    assert dd2 <= max(mgh.family_intensity)
+    assert indexing._dd_intensity(mgh, (0, 0, 2), (0, 0, 1)) is None  # not in that zone
+
+
+def test_square_net_of_weak_and_double_diffraction_spots_is_not_maghemite() -> None:
+    """SrTiO3 [001] seen through maghemite's eyes: (300), (030), (330), (3-30), (600), (060).
+
+    Their spacings are maghemite's, but (300) and (600) come only from double diffraction of
+    weak superlattice beams and (330) is weak, while the zone's strong (220), (400) and (440)
+    are absent: with the shipped cards this square net must not be called maghemite (it was,
+    at K ~ 1e-5, when double-diffraction reflections counted as strong).
+    """
+    db = load_cards()
+    mgh = db.phase("39-1346")
+    hkls = [(3, 0, 0), (0, 3, 0), (3, 3, 0), (3, -3, 0), (6, 0, 0), (0, 6, 0)]
+    res = indexing.index_window(
+        zone_pairs(mgh, (0, 0, 1), hkls, rotation_deg=12.0), indexing.build_tables(db)
+    )
+    named = [res.best, *res.alternatives] if res.named else []
+    assert "39-1346" not in [m.card_id for m in named]
