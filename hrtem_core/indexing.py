@@ -25,7 +25,8 @@ unmatched"):
    and a zone matched by weak reflections alone is rejected. Cards without intensities use the
    electron scattering-factor fall-off, for missing low orders only (``LOW_ORDER_FACTOR``).
    Kinematically forbidden reflections (screw axes, glide planes) are matched only where double
-   diffraction in the zone produces them (:func:`_dd_ok`), or with ``include_forbidden`` at a
+   diffraction in the zone produces them (:func:`_dd_ok`), with the intensity of the weaker of
+   the two beams that make them (:func:`_dd_intensity`), or with ``include_forbidden`` at a
    factor ``1 / FORBIDDEN_WEIGHT``.
 4. **Score: the odds against a coincidence.** Every measured spacing and direction carries its own
    standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus the model terms
@@ -35,8 +36,11 @@ unmatched"):
 
    * spacings (:func:`_log10_odds_spacing`): under the card, Gaussian residuals with each plane's
      sigma and a calibration error common to the window (``SIGMA_CALIBRATION_REL``); under chance,
-     the density of the card's families per unit ``ln d`` around each measured spacing
-     (:func:`_family_density`), so a card dense in reflections pays for explaining spacings;
+     the density of the card's families per unit ``ln d`` around the reference and the basis
+     plane (the first other plane not parallel to it) (:func:`_family_density`), so a card
+     dense in reflections pays for explaining spacings; every further plane of the zone is a
+     lattice combination of those two, fixed by them whatever else the card lists, and has the
+     uniform density ``1 / (2 H)``;
    * directions (:func:`_log10_odds_angle`): under the card Gaussian; under chance uniform over
      180 deg times the number of directions the family offers (every member over all allowed
      zones for the first other plane, which chooses the zone; the members in that zone for the
@@ -51,7 +55,9 @@ unmatched"):
    max_chance`` (default 0.05: score >= 0.952); other phases within ``ambiguity_decades``
    (default 1, a factor 10 in ``K``) are listed and the window is ``ambiguous``; cards with
    near-twin cells (maghemite / magnetite, :func:`_twin_cells`) are always listed together and
-   the convincing one whose residuals fit better leads (a near-twin that loses a plane only at
+   the convincing one whose residuals fit better leads; so are projection twins, cards whose
+   zones predict the same net within the calibration (hematite [001] / feroxyhyte [001],
+   :func:`_same_net`), ordered by their spacing misfit alone (a near-twin that loses a plane only at
    the tolerance edge is found by :func:`_edge_twins`). A window with one plane, or whose
    angle-confirmed matches are weaker than ``max_chance``, is ``spacing-only``: its candidates
    are listed, no phase is named, and its score is at most 0.5 (``0.5 / (1 + K)``: one spacing
@@ -138,6 +144,11 @@ WEAK_MATCH_FLOOR = 0.1
 #: For a phase without known intensities: only reflections at spacings at least this many times
 #: the largest matched one count as missing strong ones (low orders that any crystal shows).
 LOW_ORDER_FACTOR = 1.5
+#: Projection twins (:func:`_same_net`): the ratio of two matches' reference spacings may vary
+#: by this much over the planes (the same net shape) ...
+NET_SHAPE_REL = 0.005
+#: ... and differ from 1 by at most this much (two calibration sigmas: indistinguishable).
+NET_SCALE_REL = 2 * SIGMA_CALIBRATION_REL
 #: Families weaker than this fraction of the phase's strongest count 1/4 in the card density.
 VISIBLE_FRACTION = 0.01
 #: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %):
@@ -1010,6 +1021,24 @@ class PhaseMatch:
         return math.log10(max(self.chance, 1e-300)) - self.density_log10
 
     @property
+    def spacing_misfit(self) -> float:
+        """``chi^2`` of the spacing residuals with the calibration error common to the window
+        (:func:`_log10_odds_spacing`): how far the card's spacings are from the measured ones,
+        without any count of reflections or directions (orders twins, which predict the same
+        planes and angles)."""
+        pairs = [
+            (r, s)
+            for r, s in zip(self.rel_residuals, self.spacing_sigma_rel, strict=False)
+            if r is not None and s is not None and math.isfinite(s) and s > 0
+        ]
+        if not pairs:
+            return math.inf
+        w = np.array([1.0 / (s * s) for _, s in pairs])
+        r = np.array([r for r, _ in pairs])
+        s0, s1, s2 = w.sum(), (w * r).sum(), (w * r * r).sum()
+        return float(s2 - s1 * s1 / (1.0 / SIGMA_CALIBRATION_REL**2 + s0))
+
+    @property
     def evidence(self) -> float:
         """``-log10(chance)`` [decades]: larger is better."""
         return -math.log10(max(self.chance, 1e-300))
@@ -1410,7 +1439,17 @@ def _search_phase(
     s1 = np.bincount(h_of, weights=m_rc * w_rows, minlength=n_h) + h_ra * w_ref
     s2 = np.bincount(h_of, weights=m_rc * m_rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
     slog = np.bincount(h_of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
-    h_dens = np.bincount(h_of, weights=ln_rho[pj], minlength=n_h) + ln_rho[h_pi]
+    # The card's family density is the chance of the reference and of the basis plane (the first
+    # row not parallel to the reference; else the first row): the zone fixes every other plane
+    # as a lattice combination of those two, so the chance that a random plane falls within the
+    # tolerance of it is 2 H times the uniform 1 / (2 H), whatever else the card lists.
+    rep_rows = np.asarray([a for a, _ in pt.family_slices], dtype=np.int64)
+    parallel = ~np.any(np.cross(pt.member_hkl[rep_rows[m_fa]], pt.member_hkl[member]), axis=1)
+    ob = np.lexsort((pj, parallel, h_of))
+    basis = ob[np.unique(h_of[ob], return_index=True)[1]]
+    ln_dep = np.full(len(pj), -math.log(2.0 * math.log1p(spacing_tol)))
+    ln_dep[basis] = ln_rho[pj[basis]]
+    h_dens = np.bincount(h_of, weights=ln_dep, minlength=n_h) + ln_rho[h_pi]
     log_e = (
         _log10_odds_spacing(
             s0,
@@ -1662,21 +1701,36 @@ def _index_unique(
         if named:
             best_k = int(named[0])
             best = _angle_match(tables.phases[best_k], per_phase[best_k], w, fl, planes)
-            alts = [
-                _angle_match(tables.phases[k], per_phase[k], w, fl, planes)
-                for k in named[1:]
-                if la[k] <= la[best_k] + tables.ambiguity_decades
+            # Every other convincing match: those within the ambiguity margin are listed, and
+            # projection twins (below) at any odds.
+            others = [(la[k] <= la[best_k] + tables.ambiguity_decades, k) for k in named[1:]]
+            others_m = [
+                (near, _angle_match(tables.phases[k], per_phase[k], w, fl, planes))
+                for near, k in others
             ]
+            alts = [m for near, m in others_m if near]
             # Near-twins predict the same planes: they are always listed, and the one whose
             # residuals fit best leads (their card densities differ, not what they predict).
+            # So do projection twins among the listed ones: other cells whose zone predicts the
+            # same net within the calibration (hematite [001] and feroxyhyte [001], 0.8 %).
             group = [best]
             for k, twin in twins.get(w, ()):
                 if k != best_k:
                     alts = [a for a in alts if a.card_id != twin.card_id]
                     group.append(twin)
+            proj = [m for _near, m in others_m if _same_net(best, m)]
+            alts = [a for a in alts if not _same_net(best, a)]
+            group.extend(proj)
             # Only a convincing match (K <= max_chance) may lead.
+            # Projection twins differ in which reflections their cards list beside the net (so
+            # in density, directions and intensity penalties): only their spacings decide.
             group.sort(
-                key=lambda m: (m.chance > tables.max_chance, round(m.fit_log10, 9), -m.n_explained)
+                key=lambda m: (
+                    m.chance > tables.max_chance,
+                    round(m.spacing_misfit, 9) if proj else 0.0,
+                    round(m.fit_log10, 9),
+                    -m.n_explained,
+                )
             )
             best = group[0]
             alts = [*group[1:], *alts]
@@ -1769,6 +1823,28 @@ def _edge_twins(
             if np.isfinite(r.log_chance[t]) and r.n_explained[t] >= per_phase[b].n_explained[w]:
                 out.setdefault(w, []).append((k, _angle_match(pt, r, t, sfl, sub[t])))
     return out
+
+
+def _same_net(a: PhaseMatch, b: PhaseMatch) -> bool:
+    """Projection twins: two angle-confirmed matches that explain the same planes with reference
+    spacings in one common ratio (within ``NET_SHAPE_REL``) that the calibration cannot tell from
+    1 (within ``NET_SCALE_REL``): their zones predict the same net, up to a scale, e.g. hematite
+    [001] (110), (300) and feroxyhyte [001] (100), (110), 0.8 % apart. Their card densities
+    differ, not what they predict, so their residuals decide which leads."""
+    if not (a.angle_confirmed and b.angle_confirmed) or a.card_id == b.card_id:
+        return False
+    if len(a.d_ref_nm) != len(b.d_ref_nm):
+        return False
+    ratios = []
+    for da, db_ in zip(a.d_ref_nm, b.d_ref_nm, strict=True):
+        if (da is None) != (db_ is None):
+            return False
+        if da is not None:
+            ratios.append(db_ / da)
+    if len(ratios) < 2:
+        return False
+    r = np.asarray(ratios)
+    return bool(np.ptp(r) <= NET_SHAPE_REL and np.all(np.abs(r - 1.0) <= NET_SCALE_REL))
 
 
 def _twin_cells(a: Any, b: Any, edge: float) -> bool:
