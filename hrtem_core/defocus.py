@@ -14,7 +14,7 @@ The method (after Rohou & Grigorieff, *J. Struct. Biol.* 192 (2015) 216, "CTFFIN
    background ``B(k)`` is removed jointly with the ring term (not before it: a broad pass band,
    e.g. near Scherzer focus, would otherwise be taken for background).
 4. **Fit**: ``y(k) = B(k) + E(k) sin^2 chi(k; df)`` with a linear envelope ``E(k) > 0`` and the
-   project's aberration function :func:`hrtem_core.simulate.chi_rad`
+   project's aberration function :func:`hrtem_core.optics.chi_rad`
    (``chi = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4``); for each ``df`` the polynomials are a
    linear least-squares fit, and the score is the fraction of the background-free variance the
    ring term explains (CTFFIND's score is the equivalent normalised cross-correlation). ``df``
@@ -52,7 +52,7 @@ import scipy.ndimage as ndi
 from scipy.optimize import minimize_scalar
 
 from hrtem_core.errors import AnalysisParameterError
-from hrtem_core.simulate import chi_rad, ctf, wavelength_nm
+from hrtem_core.optics import chi_rad, ctf, wavelength_nm
 
 #: Default accelerating voltage [kV] when neither the metadata nor the user gives one.
 DEFAULT_VOLTAGE_KV = 300.0

@@ -68,18 +68,28 @@ import numpy as np
 import scipy.fft
 
 from hrtem_core.errors import AnalysisParameterError
+from hrtem_core.optics import (  # re-exported: tests, benchmarks and particles use these names
+    ELECTRON_MASS_KG,
+    ELEMENTARY_CHARGE_C,
+    PLANCK_J_S,
+    chi_rad,
+    ctf,
+    envelope_spatial,
+    envelope_temporal,
+    information_limit_nm_inv,
+    interaction_constant,
+    scherzer_defocus_nm,
+    wavelength_nm,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrtem_core.cards import Phase
 
-# Physical constants (CODATA 2018, SI).
-_H = 6.62607015e-34  # Planck constant [J s]
-_M0 = 9.1093837015e-31  # electron rest mass [kg]
-_E = 1.602176634e-19  # elementary charge [C]
-_C = 299792458.0  # speed of light [m/s]
 #: h^2 / (2 pi m0 e) [V nm^2]: converts an electron scattering factor [nm] into a Fourier
 #: coefficient of the potential times a volume (V_g = this * F_g / Omega).
-POTENTIAL_PER_SCATTERING_V_NM2 = _H**2 / (2 * math.pi * _M0 * _E) * 1e18
+POTENTIAL_PER_SCATTERING_V_NM2 = (
+    PLANCK_J_S**2 / (2 * math.pi * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C) * 1e18
+)
 #: Cu K-alpha1 wavelength [nm], the radiation of the PDF cards' intensities.
 CU_KALPHA1_NM = 0.15406
 #: Debye-Waller B factor of the smooth fall-off model [nm^2] (0.5 A^2).
@@ -94,128 +104,6 @@ DEFAULT_MEAN_INNER_POTENTIAL_V = 18.0
 
 ParticleShape = Literal["sphere", "faceted"]
 IntensityModel = Literal["powder", "sqrt", "smooth"]
-
-
-# --------------------------------------------------------------------------------------------
-# Electron optics
-# --------------------------------------------------------------------------------------------
-
-
-def wavelength_nm(voltage_kv: float) -> float:
-    """Relativistic electron wavelength [nm].
-
-    ``lambda = h / sqrt(2 m0 e U (1 + e U / (2 m0 c^2)))``; 0.0019687 nm at 300 kV,
-    0.0025079 nm at 200 kV.
-    """
-    u = _check_positive(voltage_kv, "accelerating voltage (kV)") * 1e3
-    return _H / math.sqrt(2 * _M0 * _E * u * (1 + _E * u / (2 * _M0 * _C**2))) * 1e9
-
-
-def interaction_constant(voltage_kv: float) -> float:
-    """Relativistic interaction constant sigma [rad / (V nm)].
-
-    ``sigma = 2 pi m e lambda / h^2`` with the relativistic mass ``m = m0 (1 + e U / (m0 c^2))``;
-    0.006526 rad/(V nm) at 300 kV, 0.007288 at 200 kV.
-    """
-    u = _check_positive(voltage_kv, "accelerating voltage (kV)") * 1e3
-    lam_m = wavelength_nm(voltage_kv) * 1e-9
-    m = _M0 * (1 + _E * u / (_M0 * _C**2))
-    return 2 * math.pi * m * _E * lam_m / _H**2 * 1e-9
-
-
-def scherzer_defocus_nm(*, cs_mm: float = 1.2, voltage_kv: float = 300.0) -> float:
-    """Scherzer defocus ``df_Sch = -1.2 sqrt(Cs lambda)`` [nm]; negative (underfocus) for Cs > 0."""
-    cs_nm = float(cs_mm) * 1e6
-    return -1.2 * math.copysign(math.sqrt(abs(cs_nm) * wavelength_nm(voltage_kv)), cs_nm)
-
-
-def chi_rad(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-) -> np.ndarray:
-    """Aberration phase ``chi(k) = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4`` [rad].
-
-    Parameters
-    ----------
-    k_nm_inv : array_like
-        Spatial frequency ``|k|`` [1/nm].
-    defocus_nm : float or array_like, keyword-only
-        Defocus ``df`` [nm], negative = underfocus (broadcast against ``k_nm_inv``).
-    voltage_kv, cs_mm : float, keyword-only
-        Accelerating voltage [kV]; spherical aberration ``Cs`` [mm].
-    """
-    lam = wavelength_nm(voltage_kv)
-    k2 = np.asarray(k_nm_inv, dtype=float) ** 2
-    df = np.asarray(defocus_nm, dtype=float)
-    return math.pi * lam * df * k2 + 0.5 * math.pi * float(cs_mm) * 1e6 * lam**3 * k2**2
-
-
-def envelope_temporal(
-    k_nm_inv: np.ndarray | float, *, focal_spread_nm: float, voltage_kv: float = 300.0
-) -> np.ndarray:
-    """Temporal-coherence envelope ``E_t(k) = exp(-(1/2) pi^2 lambda^2 Delta^2 k^4)``.
-
-    ``Delta`` [nm] is the standard deviation of the defocus spread (chromatic aberration times the
-    energy spread and the lens-current instabilities).
-    """
-    lam = wavelength_nm(voltage_kv)
-    k = np.asarray(k_nm_inv, dtype=float)
-    return np.exp(-0.5 * (math.pi * lam * float(focal_spread_nm)) ** 2 * k**4)
-
-
-def envelope_spatial(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    convergence_mrad: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-) -> np.ndarray:
-    """Spatial-coherence envelope ``E_s(k) = exp(-(pi alpha / lambda)^2 (Cs lambda^3 k^3 + df lambda k)^2)``.
-
-    ``alpha`` [mrad] is the 1/e semi-angle of a Gaussian distribution of illumination angles.
-    """
-    lam = wavelength_nm(voltage_kv)
-    k = np.asarray(k_nm_inv, dtype=float)
-    grad = float(cs_mm) * 1e6 * lam**3 * k**3 + np.asarray(defocus_nm, dtype=float) * lam * k
-    return np.exp(-((math.pi * float(convergence_mrad) * 1e-3 / lam) ** 2) * grad**2)
-
-
-def ctf(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-    focal_spread_nm: float = 0.0,
-    convergence_mrad: float = 0.0,
-) -> np.ndarray:
-    """Phase contrast transfer function ``sin chi(k) E_t(k) E_s(k)`` (dimensionless).
-
-    A weak phase object ``phi`` gives the image spectrum ``2 Phi(k) ctf(k)``. Negative values
-    (e.g. over the passband at Scherzer defocus) render a positive potential dark.
-    """
-    return (
-        np.sin(chi_rad(k_nm_inv, defocus_nm=defocus_nm, voltage_kv=voltage_kv, cs_mm=cs_mm))
-        * envelope_temporal(k_nm_inv, focal_spread_nm=focal_spread_nm, voltage_kv=voltage_kv)
-        * envelope_spatial(
-            k_nm_inv,
-            defocus_nm=defocus_nm,
-            convergence_mrad=convergence_mrad,
-            voltage_kv=voltage_kv,
-            cs_mm=cs_mm,
-        )
-    )
-
-
-def information_limit_nm_inv(*, focal_spread_nm: float, voltage_kv: float = 300.0) -> float:
-    """Information limit [1/nm]: where ``E_t = exp(-2)``, ``k = sqrt(2 / (pi lambda Delta))``."""
-    if focal_spread_nm <= 0:
-        return math.inf
-    return math.sqrt(2.0 / (math.pi * wavelength_nm(voltage_kv) * float(focal_spread_nm)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ A window is ``counts = Poisson(dose * I)`` with the intensity
   covers part of the window, or the whole window;
 * ``B`` an amorphous background: white noise filtered by the phase-contrast transfer function
   ``|sin chi(q) + 0.07 cos chi(q)|`` with ``chi(q) = pi lambda df q^2 + pi/2 Cs lambda^3 q^4``
-  (defocus ``df`` in nm, negative = underfocus) and a Gaussian envelope: Thon rings;
+  (defocus ``df`` in nm, negative = underfocus; :func:`hrtem_core.optics.chi_rad`) and a
+  Gaussian envelope: Thon rings;
 * drift as a linear motion blur (its transfer function multiplies lattice and background),
   uneven illumination (a gradient and a broad bump), and occasional scan-line offsets;
 * pixel sizes ``p`` in ``ranges.pixel_size_nm`` (sometimes slightly non-square).
@@ -26,8 +27,9 @@ strong neighbour cannot lend it visibility) is at least ``ranges.snr_label`` tim
 magnitude of everything else (background, shot noise, artefacts) on the 64 x 64 band grid the
 U-Net sees (resampled as its input, :func:`hrtem_core.windows.resample_band`), in an annulus
 around it; spectra as :func:`hrtem_core.windows.window_spectra` computes them (mean removed,
-Hann apodized). Generator 2.0 (1.0 took the peak as the 3 x 3 band maximum of the summed
-lattice spectrum, and resampled bilinearly). Spots that are
+Hann apodized). Generator 2.1 (2.0 computed the background CTF with an approximate electron
+wavelength, 6e-7 relative off: same distributions, other noise draws; 1.0 took the peak as the
+3 x 3 band maximum of the summed lattice spectrum, and resampled bilinearly). Spots that are
 borderline (``snr_ignore <= SNR < snr_label``) or too close to the DC (``|k| < min_k_px``) are
 *ignored* (neither spot nor background in the loss and in the evaluation). Spots outside the band
 are not labelled. Windows without crystal (``ranges.p_no_crystal``) have empty labels.
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.fft
 
+from hrtem_core.optics import chi_rad
 from hrtem_core.windows import (
     BandGeometry,
     band_geometry,
@@ -56,9 +59,8 @@ from hrtem_core.windows import (
 )
 
 #: Version of the generator; stored with the weights. Bump on any change of the distributions.
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.1"
 
-_CS_NM_PER_MM = 1.0e6
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _AMPLITUDE_CONTRAST = 0.07
 
@@ -200,12 +202,6 @@ class SyntheticExample:
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def electron_wavelength_nm(voltage_kv: float) -> float:
-    """Relativistic electron wavelength [nm] at ``voltage_kv`` [kV] (1.969 pm at 300 kV)."""
-    v = voltage_kv * 1e3
-    return 1.2264259 / math.sqrt(v * (1.0 + 0.97847e-6 * v))
 
 
 def _lattice_points(
@@ -383,11 +379,11 @@ def synthetic_example(
     # Amorphous background: CTF-filtered white noise.
     contrast = np.zeros((w, w), dtype=np.float64)
     if amorphous_rms > 0:
-        lam = electron_wavelength_nm(float(rng.choice(rs.voltage_kv)))
+        voltage_kv = float(rng.choice(rs.voltage_kv))
         df = rng.uniform(*rs.defocus_nm)
-        cs = rng.uniform(*rs.cs_mm) * _CS_NM_PER_MM
+        cs_mm = rng.uniform(*rs.cs_mm)
         q2 = (fy / py) ** 2 + (fx / px) ** 2  # [1/nm^2]
-        chi = math.pi * lam * df * q2 + 0.5 * math.pi * cs * lam**3 * q2**2
+        chi = chi_rad(np.sqrt(q2), defocus_nm=df, voltage_kv=voltage_kv, cs_mm=cs_mm)
         q_env = rng.uniform(2.0, 10.0)  # [1/nm]
         filt = np.abs(np.sin(chi) + _AMPLITUDE_CONTRAST * np.cos(chi)) * np.exp(-q2 / q_env**2)
         filt *= _drift_transfer(fy, fx, drift)
@@ -396,7 +392,7 @@ def synthetic_example(
         bg_rms = float(bg.std())
         if bg_rms > 0:
             contrast += bg * (amorphous_rms / bg_rms)
-        params.update(defocus_nm=float(df), cs_mm=float(cs / _CS_NM_PER_MM), q_env=q_env)
+        params.update(defocus_nm=float(df), cs_mm=float(cs_mm), q_env=q_env)
 
     # Crystal lattices.
     lattice = np.zeros((w, w), dtype=np.float64)
@@ -808,7 +804,6 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticExample",
     "SyntheticRanges",
-    "electron_wavelength_nm",
     "example_arrays",
     "label_mask",
     "make_dataset",
