@@ -486,7 +486,13 @@ def test_metadata_is_json_serialisable(tmp_path: Path) -> None:
 
     path = write_berkeley_emd(tmp_path / "j.emd", lattice(), steps=(0.02, 0.02), units=("nm", "nm"))
     m = load_image(path)
-    json.dumps(m.metadata)  # raises on numpy scalars or arrays
+    # strict JSON (no numpy scalars or arrays, no NaN) that reads back as the same metadata
+    text = json.dumps(m.metadata, allow_nan=False)
+    assert json.loads(text) == m.metadata
+    assert m.metadata["original_units"] == ["nm", "nm"]
+    assert m.metadata["original_pixel_size"] == [0.02, 0.02]
+    assert m.metadata["original_shape"] == [96, 80] and m.metadata["n_frames"] == 1
+    assert m.metadata["format"] == "emd" and m.metadata["defocus_nm"] is None
 
 
 # ------------------------------------------------------------------------------------------
