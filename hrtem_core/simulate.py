@@ -878,6 +878,86 @@ def _lattice_sum(
     return out
 
 
+def _particle_block(
+    part: Particle,
+    shape: tuple[int, int],
+    p: float,
+    *,
+    d_min_nm: float,
+    include_forbidden: bool,
+    lattice_potential_v: float,
+    intensity_model: IntensityModel,
+    mean_inner_potential_v: float | None,
+) -> tuple[
+    tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray, float],
+    np.ndarray,
+    ParticleTruth,
+    tuple[ProjectedReflection, ...],
+]:
+    """One particle on a ``shape`` grid of ``p`` nm/px.
+
+    Returns the block ``(rows, cols, U, z_min, z_max, V_0)`` (potential per unit thickness ``U``
+    [V] and the particle's entrance and exit heights [nm] on the rows x cols patch around it),
+    the patch's inside mask (bool), its ground truth and its reflections inside Nyquist.
+    """
+    ny, nx = shape
+    diameter = _check_positive(part.diameter_nm, "particle diameter (nm)")
+    radius_nm = diameter / 2.0
+    cy, cx = (
+        ((ny - 1) / 2.0, (nx - 1) / 2.0)
+        if part.center_px is None
+        else (float(part.center_px[0]), float(part.center_px[1]))
+    )
+    frame = image_frame(part.phase.cell, part.zone_axis, rotation_deg=part.rotation_deg)
+    refls = zone_projection(
+        part.phase,
+        zone_axis=part.zone_axis,
+        rotation_deg=part.rotation_deg,
+        d_min_nm=d_min_nm,
+        include_forbidden=include_forbidden,
+        lattice_potential_v=lattice_potential_v,
+        intensity_model=intensity_model,
+        structure=part.structure,
+    )
+    if mean_inner_potential_v is not None:
+        v0 = float(mean_inner_potential_v)
+    elif part.structure is not None:
+        v0 = part.structure.mean_inner_potential_v(part.phase.cell)
+    else:
+        v0 = DEFAULT_MEAN_INNER_POTENTIAL_V
+    # Only keep frequencies the grid can hold (aliased ones would land at wrong places).
+    nyq = 0.5 / p
+    refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
+    reach = radius_nm * (1.5 if part.shape == "faceted" else 1.0) / p + 2
+    r0, r1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, ny)
+    c0, c1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, nx)
+    if r0 >= r1 or c0 >= c1:
+        raise AnalysisParameterError(
+            f"particle centre ({cy:.0f}, {cx:.0f}) px lies outside the {ny}x{nx} px image"
+        )
+    yy, xx = np.meshgrid((np.arange(r0, r1) - cy) * p, (np.arange(c0, c1) - cx) * p, indexing="ij")
+    zmin, zmax = _z_extent(part, yy, xx, frame, radius_nm)
+    t = np.clip(zmax - zmin, 0.0, None)
+    inside = t > 0
+    # Potential per unit thickness [V]: V_0 + sum_g V_g cos(2 pi g.r + phi_g).
+    block = (slice(r0, r1), slice(c0, c1), v0 + _lattice_sum(refls, yy, xx), zmin, zmax, v0)
+    dist = np.sqrt(yy[inside] ** 2 + xx[inside] ** 2).max() / p if inside.any() else 0.0
+    truth = ParticleTruth(
+        card_id=str(part.phase.card_id),
+        phase_name=str(part.phase.name),
+        zone_axis=tuple(int(v) for v in part.zone_axis),
+        diameter_nm=float(diameter),
+        rotation_deg=float(part.rotation_deg),
+        shape=str(part.shape),
+        center_px=(cy, cx),
+        radius_px=float(dist),
+        max_thickness_nm=float(t.max()) if t.size else 0.0,
+        mean_inner_potential_v=float(v0),
+        structure=part.structure.source if part.structure is not None else "",
+    )
+    return block, inside, truth, refls
+
+
 def _build_specimen(
     particles: Sequence[Particle],
     *,
@@ -894,7 +974,6 @@ def _build_specimen(
     seed: int,
     slice_nm: float | None,
 ) -> _Specimen:
-    ny, nx = shape
     p = pixel_size_nm
     rng = np.random.default_rng([int(seed), 0])
     support = _support_potential(shape, p, float(support_thickness_nm), rng)
@@ -903,70 +982,19 @@ def _build_specimen(
     truths: list[ParticleTruth] = []
     projections: list[tuple[ProjectedReflection, ...]] = []
     for part in particles:
-        diameter = _check_positive(part.diameter_nm, "particle diameter (nm)")
-        radius_nm = diameter / 2.0
-        cy, cx = (
-            ((ny - 1) / 2.0, (nx - 1) / 2.0)
-            if part.center_px is None
-            else (float(part.center_px[0]), float(part.center_px[1]))
-        )
-        frame = image_frame(part.phase.cell, part.zone_axis, rotation_deg=part.rotation_deg)
-        refls = zone_projection(
-            part.phase,
-            zone_axis=part.zone_axis,
-            rotation_deg=part.rotation_deg,
+        block, inside, truth, refls = _particle_block(
+            part,
+            shape,
+            p,
             d_min_nm=d_min_nm,
             include_forbidden=include_forbidden,
             lattice_potential_v=lattice_potential_v,
             intensity_model=intensity_model,
-            structure=part.structure,
+            mean_inner_potential_v=mean_inner_potential_v,
         )
-        if mean_inner_potential_v is not None:
-            v0 = float(mean_inner_potential_v)
-        elif part.structure is not None:
-            v0 = part.structure.mean_inner_potential_v(part.phase.cell)
-        else:
-            v0 = DEFAULT_MEAN_INNER_POTENTIAL_V
-        # Only keep frequencies the grid can hold (aliased ones would land at wrong places).
-        nyq = 0.5 / p
-        refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
-        reach = radius_nm * (1.5 if part.shape == "faceted" else 1.0) / p + 2
-        r0, r1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, ny)
-        c0, c1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, nx)
-        if r0 >= r1 or c0 >= c1:
-            raise AnalysisParameterError(
-                f"particle centre ({cy:.0f}, {cx:.0f}) px lies outside the {ny}x{nx} px image"
-            )
-        yy, xx = np.meshgrid(
-            (np.arange(r0, r1) - cy) * p, (np.arange(c0, c1) - cx) * p, indexing="ij"
-        )
-        zmin, zmax = _z_extent(part, yy, xx, frame, radius_nm)
-        t = np.clip(zmax - zmin, 0.0, None)
-        inside = t > 0
-        # Potential per unit thickness [V]: V_0 + sum_g V_g cos(2 pi g.r + phi_g).
-        blocks.append(
-            (slice(r0, r1), slice(c0, c1), v0 + _lattice_sum(refls, yy, xx), zmin, zmax, v0)
-        )
-        mask[r0:r1, c0:c1] |= inside
-        if inside.any():
-            dist = np.sqrt(yy[inside] ** 2 + xx[inside] ** 2).max() / p
-        else:
-            dist = 0.0
-        truths.append(
-            ParticleTruth(
-                card_id=str(part.phase.card_id),
-                phase_name=str(part.phase.name),
-                zone_axis=tuple(int(v) for v in part.zone_axis),
-                diameter_nm=float(diameter),
-                rotation_deg=float(part.rotation_deg),
-                shape=str(part.shape),
-                center_px=(cy, cx),
-                radius_px=float(dist),
-                max_thickness_nm=float(t.max()) if t.size else 0.0,
-                mean_inner_potential_v=float(v0),
-                structure=part.structure.source if part.structure is not None else "",
-            )
-        )
+        blocks.append(block)
+        mask[block[0], block[1]] |= inside
+        truths.append(truth)
         projections.append(refls)
     wave = _exit_wave(
         blocks,
@@ -1152,6 +1180,81 @@ def _record(
     return rng.poisson(intensity * per_px).astype(np.float32)
 
 
+def _checked_optics(
+    defocus_nm: float | Sequence[float],
+    *,
+    voltage_kv: float,
+    cs_mm: float,
+    focal_spread_nm: float,
+    convergence_mrad: float,
+    support_thickness_nm: float,
+    absorption: float,
+    objective_aperture_nm_inv: float | None,
+) -> tuple[list[float], _Optics]:
+    """The defoci [nm] and the lens, checked (:class:`AnalysisParameterError` otherwise)."""
+    defoci = [float(defocus_nm)] if np.isscalar(defocus_nm) else [float(v) for v in defocus_nm]
+    if not defoci or not all(math.isfinite(v) for v in defoci):
+        raise AnalysisParameterError(
+            f"defocus values must be finite numbers (nm), got {defocus_nm!r}"
+        )
+    for name, val in (
+        ("Cs (mm)", cs_mm),
+        ("focal spread (nm)", focal_spread_nm),
+        ("convergence (mrad)", convergence_mrad),
+        ("support thickness (nm)", support_thickness_nm),
+        ("absorption", absorption),
+    ):
+        if not math.isfinite(float(val)) or (name != "Cs (mm)" and float(val) < 0):
+            raise AnalysisParameterError(f"{name} must be a finite number >= 0, got {val!r}")
+    optics = _Optics(
+        voltage_kv=_check_positive(voltage_kv, "accelerating voltage (kV)"),
+        cs_mm=float(cs_mm),
+        focal_spread_nm=float(focal_spread_nm),
+        convergence_mrad=float(convergence_mrad),
+        objective_aperture_nm_inv=None
+        if objective_aperture_nm_inv is None
+        else _check_positive(objective_aperture_nm_inv, "objective aperture (1/nm)"),
+    )
+    return defoci, optics
+
+
+def _optics_params(optics: _Optics) -> dict[str, Any]:
+    """The lens settings and what follows from them, as recorded in the truth's ``params``."""
+    return {
+        "voltage_kv": optics.voltage_kv,
+        "wavelength_nm": wavelength_nm(optics.voltage_kv),
+        "interaction_constant_rad_per_V_nm": interaction_constant(optics.voltage_kv),
+        "cs_mm": optics.cs_mm,
+        "focal_spread_nm": optics.focal_spread_nm,
+        "convergence_mrad": optics.convergence_mrad,
+        "objective_aperture_nm_inv": optics.objective_aperture_nm_inv,
+        "information_limit_nm": 1.0
+        / information_limit_nm_inv(
+            focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
+        )
+        if optics.focal_spread_nm > 0
+        else 0.0,
+        "scherzer_defocus_nm": scherzer_defocus_nm(
+            cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv
+        ),
+    }
+
+
+def _particle_params(t: ParticleTruth) -> dict[str, Any]:
+    """One particle as recorded in the truth's ``params``."""
+    return {
+        "card_id": t.card_id,
+        "phase_name": t.phase_name,
+        "zone_axis": list(t.zone_axis),
+        "diameter_nm": t.diameter_nm,
+        "rotation_deg": t.rotation_deg,
+        "shape": t.shape,
+        "center_px": list(t.center_px),
+        "mean_inner_potential_v": t.mean_inner_potential_v,
+        "structure": t.structure,
+    }
+
+
 def simulate_particles(
     particles: Sequence[Particle],
     *,
@@ -1233,28 +1336,15 @@ def simulate_particles(
     p = _check_positive(pixel_size_nm, "pixel size (nm)")
     if not particles:
         raise AnalysisParameterError("at least one particle is needed")
-    defoci = [float(defocus_nm)] if np.isscalar(defocus_nm) else [float(v) for v in defocus_nm]
-    if not defoci or not all(math.isfinite(v) for v in defoci):
-        raise AnalysisParameterError(
-            f"defocus values must be finite numbers (nm), got {defocus_nm!r}"
-        )
-    for name, val in (
-        ("Cs (mm)", cs_mm),
-        ("focal spread (nm)", focal_spread_nm),
-        ("convergence (mrad)", convergence_mrad),
-        ("support thickness (nm)", support_thickness_nm),
-        ("absorption", absorption),
-    ):
-        if not math.isfinite(float(val)) or (name != "Cs (mm)" and float(val) < 0):
-            raise AnalysisParameterError(f"{name} must be a finite number >= 0, got {val!r}")
-    optics = _Optics(
-        voltage_kv=_check_positive(voltage_kv, "accelerating voltage (kV)"),
-        cs_mm=float(cs_mm),
-        focal_spread_nm=float(focal_spread_nm),
-        convergence_mrad=float(convergence_mrad),
-        objective_aperture_nm_inv=None
-        if objective_aperture_nm_inv is None
-        else _check_positive(objective_aperture_nm_inv, "objective aperture (1/nm)"),
+    defoci, optics = _checked_optics(
+        defocus_nm,
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        focal_spread_nm=focal_spread_nm,
+        convergence_mrad=convergence_mrad,
+        support_thickness_nm=support_thickness_nm,
+        absorption=absorption,
+        objective_aperture_nm_inv=objective_aperture_nm_inv,
     )
     specimen = _build_specimen(
         particles,
@@ -1276,22 +1366,7 @@ def simulate_particles(
     base_params = {
         "pixel_size_nm": p,
         "shape": [ny, nx],
-        "voltage_kv": optics.voltage_kv,
-        "wavelength_nm": wavelength_nm(optics.voltage_kv),
-        "interaction_constant_rad_per_V_nm": interaction_constant(optics.voltage_kv),
-        "cs_mm": optics.cs_mm,
-        "focal_spread_nm": optics.focal_spread_nm,
-        "convergence_mrad": optics.convergence_mrad,
-        "objective_aperture_nm_inv": optics.objective_aperture_nm_inv,
-        "information_limit_nm": 1.0
-        / information_limit_nm_inv(
-            focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
-        )
-        if optics.focal_spread_nm > 0
-        else 0.0,
-        "scherzer_defocus_nm": scherzer_defocus_nm(
-            cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv
-        ),
+        **_optics_params(optics),
         "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
         "support_thickness_nm": float(support_thickness_nm),
         "seed": int(seed),
@@ -1305,37 +1380,39 @@ def simulate_particles(
         "d_min_nm": float(d_min_nm),
         "slice_nm": None if slice_nm is None else float(slice_nm),
         "defocus_convention": "nm, negative = underfocus, from the particles' mid-plane",
-        "particles": [
-            {
-                "card_id": t.card_id,
-                "phase_name": t.phase_name,
-                "zone_axis": list(t.zone_axis),
-                "diameter_nm": t.diameter_nm,
-                "rotation_deg": t.rotation_deg,
-                "shape": t.shape,
-                "center_px": list(t.center_px),
-                "mean_inner_potential_v": t.mean_inner_potential_v,
-                "structure": t.structure,
-            }
-            for t in specimen.particles
-        ],
+        "particles": [_particle_params(t) for t in specimen.particles],
     }
-    out: list[SimulatedImage] = []
-    for i, df in enumerate(defoci):
-        intensity = _image_intensity(specimen.wave, pixel_size_nm=p, defocus_nm=df, optics=optics)
-        rng = np.random.default_rng([int(seed), 1, i])
-        image = _record(intensity, dose_e_per_A2=dose_e_per_A2, pixel_size_nm=p, rng=rng)
-        params = dict(base_params, defocus_nm=df, series_index=i)
-        truth = SimulationTruth(
-            mask=specimen.mask.copy(),
-            reflections=_visible(specimen, pixel_size_nm=p, defocus_nm=df, optics=optics),
-            zone_axis=specimen.particles[0].zone_axis,
-            card_id=specimen.particles[0].card_id,
-            params=params,
-            particles=specimen.particles,
+    return tuple(
+        _image_at(
+            specimen, df, optics=optics, params=dict(base_params, defocus_nm=df, series_index=i)
         )
-        out.append(SimulatedImage(image=image, pixel_size_nm=p, defocus_nm=df, truth=truth))
-    return tuple(out)
+        for i, df in enumerate(defoci)
+    )
+
+
+def _image_at(
+    specimen: _Specimen, defocus_nm: float, *, optics: _Optics, params: dict[str, Any]
+) -> SimulatedImage:
+    """The recorded image of ``specimen`` at one defocus of a series, with its ground truth.
+
+    ``params`` holds the run's settings (pixel size, dose, seed, series index, ...); the noise is
+    seeded by ``(seed, 1, series_index)``.
+    """
+    p = params["pixel_size_nm"]
+    intensity = _image_intensity(
+        specimen.wave, pixel_size_nm=p, defocus_nm=defocus_nm, optics=optics
+    )
+    rng = np.random.default_rng([params["seed"], 1, params["series_index"]])
+    image = _record(intensity, dose_e_per_A2=params["dose_e_per_A2"], pixel_size_nm=p, rng=rng)
+    truth = SimulationTruth(
+        mask=specimen.mask.copy(),
+        reflections=_visible(specimen, pixel_size_nm=p, defocus_nm=defocus_nm, optics=optics),
+        zone_axis=specimen.particles[0].zone_axis,
+        card_id=specimen.particles[0].card_id,
+        params=params,
+        particles=specimen.particles,
+    )
+    return SimulatedImage(image=image, pixel_size_nm=p, defocus_nm=defocus_nm, truth=truth)
 
 
 def simulate_particle(
