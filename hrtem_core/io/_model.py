@@ -41,7 +41,7 @@ class Micrograph:
     pixel_size_nm : tuple[float, float]
         (y, x) pixel size in nm/px; each axis keeps its own scale.
     reader : str
-        Which reader produced it, e.g. ``"ncempy-dm"``, ``"tifffile-imagej"``, ``"imageio"``.
+        Which reader produced it, e.g. ``"ncempy-dm"``, ``"tifffile-imagej"``, ``"pillow"``.
     metadata : dict
         JSON-friendly: ``voltage_kv``, ``magnification``, ``microscope``, ``acquisition_time``,
         ``defocus_nm``, ``original_units``, ``original_pixel_size``, ``original_shape``,
