@@ -748,8 +748,12 @@ def _compare_with_reference(plane_sets, tables) -> int:
 
     fl = indexing._flatten(plane_sets)
     qi, qj = indexing._pair_queries(fl)
+    # Both lookups: all phases at once through the k-d tree (what index_windows uses) and
+    # family pair by family pair (the edge-twin re-search).
+    tree_hits = indexing._tree_hits(tables, fl, qi, qj)
+    none = (np.zeros(0, np.int64),) * 9
     compared = 0
-    for pt in tables.phases:
+    for (k, pt), hits in itertools.product(enumerate(tables.phases), ("tree", "blocks")):
         res = indexing._search_phase(
             pt,
             fl,
@@ -758,6 +762,7 @@ def _compare_with_reference(plane_sets, tables) -> int:
             spacing_tol=tables.spacing_tol,
             angle_tol_deg=tables.angle_tol_deg,
             include_forbidden=tables.include_forbidden,
+            hits=tree_hits.get(k, none) if hits == "tree" else None,
         )
         for w, planes in enumerate(plane_sets):
             r = ref.best_per_phase(planes, pt, tables)
