@@ -36,11 +36,8 @@ unmatched"):
 
    * spacings (:func:`_log10_odds_spacing`): under the card, Gaussian residuals with each plane's
      sigma and a calibration error common to the window (``SIGMA_CALIBRATION_REL``); under chance,
-     the density of the card's families per unit ``ln d`` around the reference and the basis
-     plane (the first other plane not parallel to it) (:func:`_family_density`), so a card
-     dense in reflections pays for explaining spacings; every further plane of the zone is a
-     lattice combination of those two, fixed by them whatever else the card lists, and has the
-     uniform density ``1 / (2 H)``;
+     the density of the card's families per unit ``ln d`` around each measured spacing
+     (:func:`_family_density`), so a card dense in reflections pays for explaining spacings;
    * directions (:func:`_log10_odds_angle`): under the card Gaussian; under chance uniform over
      180 deg times the number of directions the family offers (every member over all allowed
      zones for the first other plane, which chooses the zone; the members in that zone for the
@@ -398,21 +395,6 @@ class PhaseTable:
             hi = np.searchsorted(self.entry_key, base + 180.0, side="left")
             self._dd_cache["_blocks"] = (lo.astype(np.int64), hi.astype(np.int64))
         return self._dd_cache["_blocks"]
-
-    @property
-    def entry_parallel(self) -> np.ndarray:
-        """Per direction entry: its member is parallel to the reference representative (a
-        harmonic, e.g. (440) beside (220)) (cached)."""
-        if "_par" not in self._dd_cache:
-            n_f = len(self.family_hkl)
-            fa = np.floor(self.entry_key / 1000.0).astype(np.int64) // max(n_f, 1)
-            rep_rows = np.asarray([a for a, _ in self.family_slices], dtype=np.int64)
-            if len(self.entry_key):
-                cr = np.cross(self.member_hkl[rep_rows[fa]], self.member_hkl[self.entry_member])
-                self._dd_cache["_par"] = ~np.any(cr, axis=1)
-            else:
-                self._dd_cache["_par"] = np.zeros(0, dtype=bool)
-        return self._dd_cache["_par"]
 
     @property
     def sorted_log_d(self) -> np.ndarray:
@@ -1565,16 +1547,7 @@ def _search_phase(
     s1 = np.bincount(h_of, weights=m_rc * w_rows, minlength=n_h) + h_ra * w_ref
     s2 = np.bincount(h_of, weights=m_rc * m_rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
     slog = np.bincount(h_of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
-    # The card's family density is the chance of the reference and of the basis plane (the first
-    # row not parallel to the reference; else the first row): the zone fixes every other plane
-    # as a lattice combination of those two, so the chance that a random plane falls within the
-    # tolerance of it is 2 H times the uniform 1 / (2 H), whatever else the card lists.
-    parallel = pt.entry_parallel[me]
-    ob = np.lexsort((pj, parallel, h_of))
-    basis = ob[np.unique(h_of[ob], return_index=True)[1]]
-    ln_dep = np.full(len(pj), -math.log(2.0 * math.log1p(spacing_tol)))
-    ln_dep[basis] = ln_rho[pj[basis]]
-    h_dens = np.bincount(h_of, weights=ln_dep, minlength=n_h) + ln_rho[h_pi]
+    h_dens = np.bincount(h_of, weights=ln_rho[pj], minlength=n_h) + ln_rho[h_pi]
     log_e = (
         _log10_odds_spacing(
             s0,

@@ -127,13 +127,6 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                     if not rows:
                         continue
                     js = sorted(rows)
-                    # The basis plane (first not parallel to the reference, else the first)
-                    # pays the card's family density; the others, fixed by the zone's lattice,
-                    # the uniform density 1 / (2 H).
-                    nonpar = [j for j in js if np.any(np.cross(h_a, pt.member_hkl[rows[j][1]]))]
-                    jb = nonpar[0] if nonpar else js[0]
-                    ln_u = -math.log(2.0 * math.log1p(tol))
-                    ln_dens_rows = ln_rho[jb] + ln_u * (len(js) - 1)
                     total = pen_a
                     r_all = [ra] + [rows[j][3] for j in js]
                     s_all = [sr[i]] + [sr[j] for j in js]
@@ -146,7 +139,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                             np.array([(w * r_all * r_all).sum()]),
                             np.array([float(np.sum(np.log(np.square(s_all))))]),
                             np.array([len(js) + 1]),
-                            np.array([ln_rho[i] + ln_dens_rows]),
+                            np.array([ln_rho[i] + sum(ln_rho[j] for j in js)]),
                         )[0]
                     )
                     for t, j in enumerate(js):
