@@ -1434,33 +1434,39 @@ def _tree_hits(
     return out
 
 
-def _search_phase(
+@dataclass(frozen=True)
+class _Rows:
+    """The non-reference planes of every hypothesis of one phase (one row per hypothesis and
+    plane, grouped by hypothesis: ``start`` / ``count`` per hypothesis, ``of`` per row)."""
+
+    pi: np.ndarray
+    pj: np.ndarray
+    fa: np.ndarray
+    ra: np.ndarray
+    fc: np.ndarray
+    rc: np.ndarray
+    entry: np.ndarray
+    sign: np.ndarray
+    delta: np.ndarray
+    zone: np.ndarray
+    member: np.ndarray
+    sig_a: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    of: np.ndarray
+
+
+def _spacing_only(
     pt: PhaseTable,
     fl: _Planes,
-    qi: np.ndarray,
-    qj: np.ndarray,
-    *,
-    spacing_tol: float,
-    angle_tol_deg: float,
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ln_rho: np.ndarray,
     include_forbidden: bool,
-    hits: tuple[np.ndarray, ...] | None = None,
-) -> _PhaseResult:
-    """All hypotheses of one phase for all windows of ``fl``; the best per window.
-
-    ``hits``: the phase's direction hits from :func:`_tree_hits` (looked up here when None).
-    """
-    n_w = len(fl.n)
-    n_p = len(fl.d)
-    n_f = len(pt.family_hkl)
-    ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
-    tol_a = float(angle_tol_deg)
-
-    # 1. Spacing candidates of every plane.
-    cp, cf, cr = _spacing_candidates(pt, fl.d, spacing_tol)
-    cstart = np.searchsorted(cp, np.arange(n_p), side="left")
-    ccount = np.searchsorted(cp, np.arange(n_p), side="right") - cstart
-
-    # 2. Spacing-only: per plane its best family (allowed ones first when no zone is known).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per plane its best family (allowed ones first when no zone is known), and per window the
+    log10 odds of those spacings alone: ``(so_log, so_family, so_residual)``."""
+    cp, cf, cr = cand
+    n_w, n_p = len(fl.n), len(fl.d)
     so_family = np.full(n_p, -1, dtype=np.int64)
     so_res = np.zeros(n_p)
     if len(cp):
@@ -1483,37 +1489,17 @@ def _search_phase(
         )
         + (fl.n - so_m) * _LOG_UNEXPLAINED
     )
-    so_log = np.where(so_m > 0, so_log, np.inf)
+    return np.where(so_m > 0, so_log, np.inf), so_family, so_res
 
-    empty = _PhaseResult(
-        **_no_hypotheses(n_w),
-        rows_plane=np.zeros(0, np.int64),
-        rows_member=np.zeros(0, np.int64),
-        rows_family=np.zeros(0, np.int64),
-        rows_residual=np.zeros(0),
-        rows_delta=np.zeros(0),
-        so_log_chance=so_log,
-        so_family=so_family,
-        so_residual=so_res,
-    )
-    if len(qi) == 0 or len(pt.entry_key) == 0:
-        return empty
 
-    # 3-4. Every (reference family, member, zone) direction that fits a measured plane pair:
-    # looked up for all phases at once (_tree_hits) or here, family pair by family pair.
-    if hits is None:
-        hits = _block_hits(pt, fl, qi, qj, (cp, cf, cr), ccount, cstart, tol_a)
-    if hits is None:
-        return empty
+def _hypothesis_rows(pt: PhaseTable, fl: _Planes, hits: tuple[np.ndarray, ...]) -> _Rows:
+    """Group direction hits into hypotheses (reference plane, its family, zone, viewing sense);
+    per hypothesis and plane keep the member with the smallest cost."""
     pi, pj, m_fa, m_ra, m_fc, m_rc, me, ms, delta = hits
-    if len(pi) == 0:
-        return empty
+    n_f, n_p = len(pt.family_hkl), len(fl.d)
     zone = pt.entry_zone[me]
     member = pt.entry_member[me]
     sig_a = np.hypot(fl.sig_a[pi], fl.sig_a[pj])
-
-    # 5. Hypotheses (reference plane, its family, zone, viewing sense); per hypothesis and plane
-    # keep the member with the smallest cost.
     n_z = max(len(pt.zones), 1)
     hkey = ((pi * n_f + m_fa) * n_z + zone) * 2 + (ms > 0)
     cost = np.square(m_rc / fl.sig_r[pj]) + np.square(delta / sig_a)
@@ -1522,136 +1508,196 @@ def _search_phase(
     keep = np.ones(len(o), dtype=bool)
     keep[1:] = gkey[o][1:] != gkey[o][:-1]
     o = o[keep]
-    hkey, pi, pj, m_fa, m_ra, m_fc, m_rc = hkey[o], pi[o], pj[o], m_fa[o], m_ra[o], m_fc[o], m_rc[o]
-    zone, member, delta, sig_a, ms, me = zone[o], member[o], delta[o], sig_a[o], ms[o], me[o]
-    uh, hstart, hcount = np.unique(hkey, return_index=True, return_counts=True)
-    h_of = np.repeat(np.arange(len(uh)), hcount)
-
-    first_row = np.zeros(len(hkey), dtype=bool)
-    first_row[hstart] = True
-
-    # 6. Odds "chance : card" of every hypothesis (module docstring).
-    n_dir = np.where(first_row, 2 * pt.block_count[m_fa, m_fc], pt.zone_count[zone, m_fc])
-    row_log = _log10_odds_angle(n_dir.astype(float), delta, sig_a) + pt.entry_penalty[me]
-    h_pi = pi[hstart]
-    h_fa = m_fa[hstart]
-    h_ra = m_ra[hstart]
-    h_zone = zone[hstart]
-    h_sign = ms[hstart]
-    h_win = fl.win[h_pi]
-    n_expl = hcount + 1
-    n_h = len(uh)
-    w_rows = 1.0 / np.square(fl.sig_r[pj])
-    w_ref = 1.0 / np.square(fl.sig_r[h_pi])
-    s0 = np.bincount(h_of, weights=w_rows, minlength=n_h) + w_ref
-    s1 = np.bincount(h_of, weights=m_rc * w_rows, minlength=n_h) + h_ra * w_ref
-    s2 = np.bincount(h_of, weights=m_rc * m_rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
-    slog = np.bincount(h_of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
-    h_dens = np.bincount(h_of, weights=ln_rho[pj], minlength=n_h) + ln_rho[h_pi]
-    log_e = (
-        _log10_odds_spacing(
-            s0,
-            s1,
-            s2,
-            slog,
-            n_expl,
-            h_dens,
-        )
-        + np.bincount(h_of, weights=row_log, minlength=n_h)
-        + pt.entry_penalty_ref[me[hstart]]
-        + (fl.n[h_win] - n_expl) * _LOG_UNEXPLAINED
+    _uh, hstart, hcount = np.unique(hkey[o], return_index=True, return_counts=True)
+    return _Rows(
+        pi=pi[o],
+        pj=pj[o],
+        fa=m_fa[o],
+        ra=m_ra[o],
+        fc=m_fc[o],
+        rc=m_rc[o],
+        entry=me[o],
+        sign=ms[o],
+        delta=delta[o],
+        zone=zone[o],
+        member=member[o],
+        sig_a=sig_a[o],
+        start=hstart,
+        count=hcount,
+        of=np.repeat(np.arange(len(hstart)), hcount),
     )
-    # 7. Kinematic intensities: weak reflections alone, where the zone has strong ones, are no
-    # match.
-    # Each matched weak reflection costs up to 1 / WEAK_MATCH_FLOOR, each strong one of the zone
-    # that is missing in the observed range MISSING_STRONG_PENALTY.
-    # Without a structure (smooth intensities) only the low-order rule applies: strong zone
-    # reflections at spacings >= LOW_ORDER_FACTOR x the largest matched one.
-    inten = pt.family_intensity
-    if len(inten) and np.all(np.isfinite(inten)) and np.all(np.isfinite(pt.zone_max_intensity)):
-        zmax = pt.zone_max_intensity[h_zone]
-        fd = pt.family_d_nm
-        weak_log = np.zeros(n_h)
-        if pt.intensity_known:
-            # A forbidden reflection matched here counts with the intensity double diffraction
-            # from the zone's allowed reflections gives it (_dd_intensity; 0 where only
-            # include_forbidden admits it).
-            zfi = pt.zone_family_intensity
-            eff_rows = zfi[zone, m_fc]
-            eff_ref = zfi[h_zone, h_fa]
-            i_max = np.maximum(eff_ref, np.maximum.reduceat(eff_rows, hstart))
-            log_e = np.where(i_max < WEAK_FRACTION * zmax, np.inf, log_e)
-            weak_rows = _log10_weak_penalty(eff_rows, pt.zone_max_intensity[zone])
-            weak_log = np.bincount(h_of, weights=weak_rows, minlength=n_h) + _log10_weak_penalty(
-                eff_ref, zmax
-            )
-            d_lo = np.minimum(np.minimum.reduceat(fd[m_fc], hstart), fd[h_fa]) * (1.0 - 1e-9)
-        else:
-            d_lo = LOW_ORDER_FACTOR * np.maximum(np.maximum.reduceat(fd[m_fc], hstart), fd[h_fa])
-        # Matched strong members inside the range (each matched plane is one zone member).
-        strong_rows = (inten[m_fc] >= STRONG_FRACTION * pt.zone_max_intensity[zone]) & (
-            fd[m_fc] >= d_lo[h_of]
-        )
-        n_strong = np.bincount(h_of, weights=strong_rows.astype(float), minlength=n_h) + (
-            (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= d_lo)
-        )
-        in_range = np.searchsorted(pt.strong_key, h_zone * 10.0 + 10.0) - np.searchsorted(
-            pt.strong_key, h_zone * 10.0 + d_lo
-        )
-        missing = np.maximum(in_range - n_strong, 0)
-        log_e = log_e + weak_log + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
 
-    # 8. The best hypothesis per window: smallest E, then more planes, then a fixed order.
-    # (E rounded as in the reference: sums in another order differ in the last bits)
-    # Only the hypotheses at their window's smallest E go through the full sort.
+
+def _log10_odds_hypotheses(
+    pt: PhaseTable, fl: _Planes, r: _Rows, ln_rho: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """log10 odds "chance : card" of every hypothesis from its spacings, directions and
+    unexplained planes (module docstring), and its summed log density: ``(log_e, ln_dens)``."""
+    hs, n_h = r.start, len(r.start)
+    first_row = np.zeros(len(r.pj), dtype=bool)
+    first_row[hs] = True
+    n_dir = np.where(first_row, 2 * pt.block_count[r.fa, r.fc], pt.zone_count[r.zone, r.fc])
+    row_log = _log10_odds_angle(n_dir.astype(float), r.delta, r.sig_a) + pt.entry_penalty[r.entry]
+    h_pi, h_ra = r.pi[hs], r.ra[hs]
+    w_rows = 1.0 / np.square(fl.sig_r[r.pj])
+    w_ref = 1.0 / np.square(fl.sig_r[h_pi])
+    s0 = np.bincount(r.of, weights=w_rows, minlength=n_h) + w_ref
+    s1 = np.bincount(r.of, weights=r.rc * w_rows, minlength=n_h) + h_ra * w_ref
+    s2 = np.bincount(r.of, weights=r.rc * r.rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
+    slog = np.bincount(r.of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
+    h_dens = np.bincount(r.of, weights=ln_rho[r.pj], minlength=n_h) + ln_rho[h_pi]
+    n_expl = r.count + 1
+    log_e = (
+        _log10_odds_spacing(s0, s1, s2, slog, n_expl, h_dens)
+        + np.bincount(r.of, weights=row_log, minlength=n_h)
+        + pt.entry_penalty_ref[r.entry[hs]]
+        + (fl.n[fl.win[h_pi]] - n_expl) * _LOG_UNEXPLAINED
+    )
+    return log_e, h_dens
+
+
+def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
+    """log10 factor of the kinematic-intensity rules per hypothesis (``inf``: rejected).
+
+    Weak reflections alone, where the zone has strong ones, are no match; each matched weak
+    reflection costs up to ``1 / WEAK_MATCH_FLOOR``, each strong one of the zone missing in the
+    observed range ``1 / MISSING_STRONG_PENALTY``. Without a structure (smooth intensities) only
+    the low-order rule applies: strong zone reflections at spacings >= ``LOW_ORDER_FACTOR`` x
+    the largest matched one.
+    """
+    hs, n_h = r.start, len(r.start)
+    inten = pt.family_intensity
+    if not (
+        len(inten) and np.all(np.isfinite(inten)) and np.all(np.isfinite(pt.zone_max_intensity))
+    ):
+        return np.zeros(n_h)
+    h_zone, h_fa = r.zone[hs], r.fa[hs]
+    zmax = pt.zone_max_intensity[h_zone]
+    fd = pt.family_d_nm
+    out = np.zeros(n_h)
+    if pt.intensity_known:
+        # A forbidden reflection matched here counts with the intensity double diffraction
+        # from the zone's allowed reflections gives it (_dd_intensity; 0 where only
+        # include_forbidden admits it).
+        zfi = pt.zone_family_intensity
+        eff_rows = zfi[r.zone, r.fc]
+        eff_ref = zfi[h_zone, h_fa]
+        i_max = np.maximum(eff_ref, np.maximum.reduceat(eff_rows, hs))
+        out = np.where(i_max < WEAK_FRACTION * zmax, np.inf, out)
+        weak_rows = _log10_weak_penalty(eff_rows, pt.zone_max_intensity[r.zone])
+        out = out + np.bincount(r.of, weights=weak_rows, minlength=n_h)
+        out = out + _log10_weak_penalty(eff_ref, zmax)
+        d_lo = np.minimum(np.minimum.reduceat(fd[r.fc], hs), fd[h_fa]) * (1.0 - 1e-9)
+    else:
+        d_lo = LOW_ORDER_FACTOR * np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
+    # Matched strong members inside the range (each matched plane is one zone member).
+    strong_rows = (inten[r.fc] >= STRONG_FRACTION * pt.zone_max_intensity[r.zone]) & (
+        fd[r.fc] >= d_lo[r.of]
+    )
+    n_strong = np.bincount(r.of, weights=strong_rows.astype(float), minlength=n_h) + (
+        (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= d_lo)
+    )
+    in_range = np.searchsorted(pt.strong_key, h_zone * 10.0 + 10.0) - np.searchsorted(
+        pt.strong_key, h_zone * 10.0 + d_lo
+    )
+    missing = np.maximum(in_range - n_strong, 0)
+    return out + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
+
+
+def _best_per_window(fl: _Planes, r: _Rows, log_e: np.ndarray) -> np.ndarray:
+    """The best hypothesis of every window that has one: smallest E (rounded to 1e-9 as in the
+    reference implementation: sums in another order differ in the last bits), then more
+    planes, then a fixed order. Only the hypotheses at their window's smallest E are sorted."""
+    hs = r.start
+    h_win = fl.win[r.pi[hs]]
     le = np.round(log_e, 9)
-    w_min = np.full(n_w, np.inf)
+    w_min = np.full(len(fl.n), np.inf)
     np.minimum.at(w_min, h_win, le)
     tied = np.flatnonzero(np.isfinite(le) & (le == w_min[h_win]))
-    o = tied[
-        np.lexsort(
-            (
-                h_sign[tied],
-                h_zone[tied],
-                h_fa[tied],
-                fl.local[h_pi[tied]],
-                -n_expl[tied],
-                h_win[tied],
-            )
-        )
-    ]
-    first = np.unique(h_win[o], return_index=True)[1]
-    best_h = o[first]
-    wins = h_win[best_h]
+    keys = (
+        r.sign[hs][tied],
+        r.zone[hs][tied],
+        r.fa[hs][tied],
+        fl.local[r.pi[hs][tied]],
+        -(r.count[tied] + 1),
+        h_win[tied],
+    )
+    o = tied[np.lexsort(keys)]
+    return o[np.unique(h_win[o], return_index=True)[1]]
+
+
+def _search_phase(
+    pt: PhaseTable,
+    fl: _Planes,
+    qi: np.ndarray,
+    qj: np.ndarray,
+    *,
+    spacing_tol: float,
+    angle_tol_deg: float,
+    include_forbidden: bool,
+    hits: tuple[np.ndarray, ...] | None = None,
+) -> _PhaseResult:
+    """All hypotheses of one phase for all windows of ``fl``; the best per window.
+
+    ``hits``: the phase's direction hits from :func:`_tree_hits` (looked up here when None).
+    """
+    n_w, n_p = len(fl.n), len(fl.d)
+    ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
+    # 1-2. Spacing candidates of every plane; the spacing-only odds.
+    cand = _spacing_candidates(pt, fl.d, spacing_tol)
+    cstart = np.searchsorted(cand[0], np.arange(n_p), side="left")
+    ccount = np.searchsorted(cand[0], np.arange(n_p), side="right") - cstart
+    so_log, so_family, so_res = _spacing_only(pt, fl, cand, ln_rho, include_forbidden)
+    spacing_only = dict(so_log_chance=so_log, so_family=so_family, so_residual=so_res)
+    empty = _PhaseResult(
+        **_no_hypotheses(n_w),
+        rows_plane=np.zeros(0, np.int64),
+        rows_member=np.zeros(0, np.int64),
+        rows_family=np.zeros(0, np.int64),
+        rows_residual=np.zeros(0),
+        rows_delta=np.zeros(0),
+        **spacing_only,
+    )
+    if len(qi) == 0 or len(pt.entry_key) == 0:
+        return empty
+    # 3-4. Every (reference family, member, zone) direction that fits a measured plane pair:
+    # looked up for all phases at once (_tree_hits) or here, family pair by family pair.
+    if hits is None:
+        hits = _block_hits(pt, fl, qi, qj, cand, ccount, cstart, float(angle_tol_deg))
+    if hits is None or len(hits[0]) == 0:
+        return empty
+    # 5-7. Hypotheses, their odds and the intensity rules.
+    r = _hypothesis_rows(pt, fl, hits)
+    log_e, h_dens = _log10_odds_hypotheses(pt, fl, r, ln_rho)
+    log_e = log_e + _log10_intensity_terms(pt, r)
+    # 8. The best hypothesis per window and its rows, grouped by window.
+    best_h = _best_per_window(fl, r, log_e)
+    hs = r.start
+    wins = fl.win[r.pi[hs][best_h]]
     res = _no_hypotheses(n_w)
     res["log_chance"][wins] = log_e[best_h]
     res["log_density"][wins] = h_dens[best_h] / _LN10
-    res["n_explained"][wins] = n_expl[best_h]
-    res["ref_plane"][wins] = h_pi[best_h]
-    res["ref_family"][wins] = h_fa[best_h]
-    res["ref_residual"][wins] = h_ra[best_h]
-    res["zone"][wins] = h_zone[best_h]
-    res["sign"][wins] = h_sign[best_h]
-    sel = np.isin(h_of, best_h)
-    rows = np.flatnonzero(sel)
-    # Rows of the chosen hypotheses, grouped by window (one hypothesis per window).
-    rw = fl.win[pi[rows]]
-    ro = np.lexsort((fl.local[pj[rows]], rw))
-    rows = rows[ro]
-    rw = rw[ro]
+    res["n_explained"][wins] = r.count[best_h] + 1
+    res["ref_plane"][wins] = r.pi[hs][best_h]
+    res["ref_family"][wins] = r.fa[hs][best_h]
+    res["ref_residual"][wins] = r.ra[hs][best_h]
+    res["zone"][wins] = r.zone[hs][best_h]
+    res["sign"][wins] = r.sign[hs][best_h]
+    rows = np.flatnonzero(np.isin(r.of, best_h))
+    rw = fl.win[r.pi[rows]]
+    ro = np.lexsort((fl.local[r.pj[rows]], rw))
+    rows, rw = rows[ro], rw[ro]
     counts = np.bincount(rw, minlength=n_w)
     res["rows_n"] = counts
     res["rows_start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     return _PhaseResult(
         **res,
-        rows_plane=pj[rows],
-        rows_member=member[rows],
-        rows_family=m_fc[rows],
-        rows_residual=m_rc[rows],
-        rows_delta=delta[rows],
-        so_log_chance=so_log,
-        so_family=so_family,
-        so_residual=so_res,
+        rows_plane=r.pj[rows],
+        rows_member=r.member[rows],
+        rows_family=r.fc[rows],
+        rows_residual=r.rc[rows],
+        rows_delta=r.delta[rows],
+        **spacing_only,
     )
 
 
@@ -1816,49 +1862,10 @@ def _index_unique(
             out.append(WindowIndex(planes, angles, None, (), STATUS_NO_SPOTS))
             continue
         la = log_a[:, w]
-        named = [k for k in np.argsort(la, kind="stable") if la[k] <= limit]
+        named = [int(k) for k in np.argsort(la, kind="stable") if la[k] <= limit]
         if named:
-            best_k = int(named[0])
-            best = _angle_match(tables.phases[best_k], per_phase[best_k], w, fl, planes)
-            # Every other convincing match: those within the ambiguity margin are listed, and
-            # projection twins (below) at any odds.
-            # (a projection twin explains as many planes as the best)
-            n_best = per_phase[best_k].n_explained[w]
-            others = [(la[k] <= la[best_k] + tables.ambiguity_decades, k) for k in named[1:]]
-            others_m = [
-                (near, _angle_match(tables.phases[k], per_phase[k], w, fl, planes))
-                for near, k in others
-                if near or per_phase[k].n_explained[w] == n_best
-            ]
-            alts = [m for near, m in others_m if near]
-            # Near-twins predict the same planes: they are always listed, and the one whose
-            # residuals fit best leads (their card densities differ, not what they predict).
-            # So do projection twins among the listed ones: other cells whose zone predicts the
-            # same net within the calibration (hematite [001] and feroxyhyte [001], 0.8 %).
-            group = [best]
-            for k, twin in twins.get(w, ()):
-                if k != best_k:
-                    alts = [a for a in alts if a.card_id != twin.card_id]
-                    group.append(twin)
-            proj = [m for _near, m in others_m if _same_net(best, m)]
-            alts = [a for a in alts if not _same_net(best, a)]
-            group.extend(proj)
-            # Only a convincing match (K <= max_chance) may lead.
-            # Projection twins differ in which reflections their cards list beside the net (so
-            # in density, directions and intensity penalties): only their spacings decide.
-            group.sort(
-                key=lambda m: (
-                    m.chance > tables.max_chance,
-                    round(m.spacing_misfit, 9) if proj else 0.0,
-                    round(m.fit_log10, 9),
-                    -m.n_explained,
-                )
-            )
-            best = group[0]
-            alts = [*group[1:], *alts]
-            alts.sort(key=lambda m: m.rank_key, reverse=True)
-            status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
-            out.append(WindowIndex(planes, angles, best, tuple(alts), status))
+            ctx = (plane_sets, fl, per_phase, tables)
+            out.append(_named_window(w, named, la, twins.get(w, ()), ctx))
             continue
         weak = [int(k) for k in np.argsort(la, kind="stable") if np.isfinite(la[k])][:3]
         cands = [_angle_match(tables.phases[k], per_phase[k], w, fl, planes) for k in weak]
@@ -1875,6 +1882,60 @@ def _index_unique(
         else:
             out.append(WindowIndex(planes, angles, None, tuple(spacing), STATUS_UNMATCHED))
     return out
+
+
+def _named_window(
+    w: int,
+    named: list[int],
+    la: np.ndarray,
+    twins: Sequence[tuple[int, PhaseMatch]],
+    ctx: tuple[
+        Sequence[tuple[MeasuredPlane, ...]], _Planes, Sequence[_PhaseResult], IndexingTables
+    ],
+) -> WindowIndex:
+    """The :class:`WindowIndex` of a window with convincing matches (phases ``named``, best
+    first; ``la`` the log10 K of every phase; ``twins`` its edge near-twins)."""
+    plane_sets, fl, per_phase, tables = ctx
+    planes = plane_sets[w]
+    best_k = named[0]
+    best = _angle_match(tables.phases[best_k], per_phase[best_k], w, fl, planes)
+    # Every other convincing match: those within the ambiguity margin are listed, and
+    # projection twins (below) at any odds (a projection twin explains as many planes).
+    n_best = per_phase[best_k].n_explained[w]
+    others = [(la[k] <= la[best_k] + tables.ambiguity_decades, k) for k in named[1:]]
+    others_m = [
+        (near, _angle_match(tables.phases[k], per_phase[k], w, fl, planes))
+        for near, k in others
+        if near or per_phase[k].n_explained[w] == n_best
+    ]
+    alts = [m for near, m in others_m if near]
+    # Near-twins predict the same planes: they are always listed, and the one whose residuals
+    # fit best leads (their card densities differ, not what they predict). So do projection
+    # twins: other cells whose zone predicts the same net within the calibration (hematite [001]
+    # and feroxyhyte [001], 0.8 %).
+    group = [best]
+    for k, twin in twins:
+        if k != best_k:
+            alts = [a for a in alts if a.card_id != twin.card_id]
+            group.append(twin)
+    proj = [m for _near, m in others_m if _same_net(best, m)]
+    alts = [a for a in alts if not _same_net(best, a)]
+    group.extend(proj)
+    # Only a convincing match (K <= max_chance) may lead. Projection twins differ in which
+    # reflections their cards list beside the net (so in density, directions and intensity
+    # penalties): only their spacings decide.
+    group.sort(
+        key=lambda m: (
+            m.chance > tables.max_chance,
+            round(m.spacing_misfit, 9) if proj else 0.0,
+            round(m.fit_log10, 9),
+            -m.n_explained,
+        )
+    )
+    alts = [*group[1:], *alts]
+    alts.sort(key=lambda m: m.rank_key, reverse=True)
+    status = STATUS_AMBIGUOUS if alts else STATUS_INDEXED
+    return WindowIndex(planes, measured_angles_deg(planes), group[0], tuple(alts), status)
 
 
 def _edge_twins(
