@@ -25,12 +25,15 @@ DEFAULT_STRIDE_PX = 128
 
 
 def model_available() -> bool:
-    """Whether trained U-Net weights are installed (models/unet_spots.pt)."""
-    try:
-        from hrtem_core.unet.load import DEFAULT_WEIGHTS
-    except Exception:
-        return False
-    return DEFAULT_WEIGHTS.is_file()
+    """Whether trained U-Net weights are installed (models/unet_spots.pt) and torch is there.
+
+    Looked up without importing torch (1 s) or the U-Net module.
+    """
+    from importlib.util import find_spec
+
+    from ui.common import MODEL_WEIGHTS
+
+    return MODEL_WEIGHTS.is_file() and find_spec("torch") is not None
 
 
 def run_clicked(prefix: str) -> bool:

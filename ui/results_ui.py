@@ -280,8 +280,7 @@ def show_result(
         with st.expander("All columns of this window"):
             st.json({c: _jsonable(row[c]) for c in windows.columns}, expanded=True)
 
-    model = get_model() if result.params.detector == "unet" else None
-    detail = window_view.window_detail(result, micrograph.data, index, model=model)
+    detail = window_detail(result, micrograph.data, index)
     window_view.show_tools(
         result,
         micrograph,
@@ -375,6 +374,26 @@ def show_result(
         on_click="ignore",
         key=f"{key}_dl_svg",
     )
+
+
+def window_detail(result: Any, image: np.ndarray, index: int) -> Any:
+    """:func:`ui.window_view.window_detail` of one window, with the U-Net where it is needed.
+
+    For the precomputed result of the bundled example (:mod:`ui.example_cache`) the window's
+    U-Net mask is the stored one (computed by the same U-Net on the same band): neither torch
+    nor the model is loaded for the first view.
+    """
+    from dataclasses import replace
+
+    from ui import example_cache
+
+    unet = result.params.detector == "unet"
+    stored = example_cache.precomputed_for(result) if unet else None
+    if stored is not None and 0 <= int(index) < len(stored.masks):
+        detail = window_view.window_detail(result, image, index, model=None)
+        return replace(detail, mask=np.asarray(stored.masks[int(index)], dtype=bool))
+    model = get_model() if unet else None
+    return window_view.window_detail(result, image, index, model=model)
 
 
 def _jsonable(value: Any) -> Any:
