@@ -670,7 +670,12 @@ def analyze_cached(
     if precomputed:
         from ui import example_cache
 
-        hit = example_cache.precomputed_result(key, params, getattr(cards, "digest", None))
+        hit = example_cache.precomputed_result(
+            key,
+            params,
+            getattr(cards, "digest", None),
+            cards_path=getattr(cards, "path", None),
+        )
         if hit is not None:
             return hit.result
     model = get_model() if params.detector == "unet" else None

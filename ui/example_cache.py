@@ -36,7 +36,7 @@ import platform
 import sys
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +244,14 @@ def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip() != "0"
 
 
-def precomputed_result(image_key: tuple, params: Any, cards_digest: str | None) -> Any:
-    """The stored :class:`Precomputed` when its key equals that of these inputs, else None."""
+def precomputed_result(
+    image_key: tuple, params: Any, cards_digest: str | None, *, cards_path: Any = None
+) -> Any:
+    """The stored :class:`Precomputed` when its key equals that of these inputs, else None.
+
+    ``cards_path``: the card workbook in use (same bytes, as the key says); it replaces the
+    path of the build machine in ``result.summary["cards_path"]``.
+    """
     if not enabled():
         return None
     stored = _stored_key("result")
@@ -253,22 +259,23 @@ def precomputed_result(image_key: tuple, params: Any, cards_digest: str | None) 
         return None
     if key_of(result_inputs(image_key, params, cards_digest)) != stored:
         return None
+    path = None if cards_path is None else str(cards_path)
+    with _LOCK:  # one object per process (and card path): is_precomputed tests identity
+        hit = _LOADED.get("object")
+        if hit is not None and hit.key == stored and hit.result.summary["cards_path"] == path:
+            return hit
     try:
         payload = _unpickle(RESULT_FILE, stored)
-        masks = np.unpackbits(payload["masks_packed"], count=int(np.prod(payload["masks_shape"])))
-        return _precomputed_object(payload, masks.reshape(payload["masks_shape"]).astype(bool))
+        shape = tuple(payload["masks_shape"])
+        masks = np.unpackbits(payload["masks_packed"], count=int(np.prod(shape))).reshape(shape)
+        result = payload["result"]
+        result = replace(result, summary={**result.summary, "cards_path": path})
+        obj = Precomputed(result, payload["particles"], masks.astype(bool), stored)
     except Exception:  # unreadable or foreign pickle: compute as if there were none
         return None
-
-
-def _precomputed_object(payload: dict, masks: np.ndarray) -> Precomputed:
-    with _LOCK:  # one object per process, so that is_precomputed can test identity
-        hit = _LOADED.get("object")
-        if hit is not None and hit.key == payload["key"]:
-            return hit
-        obj = Precomputed(payload["result"], payload["particles"], masks, payload["key"])
+    with _LOCK:
         _LOADED["object"] = obj
-        return obj
+    return obj
 
 
 def precomputed_for(result: Any) -> Precomputed | None:
@@ -295,8 +302,6 @@ def cached_cards(path: Path) -> Any:
     if key_of(cards_inputs(data, path.name)) != stored:
         return None
     try:
-        from dataclasses import replace
-
         db = _unpickle(CARDS_FILE, stored)
         return replace(db, path=path, digest=_sha256(data))
     except Exception:
@@ -319,15 +324,13 @@ def write(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Write ``result.pkl.zlib``, ``cards.pkl.zlib`` and ``key.json`` (the build script's last step)."""
-    from dataclasses import replace
-
     out = CACHE_DIR if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     masks = np.asarray(masks, dtype=bool)
     key = key_of(result_in)
     payload = {
         "key": key,
-        "result": result,
+        "result": replace(result, summary={**result.summary, "cards_path": None}),
         "particles": particles,
         "masks_packed": np.packbits(masks.ravel()),
         "masks_shape": tuple(int(v) for v in masks.shape),
