@@ -919,7 +919,7 @@ def fft_figure(
     import plotly.graph_objects as go
 
     gy, gx, z = _fft_crop(spectrum, pixel_size_nm, g_max_nm_inv)
-    fig = go.Figure(
+    traces = [
         go.Heatmap(
             z=z,
             x=gx,
@@ -929,41 +929,85 @@ def fft_figure(
             hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm<extra></extra>",
             name="spectrum",
         )
-    )
+    ]
     if clickable:
-        yy, xx = np.meshgrid(gy, gx, indexing="ij")
-        fig.add_trace(
-            go.Scattergl(
-                x=xx.ravel(),
-                y=yy.ravel(),
-                mode="markers",
-                marker={"size": 6, "color": "rgba(0,0,0,0)"},
-                customdata=np.stack([yy.ravel(), xx.ravel()], axis=1),
-                hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm · d = %{text}<extra></extra>",
-                text=[
-                    f"{1 / r:.4f} nm" if r > 0 else "-" for r in np.hypot(yy.ravel(), xx.ravel())
-                ],
-                showlegend=False,
-                name="pick",
-            )
-        )
+        traces.append(_fft_pick_trace(gy, gx))
+    shapes, ring_traces = _fft_rings(rings, g_max_nm_inv, ring_color)
+    traces += ring_traces
+    traces += _fft_marker_traces(spots, predicted, color, ring_color)
+    # Data units per screen pixel: the square plot is as large as the smaller of the figure's
+    # height and the page column (assumed at least ``plot_px``).
+    unit = 2.0 * g_max_nm_inv / max(min(height - 90, plot_px), 100)
+    annotations = _fft_label_annotations(spots, predicted, color, ring_color, unit=unit)
+    if points:
+        shapes += [
+            {
+                "type": "line",
+                "x0": 0,
+                "y0": 0,
+                "x1": gx_,
+                "y1": gy_,
+                "line": {"color": "#00e5ff", "width": 1.5},
+            }
+            for gy_, gx_ in points
+        ]
+        traces.append(_fft_points_trace(points))
+    # One figure from lists: adding shapes and annotations one by one re-validates the
+    # whole layout each time (quadratic; 1 s for the first view's spectrum).
+    fig = go.Figure(traces)
+    if shapes:
+        fig.update_layout(shapes=shapes)
+    if annotations:
+        fig.update_layout(annotations=annotations)
+    _fft_layout(fig, title=title, height=height, g_max_nm_inv=g_max_nm_inv)
+    return fig
+
+
+def _fft_pick_trace(gy: np.ndarray, gx: np.ndarray) -> Any:
+    """An invisible point per spectrum pixel (``customdata = (gy, gx)``, d on hover)."""
+    import plotly.graph_objects as go
+
+    yy, xx = np.meshgrid(gy, gx, indexing="ij")
+    return go.Scattergl(
+        x=xx.ravel(),
+        y=yy.ravel(),
+        mode="markers",
+        marker={"size": 6, "color": "rgba(0,0,0,0)"},
+        customdata=np.stack([yy.ravel(), xx.ravel()], axis=1),
+        hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm · d = %{text}<extra></extra>",
+        text=[f"{1 / r:.4f} nm" if r > 0 else "-" for r in np.hypot(yy.ravel(), xx.ravel())],
+        showlegend=False,
+        name="pick",
+    )
+
+
+def _fft_rings(
+    rings: Sequence[tuple[str, float]], g_max_nm_inv: float, ring_color: str
+) -> tuple[list[dict], list[Any]]:
+    """Card spacings as dotted circles of radius 1/d, and a hover line along each."""
+    import plotly.graph_objects as go
+
+    shapes: list[dict] = []
+    traces: list[Any] = []
+    t = np.linspace(0, 2 * np.pi, 73)
     for label, d in rings:
         r = 1.0 / float(d)
         if r > g_max_nm_inv * 1.42:
             continue
-        fig.add_shape(
-            type="circle",
-            x0=-r,
-            x1=r,
-            y0=-r,
-            y1=r,
-            line={"color": ring_color, "width": 1, "dash": "dot"},
-            layer="above",
+        shapes.append(
+            {
+                "type": "circle",
+                "x0": -r,
+                "x1": r,
+                "y0": -r,
+                "y1": r,
+                "line": {"color": ring_color, "width": 1, "dash": "dot"},
+                "layer": "above",
+            }
         )
         # Its label on hover (a stack of ring labels would cover the spots): a thin line of
         # points along the circle.
-        t = np.linspace(0, 2 * np.pi, 73)
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=r * np.cos(t),
                 y=r * np.sin(t),
@@ -974,20 +1018,21 @@ def fft_figure(
                 name=f"ring {label}",
             )
         )
-    # Data units per screen pixel: the square plot is as large as the smaller of the figure's
-    # height and the page column (assumed at least ``plot_px``).
-    unit = 2.0 * g_max_nm_inv / max(min(height - 90, plot_px), 100)
-    char_w, line_h = 7.0 * unit, 15.0 * unit
-    near = 8.0 * unit
+    return shapes, traces
 
-    def covered(y: float, x: float) -> bool:  # a detected spot already names this position
-        return any(math.hypot(y - sy, x - sx) < near for _t, sy, sx in spots)
 
-    all_labels = [(t, y, x, color) for t, y, x in spots if t] + [
-        (t, y, x, ring_color) for t, y, x in predicted if t and not covered(y, x)
-    ]
+def _fft_marker_traces(
+    spots: Sequence[tuple[str, float, float]],
+    predicted: Sequence[tuple[str, float, float]],
+    color: str,
+    ring_color: str,
+) -> list[Any]:
+    """Detected spots (open circles) and the card's zone-axis pattern (open diamonds)."""
+    import plotly.graph_objects as go
+
+    traces = []
     if spots:
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=[s[2] for s in spots],
                 y=[s[1] for s in spots],
@@ -999,7 +1044,7 @@ def fft_figure(
             )
         )
     if predicted:
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=[p[2] for p in predicted],
                 y=[p[1] for p in predicted],
@@ -1017,41 +1062,71 @@ def fft_figure(
                 name="card pattern",
             )
         )
-    if all_labels:
-        anchors = np.array([[x, y] for _t, y, x, _c in all_labels])
-        marks = np.array([[s[2], s[1]] for s in spots] + [[p[2], p[1]] for p in predicted])
-        pos = place_labels(
-            anchors, [t for t, *_ in all_labels], char_w=char_w, line_h=line_h, avoid=marks
-        )
-        for (t, _y, _x, c), (px_, py_) in zip(all_labels, pos, strict=True):
-            fig.add_annotation(
-                x=px_,
-                y=py_,
-                text=html.escape(t),
-                showarrow=False,
-                font={"color": c, "size": 11},
-                bgcolor="rgba(0,0,0,0.55)",
-            )
-    if points:
-        for gy_, gx_ in points:
-            fig.add_shape(
-                type="line", x0=0, y0=0, x1=gx_, y1=gy_, line={"color": "#00e5ff", "width": 1.5}
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[p[1] for p in points],
-                y=[p[0] for p in points],
-                mode="markers",
-                marker={
-                    "size": 12,
-                    "symbol": "x-thin-open",
-                    "color": "#00e5ff",
-                    "line": {"width": 2},
-                },
-                name="measured",
-                hoverinfo="skip",
-            )
-        )
+    return traces
+
+
+def _fft_label_annotations(
+    spots: Sequence[tuple[str, float, float]],
+    predicted: Sequence[tuple[str, float, float]],
+    color: str,
+    ring_color: str,
+    *,
+    unit: float,
+) -> list[dict]:
+    """Labels of the spots and of the predicted reflections no spot names, placed apart.
+
+    ``unit``: data units per screen pixel (labels are 7 px per character, 15 px high).
+    """
+    char_w, line_h = 7.0 * unit, 15.0 * unit
+    near = 8.0 * unit
+
+    def covered(y: float, x: float) -> bool:  # a detected spot already names this position
+        return any(math.hypot(y - sy, x - sx) < near for _t, sy, sx in spots)
+
+    all_labels = [(t, y, x, color) for t, y, x in spots if t] + [
+        (t, y, x, ring_color) for t, y, x in predicted if t and not covered(y, x)
+    ]
+    if not all_labels:
+        return []
+    anchors = np.array([[x, y] for _t, y, x, _c in all_labels])
+    marks = np.array([[s[2], s[1]] for s in spots] + [[p[2], p[1]] for p in predicted])
+    pos = place_labels(
+        anchors, [t for t, *_ in all_labels], char_w=char_w, line_h=line_h, avoid=marks
+    )
+    return [
+        {
+            "x": px_,
+            "y": py_,
+            "text": html.escape(t),
+            "showarrow": False,
+            "font": {"color": c, "size": 11},
+            "bgcolor": "rgba(0,0,0,0.55)",
+        }
+        for (t, _y, _x, c), (px_, py_) in zip(all_labels, pos, strict=True)
+    ]
+
+
+def _fft_points_trace(points: Sequence[tuple[float, float]]) -> Any:
+    """The points picked for a measurement (crosses)."""
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=[p[1] for p in points],
+        y=[p[0] for p in points],
+        mode="markers",
+        marker={
+            "size": 12,
+            "symbol": "x-thin-open",
+            "color": "#00e5ff",
+            "line": {"width": 2},
+        },
+        name="measured",
+        hoverinfo="skip",
+    )
+
+
+def _fft_layout(fig: Any, *, title: str, height: int, g_max_nm_inv: float) -> None:
+    """Title, size, black background, square axes in 1/nm (g_y downward)."""
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},
         height=height,
@@ -1070,7 +1145,6 @@ def fft_figure(
         constrain="domain",
         zeroline=False,
     )
-    return fig
 
 
 def image_figure(
