@@ -634,116 +634,17 @@ def plane_map_figure(
 
     grid = result.grid
     ny, nx = grid.image_shape
-    fig = go.Figure()
-    if image is not None:
-        small, f = display_image(image, max_display_px=max_display_px)
-        fig.add_trace(
-            go.Image(
-                source=_png_data_uri(small),
-                x0=(f - 1) / 2.0,
-                dx=f,
-                y0=(f - 1) / 2.0,
-                dy=f,
-                hoverinfo="skip",
-                name="image",
-            )
-        )
+    traces = [] if image is None else [_map_image_trace(image, max_display_px=max_display_px)]
     info = _categories(result, colors=colors, cards=cards, card_ids=card_ids)
-    labels, cols = info["labels"], info["colors"]
     hexa = info["hexa"]
     rows = list(result.windows.itertuples(index=False))
     maker = _hover_compact if hover == "compact" else _hover_full
     text = np.asarray([maker(r, _text(r.phase_card) in hexa) for r in rows], dtype=object).reshape(
         grid.n_rows, grid.n_cols
     )
-    centers = grid.centers
-    geometry = {
-        "x0": float(centers[0, 1]),
-        "dx": grid.stride_px,
-        "y0": float(centers[0, 0]),
-        "dy": grid.stride_px,
-    }
-    empty_keys = info["empty_keys"]
-    if empty_keys:
-        fig.add_trace(
-            go.Heatmap(
-                z=info["empty"],
-                **geometry,
-                colorscale=_discrete_scale(
-                    [_rgba(STATUS_COLORS[k], EMPTY_TILE_ALPHA) for k in empty_keys]
-                ),
-                zmin=-0.5,
-                zmax=len(empty_keys) - 0.5,
-                showscale=False,
-                hoverinfo="skip",
-                hoverongaps=False,
-                name="empty windows",
-            )
-        )
-    k = max(len(labels), 1)
-    fig.add_trace(
-        go.Heatmap(
-            z=info["codes"],
-            **geometry,
-            text=text,
-            hovertemplate="%{text}<extra></extra>",
-            colorscale=_discrete_scale([_rgba(c, TILE_ALPHA) for c in cols] or ["#000000"]),
-            zmin=-0.5,
-            zmax=k - 0.5,
-            showscale=False,
-            hoverongaps=False,
-            name="windows",
-        )
-    )
-    # Hover and click layer over all windows (those without spots too).
-    fig.add_trace(
-        go.Scatter(
-            x=centers[:, 1],
-            y=centers[:, 0],
-            mode="markers",
-            marker={"size": 5, "color": "rgba(255,255,255,0.35)"},
-            text=text.ravel(),
-            customdata=np.arange(grid.n_windows),
-            hovertemplate="%{text}<extra></extra>",
-            showlegend=False,
-            name="window centres",
-        )
-    )
-    names = info["names"]
-    seen_groups: set[str] = set()
-    for (group, _key), lab, col in zip(info["keys"], labels, cols, strict=True):
-        title = "not indexed" if group == STATUS_GROUP else f"{names.get(group, group)} ({group})"
-        first = group not in seen_groups
-        seen_groups.add(group)
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                marker={"size": 12, "color": col, "symbol": "square"},
-                name=lab,
-                legendgroup=group,
-                legendgrouptitle={"text": title} if first else None,
-                showlegend=True,
-            )
-        )
-    for key in empty_keys:
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                marker={
-                    "size": 12,
-                    "color": STATUS_COLORS[key],
-                    "symbol": "square-open" if key == "non-crystalline" else "square",
-                },
-                name=key,
-                legendgroup="empty",
-                legendgrouptitle={"text": "no lattice"},
-                showlegend=True,
-            )
-        )
+    traces += _map_window_traces(grid, info, text)
+    traces += _map_legend_traces(info)
+    fig = go.Figure(traces)
     if scale_bar:
         add_scale_bar(fig, width_px=nx, height_px=ny, pixel_size_nm=float(result.pixel_size_nm[1]))
     s = result.summary
@@ -765,6 +666,131 @@ def plane_map_figure(
         height=800,
     )
     return fig
+
+
+def _map_image_trace(image: np.ndarray, *, max_display_px: int) -> Any:
+    """The image in grey under the map (block-averaged to at most ``max_display_px``)."""
+    import plotly.graph_objects as go
+
+    small, f = display_image(image, max_display_px=max_display_px)
+    return go.Image(
+        source=_png_data_uri(small),
+        x0=(f - 1) / 2.0,
+        dx=f,
+        y0=(f - 1) / 2.0,
+        dy=f,
+        hoverinfo="skip",
+        name="image",
+    )
+
+
+def _map_window_traces(grid: Any, info: dict, text: np.ndarray) -> list[Any]:
+    """Windows without spots (faint), the category heatmap and the hover/click layer.
+
+    ``info``: :func:`_categories`; ``text``: hover text per window, shape (n_rows, n_cols).
+    """
+    import plotly.graph_objects as go
+
+    centers = grid.centers
+    geometry = {
+        "x0": float(centers[0, 1]),
+        "dx": grid.stride_px,
+        "y0": float(centers[0, 0]),
+        "dy": grid.stride_px,
+    }
+    traces = []
+    empty_keys = info["empty_keys"]
+    if empty_keys:
+        traces.append(
+            go.Heatmap(
+                z=info["empty"],
+                **geometry,
+                colorscale=_discrete_scale(
+                    [_rgba(STATUS_COLORS[k], EMPTY_TILE_ALPHA) for k in empty_keys]
+                ),
+                zmin=-0.5,
+                zmax=len(empty_keys) - 0.5,
+                showscale=False,
+                hoverinfo="skip",
+                hoverongaps=False,
+                name="empty windows",
+            )
+        )
+    k = max(len(info["labels"]), 1)
+    traces.append(
+        go.Heatmap(
+            z=info["codes"],
+            **geometry,
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=_discrete_scale(
+                [_rgba(c, TILE_ALPHA) for c in info["colors"]] or ["#000000"]
+            ),
+            zmin=-0.5,
+            zmax=k - 0.5,
+            showscale=False,
+            hoverongaps=False,
+            name="windows",
+        )
+    )
+    # Hover and click layer over all windows (those without spots too).
+    traces.append(
+        go.Scatter(
+            x=centers[:, 1],
+            y=centers[:, 0],
+            mode="markers",
+            marker={"size": 5, "color": "rgba(255,255,255,0.35)"},
+            text=text.ravel(),
+            customdata=np.arange(grid.n_windows),
+            hovertemplate="%{text}<extra></extra>",
+            showlegend=False,
+            name="window centres",
+        )
+    )
+    return traces
+
+
+def _map_legend_traces(info: dict) -> list[Any]:
+    """One legend entry per category, grouped by phase, then the windows without a lattice."""
+    import plotly.graph_objects as go
+
+    names = info["names"]
+    seen_groups: set[str] = set()
+    traces = []
+    for (group, _key), lab, col in zip(info["keys"], info["labels"], info["colors"], strict=True):
+        title = "not indexed" if group == STATUS_GROUP else f"{names.get(group, group)} ({group})"
+        first = group not in seen_groups
+        seen_groups.add(group)
+        traces.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"size": 12, "color": col, "symbol": "square"},
+                name=lab,
+                legendgroup=group,
+                legendgrouptitle={"text": title} if first else None,
+                showlegend=True,
+            )
+        )
+    for key in info["empty_keys"]:
+        traces.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={
+                    "size": 12,
+                    "color": STATUS_COLORS[key],
+                    "symbol": "square-open" if key == "non-crystalline" else "square",
+                },
+                name=key,
+                legendgroup="empty",
+                legendgrouptitle={"text": "no lattice"},
+                showlegend=True,
+            )
+        )
+    return traces
 
 
 def _discrete_scale(colors: Sequence[str]) -> list[list[Any]]:
