@@ -1544,6 +1544,21 @@ def profile_figure(series: Any):
             row=2,
             col=1,
         )
+    _add_focus_marks(fig, series, prof)
+    fig.update_layout(
+        title="Crystallinity vs defocus",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.18},
+    )
+    fig.update_yaxes(title="fraction", range=[0, 1.05])
+    fig.update_xaxes(title="defocus [nm] (negative = underfocus)", row=2 if has_area else 1)
+    return fig
+
+
+def _add_focus_marks(fig: Any, series: Any, prof: pd.DataFrame) -> None:
+    """The best focus (dashed line on every panel, named in the legend) and the tied maxima."""
+    import plotly.graph_objects as go
+
     ties = focus_ties(prof)
     if series.best_focus_nm is not None:
         note = f" (of {len(ties)} tied)" if len(ties) > 1 else ""
@@ -1573,14 +1588,6 @@ def profile_figure(series: Any):
             row=1,
             col=1,
         )
-    fig.update_layout(
-        title="Crystallinity vs defocus",
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.18},
-    )
-    fig.update_yaxes(title="fraction", range=[0, 1.05])
-    fig.update_xaxes(title="defocus [nm] (negative = underfocus)", row=2 if has_area else 1)
-    return fig
 
 
 def phase_fraction_figure(series: Any, *, card_ids: Iterable[str] | None = None):
