@@ -309,8 +309,17 @@ def cached_cards(path: Path) -> Any:
 
 
 def _pack(obj: Any) -> bytes:
-    """Pickle (protocol 4) compressed with zlib (the particle label image is mostly zeros)."""
-    return zlib.compress(pickle.dumps(obj, protocol=4), 9)
+    """Pickle (protocol 4) compressed with zlib (the particle label image is mostly zeros).
+
+    Pickled twice: a freshly computed table and its unpickled copy can differ in memory layout
+    (and so in bytes); the second pickle of the copy is stable, so rebuilds are byte-identical.
+    """
+    return zlib.compress(canonical_pickle(obj), 9)
+
+
+def canonical_pickle(obj: Any) -> bytes:
+    """``pickle.dumps`` of the object's unpickled copy (protocol 4): stable bytes."""
+    return pickle.dumps(pickle.loads(pickle.dumps(obj, protocol=4)), protocol=4)
 
 
 def write(
