@@ -13,7 +13,11 @@ from the image (:func:`hrtem_core.defocus.defocus_for_result`): nothing is given
 
 Acceptance (issue 22): ``particles.csv`` lists exactly the two particles, each centred within
 1.5 nm of the truth, with the right phase, and an equivalent diameter within 35 % of the truth.
-The report gives each criterion's pass rate separately (the phase depends on the indexing).
+The report gives each criterion's pass rate separately (the phase depends on the indexing):
+"phases right" counts a particle whose named phase is the truth; "right or listed" also counts
+an ambiguous particle (``phase_status = ambiguous``) that lists the truth among its candidates
+(near-twin cells and projection twins, :func:`hrtem_core.particles.pooled_phase`).
+"All of them" uses the strict "phases right".
 Writes ``benchmarks/results/particles.json`` and ``particles.md``.
 """
 
@@ -118,6 +122,8 @@ def run(n_scenes: int, detector: str, seed: int) -> dict:
                         "match": j + 1,
                         "centre_error_nm": round(float(dist.iloc[j]), 3),
                         "found_phase": t.phase_name.iloc[j],
+                        "phase_status": t.phase_status.iloc[j],
+                        "phase_candidates": t.phase_candidates.iloc[j],
                         "phase_share": float(t.phase_share.iloc[j]),
                         "diameter_found_nm": float(t.equivalent_diameter_nm.iloc[j]),
                         "diameter_raw_nm": float(t.equivalent_diameter_raw_nm.iloc[j]),
@@ -131,6 +137,8 @@ def run(n_scenes: int, detector: str, seed: int) -> dict:
         centre_ok = count_ok and all(q["centre_error_nm"] <= 1.5 for q in per)
         size_ok = count_ok and all(abs(q["diameter_error"]) <= 0.35 for q in per)
         phase_ok = count_ok and all(q["found_phase"] == q["phase"] for q in per)
+        # Right, or listed among the candidates of an ambiguous particle ("maghemite / magnetite").
+        listed_ok = count_ok and all(q["phase"] in q["found_phase"].split(" / ") for q in per)
         rows.append(
             {
                 "scene": i,
@@ -142,6 +150,7 @@ def run(n_scenes: int, detector: str, seed: int) -> dict:
                 "centre_ok": centre_ok,
                 "size_ok": size_ok,
                 "phase_ok": phase_ok,
+                "phase_listed_ok": listed_ok,
                 "all_ok": count_ok and centre_ok and size_ok and phase_ok,
                 "seconds": round(secs, 2),
             }
@@ -149,7 +158,8 @@ def run(n_scenes: int, detector: str, seed: int) -> dict:
         print(
             f"scene {i}: found {len(t)}; "
             + "; ".join(
-                f"{q['phase']} -> {q['found_phase'] or '?'} d {q['diameter_error']:+.2f} "
+                f"{q['phase']} -> {q['found_phase'] or '?'} ({q['phase_status'] or '-'}) "
+                f"d {q['diameter_error']:+.2f} "
                 f"c {q['centre_error_nm']:.2f} nm"
                 for q in per
             ),
@@ -158,7 +168,7 @@ def run(n_scenes: int, detector: str, seed: int) -> dict:
     n = len(rows)
     rate = {
         k: sum(r[k] for r in rows) / n
-        for k in ("count_ok", "centre_ok", "size_ok", "phase_ok", "all_ok")
+        for k in ("count_ok", "centre_ok", "size_ok", "phase_ok", "phase_listed_ok", "all_ok")
     }
     errs = [abs(q["diameter_error"]) for r in rows for q in r["particles"]]
     cerr = [q["centre_error_nm"] for r in rows for q in r["particles"]]
@@ -193,7 +203,8 @@ def main() -> int:
         f"| exactly two particles | {r['count_ok']:.2f} |",
         f"| both centred within 1.5 nm | {r['centre_ok']:.2f} |",
         f"| both diameters within 35 % | {r['size_ok']:.2f} |",
-        f"| both phases right | {r['phase_ok']:.2f} |",
+        f"| both phases right (named) | {r['phase_ok']:.2f} |",
+        f"| both phases right or listed as the ambiguous alternative | {r['phase_listed_ok']:.2f} |",
         f"| all of them | {r['all_ok']:.2f} |",
         "",
         f"Median |diameter error| {rep['median_abs_diameter_error']}, median centre error "

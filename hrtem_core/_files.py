@@ -72,11 +72,23 @@ def atomic_write(
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -14,7 +14,7 @@ The method (after Rohou & Grigorieff, *J. Struct. Biol.* 192 (2015) 216, "CTFFIN
    background ``B(k)`` is removed jointly with the ring term (not before it: a broad pass band,
    e.g. near Scherzer focus, would otherwise be taken for background).
 4. **Fit**: ``y(k) = B(k) + E(k) sin^2 chi(k; df)`` with a linear envelope ``E(k) > 0`` and the
-   project's aberration function :func:`hrtem_core.simulate.chi_rad`
+   project's aberration function :func:`hrtem_core.optics.chi_rad`
    (``chi = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4``); for each ``df`` the polynomials are a
    linear least-squares fit, and the score is the fraction of the background-free variance the
    ring term explains (CTFFIND's score is the equivalent normalised cross-correlation). ``df``
@@ -43,7 +43,7 @@ from the particles' by a constant).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ import scipy.ndimage as ndi
 from scipy.optimize import minimize_scalar
 
 from hrtem_core.errors import AnalysisParameterError
-from hrtem_core.simulate import chi_rad, ctf, wavelength_nm
+from hrtem_core.optics import chi_rad, ctf, wavelength_nm
 
 #: Default accelerating voltage [kV] when neither the metadata nor the user gives one.
 DEFAULT_VOLTAGE_KV = 300.0
@@ -347,6 +347,70 @@ def _fit(
     return best, grid, scores
 
 
+def _tile_size(shape: tuple[int, ...], tile_px: int | None) -> int:
+    """Tile side [px]: ``tile_px``, default ``min(256, ny // 2, nx // 2)`` rounded down to a
+    multiple of 16; at least 32 and at most the image's shorter side."""
+    ny, nx = shape
+    if tile_px is None:
+        tile_px = max(32, min(256, ny // 2, nx // 2) // 16 * 16)
+    tile_px = int(tile_px)
+    if tile_px < 32 or tile_px > min(ny, nx):
+        raise AnalysisParameterError(
+            f"image {ny}x{nx} px is too small for defocus tiles of {tile_px} px (need >= 32)"
+        )
+    return tile_px
+
+
+def _fit_band(
+    k_all: np.ndarray, p: float, *, tile_px: int, k_range_nm_inv: tuple[float, float] | None
+) -> tuple[np.ndarray, float]:
+    """The fitting band over the ring frequencies ``k_all`` [1/nm] (bool mask, at least 8
+    rings) and its upper edge [1/nm]; default ``(max(1.5, 8 / (tile_px p)), min(0.75 Nyquist, 6))``."""
+    nyq = 0.5 / p
+    if k_range_nm_inv is None:
+        k_range_nm_inv = (max(1.5, 8.0 / (tile_px * p)), min(0.75 * nyq, 6.0))
+    k_lo, k_hi = (float(v) for v in k_range_nm_inv)
+    band = (k_all >= k_lo) & (k_all <= k_hi)
+    if band.sum() < 8:
+        raise AnalysisParameterError(
+            f"fitting band {k_lo:.2f}-{k_hi:.2f} 1/nm holds fewer than 8 rings: "
+            "use larger tiles or a smaller pixel size"
+        )
+    return band, k_hi
+
+
+def _jackknife_sigma(jack: Sequence[float], *, floor_nm: float) -> float:
+    """Jackknife standard error [nm] of the ``g`` leave-one-group-out defoci ``jack``:
+    ``sqrt((g - 1) / g sum (d_j - mean)^2)``, at least ``floor_nm`` (the scan's resolution);
+    ``10 floor_nm`` with fewer than two groups."""
+    if len(jack) >= 2:
+        g = len(jack)
+        ja = np.asarray(jack)
+        sigma = math.sqrt((g - 1) / g * float(((ja - ja.mean()) ** 2).sum()))
+    else:
+        sigma = float("nan")
+    return max(sigma, floor_nm) if math.isfinite(sigma) else 10 * floor_nm
+
+
+def _fit_warnings(
+    *, prominence: float, used_all: bool, score: float, sign_margin: float
+) -> list[str]:
+    """What a microscopist should know about a fit of this quality."""
+    warnings = []
+    if prominence < MIN_PROMINENCE:
+        warnings.append(
+            f"no clear Thon rings (fit prominence {prominence:.1f} < {MIN_PROMINENCE:g}): "
+            "the defocus estimate is not reliable"
+        )
+    if used_all:
+        warnings.append("no amorphous tile free of crystalline windows: every tile was used")
+    if score < 0.2:
+        warnings.append(f"weak Thon rings (fit score {score:.2f}): the defocus estimate is unsure")
+    if math.isfinite(sign_margin) and sign_margin < 0.05:
+        warnings.append(f"under/over-focus barely distinguished (score margin {sign_margin:.3f})")
+    return warnings
+
+
 def estimate_defocus(
     image: np.ndarray,
     pixel_size_nm: float | tuple[float, float],
@@ -407,14 +471,7 @@ def estimate_defocus(
     if not (math.isfinite(p) and p > 0):
         raise AnalysisParameterError(f"pixel size must be > 0 nm, got {pixel_size_nm!r}")
     vk, cs = optics_from_metadata(metadata, voltage_kv=voltage_kv, cs_mm=cs_mm)
-    ny, nx = img.shape
-    if tile_px is None:
-        tile_px = max(32, min(256, ny // 2, nx // 2) // 16 * 16)
-    tile_px = int(tile_px)
-    if tile_px < 32 or tile_px > min(ny, nx):
-        raise AnalysisParameterError(
-            f"image {ny}x{nx} px is too small for defocus tiles of {tile_px} px (need >= 32)"
-        )
+    tile_px = _tile_size(img.shape, tile_px)
     lo_df, hi_df = (float(v) for v in defocus_range_nm)
     if not (lo_df < hi_df):
         raise AnalysisParameterError(f"defocus range must be (low, high), got {defocus_range_nm!r}")
@@ -422,16 +479,7 @@ def estimate_defocus(
         img, tile_px=tile_px, exclude=exclude, max_excluded_fraction=max_excluded_fraction
     )
     k_all, _ = radial_profile(spectra[0], p)
-    nyq = 0.5 / p
-    if k_range_nm_inv is None:
-        k_range_nm_inv = (max(1.5, 8.0 / (tile_px * p)), min(0.75 * nyq, 6.0))
-    k_lo, k_hi = (float(v) for v in k_range_nm_inv)
-    band = (k_all >= k_lo) & (k_all <= k_hi)
-    if band.sum() < 8:
-        raise AnalysisParameterError(
-            f"fitting band {k_lo:.2f}-{k_hi:.2f} 1/nm holds fewer than 8 rings: "
-            "use larger tiles or a smaller pixel size"
-        )
+    band, k_hi = _fit_band(k_all, p, tile_px=tile_px, k_range_nm_inv=k_range_nm_inv)
     k = k_all[band]
 
     def profile_of(spec: np.ndarray) -> np.ndarray:
@@ -444,40 +492,20 @@ def estimate_defocus(
     score, model = float(sc[0]), fitted[0]
     other = scores[np.sign(grid) != np.sign(best)]
     sign_margin = float(score - other.max()) if other.size else float("nan")
-    lam = wavelength_nm(vk)
-    floor = 0.025 / (lam * k_hi**2)
     n_t = spectra.shape[0]
     g = min(int(n_groups), n_t)
     jack = []
-    if g >= 2:
-        for j in range(g):
-            keep = np.arange(n_t) % g != j
-            pj = profile_of(spectra[keep].mean(axis=0))
-            dj, _, _ = _fit(
-                k, pj, lo=best - 20.0, hi=best + 20.0, voltage_kv=vk, cs_mm=cs, step_nm=step_nm
-            )
-            jack.append(dj)
-    if len(jack) >= 2:
-        ja = np.asarray(jack)
-        sigma = math.sqrt((g - 1) / g * float(((ja - ja.mean()) ** 2).sum()))
-    else:
-        sigma = float("nan")
-    sigma = max(sigma, floor) if math.isfinite(sigma) else 10 * floor
+    for j in range(g if g >= 2 else 0):  # leave one group of tiles out, refit near the best
+        pj = profile_of(spectra[np.arange(n_t) % g != j].mean(axis=0))
+        fit_kw = {"voltage_kv": vk, "cs_mm": cs, "step_nm": step_nm}
+        jack.append(_fit(k, pj, lo=best - 20.0, hi=best + 20.0, **fit_kw)[0])
+    sigma = _jackknife_sigma(jack, floor_nm=0.025 / (wavelength_nm(vk) * k_hi**2))
     med = float(np.median(scores))
     mad = 1.4826 * float(np.median(np.abs(scores - med)))
     prominence = (float(scores.max()) - med) / mad if mad > 0 else float("inf")
-    warnings = []
-    if prominence < MIN_PROMINENCE:
-        warnings.append(
-            f"no clear Thon rings (fit prominence {prominence:.1f} < {MIN_PROMINENCE:g}): "
-            "the defocus estimate is not reliable"
-        )
-    if used_all:
-        warnings.append("no amorphous tile free of crystalline windows: every tile was used")
-    if score < 0.2:
-        warnings.append(f"weak Thon rings (fit score {score:.2f}): the defocus estimate is unsure")
-    if math.isfinite(sign_margin) and sign_margin < 0.05:
-        warnings.append(f"under/over-focus barely distinguished (score margin {sign_margin:.3f})")
+    warnings = _fit_warnings(
+        prominence=prominence, used_all=bool(used_all), score=score, sign_margin=sign_margin
+    )
     return DefocusEstimate(
         defocus_nm=best,
         uncertainty_nm=sigma,

@@ -25,7 +25,8 @@ unmatched"):
    and a zone matched by weak reflections alone is rejected. Cards without intensities use the
    electron scattering-factor fall-off, for missing low orders only (``LOW_ORDER_FACTOR``).
    Kinematically forbidden reflections (screw axes, glide planes) are matched only where double
-   diffraction in the zone produces them (:func:`_dd_ok`), or with ``include_forbidden`` at a
+   diffraction in the zone produces them (:func:`_dd_ok`), with the intensity of the weaker of
+   the two beams that make them (:func:`_dd_intensity`), or with ``include_forbidden`` at a
    factor ``1 / FORBIDDEN_WEIGHT``.
 4. **Score: the odds against a coincidence.** Every measured spacing and direction carries its own
    standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus the model terms
@@ -35,8 +36,11 @@ unmatched"):
 
    * spacings (:func:`_log10_odds_spacing`): under the card, Gaussian residuals with each plane's
      sigma and a calibration error common to the window (``SIGMA_CALIBRATION_REL``); under chance,
-     the density of the card's families per unit ``ln d`` around each measured spacing
-     (:func:`_family_density`), so a card dense in reflections pays for explaining spacings;
+     the density of the card's families per unit ``ln d`` around the reference and the basis
+     plane (the first other plane not parallel to it) (:func:`_family_density`), so a card
+     dense in reflections pays for explaining spacings; every further plane of the zone is a
+     lattice combination of those two, fixed by them whatever else the card lists, and has the
+     uniform density ``1 / (2 H)``;
    * directions (:func:`_log10_odds_angle`): under the card Gaussian; under chance uniform over
      180 deg times the number of directions the family offers (every member over all allowed
      zones for the first other plane, which chooses the zone; the members in that zone for the
@@ -51,7 +55,9 @@ unmatched"):
    max_chance`` (default 0.05: score >= 0.952); other phases within ``ambiguity_decades``
    (default 1, a factor 10 in ``K``) are listed and the window is ``ambiguous``; cards with
    near-twin cells (maghemite / magnetite, :func:`_twin_cells`) are always listed together and
-   the convincing one whose residuals fit better leads (a near-twin that loses a plane only at
+   the convincing one whose residuals fit better leads; so are projection twins, cards whose
+   zones predict the same net within the calibration (hematite [001] / feroxyhyte [001],
+   :func:`_same_net`), ordered by their spacing misfit alone (a near-twin that loses a plane only at
    the tolerance edge is found by :func:`_edge_twins`). A window with one plane, or whose
    angle-confirmed matches are weaker than ``max_chance``, is ``spacing-only``: its candidates
    are listed, no phase is named, and its score is at most 0.5 (``0.5 / (1 + K)``: one spacing
@@ -68,6 +74,7 @@ result.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -138,6 +145,11 @@ WEAK_MATCH_FLOOR = 0.1
 #: For a phase without known intensities: only reflections at spacings at least this many times
 #: the largest matched one count as missing strong ones (low orders that any crystal shows).
 LOW_ORDER_FACTOR = 1.5
+#: Projection twins (:func:`_same_net`): the ratio of two matches' reference spacings may vary
+#: by this much over the planes (the same net shape) ...
+NET_SHAPE_REL = 0.005
+#: ... and differ from 1 by at most this much (two calibration sigmas: indistinguishable).
+NET_SCALE_REL = 2 * SIGMA_CALIBRATION_REL
 #: Families weaker than this fraction of the phase's strongest count 1/4 in the card density.
 VISIBLE_FRACTION = 0.01
 #: Width of the tolerance edge, as a fraction of the spacing tolerance (0.25: 3 % -> 3.75 %):
@@ -364,6 +376,9 @@ class PhaseTable:
     density_weight: np.ndarray
     allowed_pm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     allowed_set: frozenset = frozenset()
+    allowed_intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    allowed_row: dict = field(default_factory=dict)
+    zone_family_intensity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     _dd_cache: dict = field(default_factory=dict)
 
     @property
@@ -371,6 +386,33 @@ class PhaseTable:
         """Family indices by ascending ``d`` (cached)."""
         self._cache_density()
         return self._dd_cache["_order"]
+
+    @property
+    def block_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per family pair ``fa * n_f + fc``: the first and one-past-last row of its entries in the
+        direction table, without the copies shifted by 180 deg (cached)."""
+        if "_blocks" not in self._dd_cache:
+            n_f = len(self.family_hkl)
+            base = np.arange(n_f * n_f, dtype=float) * 1000.0 + 100.0
+            lo = np.searchsorted(self.entry_key, base, side="left")
+            hi = np.searchsorted(self.entry_key, base + 180.0, side="left")
+            self._dd_cache["_blocks"] = (lo.astype(np.int64), hi.astype(np.int64))
+        return self._dd_cache["_blocks"]
+
+    @property
+    def entry_parallel(self) -> np.ndarray:
+        """Per direction entry: its member is parallel to the reference representative (a
+        harmonic, e.g. (440) beside (220)) (cached)."""
+        if "_par" not in self._dd_cache:
+            n_f = len(self.family_hkl)
+            fa = np.floor(self.entry_key / 1000.0).astype(np.int64) // max(n_f, 1)
+            rep_rows = np.asarray([a for a, _ in self.family_slices], dtype=np.int64)
+            if len(self.entry_key):
+                cr = np.cross(self.member_hkl[rep_rows[fa]], self.member_hkl[self.entry_member])
+                self._dd_cache["_par"] = ~np.any(cr, axis=1)
+            else:
+                self._dd_cache["_par"] = np.zeros(0, dtype=bool)
+        return self._dd_cache["_par"]
 
     @property
     def sorted_log_d(self) -> np.ndarray:
@@ -438,19 +480,37 @@ def _dd_ok(pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]) 
     centring-allowed reflections is allowed). Only the tabulated reflections (``d >= d_min``) are
     used as ``g1`` and ``g2``.
     """
+    return _dd_intensity(pt, hkl, uvw) is not None
+
+
+def _dd_intensity(
+    pt: PhaseTable, hkl: Sequence[int] | np.ndarray, uvw: Sequence[int]
+) -> float | None:
+    """Relative intensity a forbidden ``hkl`` can get by double diffraction in zone ``[uvw]``.
+
+    ``max over hkl = g1 + g2 of min(I(g1), I(g2))`` over the allowed reflections ``g1``, ``g2`` of
+    the zone (:func:`_dd_ok`), with ``I`` the kinematic intensity of their families (0..1): a beam
+    diffracted twice is no stronger than the weaker of the two beams that make it, so a
+    reflection produced only by weak (e.g. superlattice) reflections is weak itself. ``None`` when
+    double diffraction cannot produce ``hkl`` in the zone.
+    """
     h = tuple(int(v) for v in hkl)
     z = tuple(int(v) for v in uvw)
     key = (h, z)
-    hit = pt._dd_cache.get(key)
-    if hit is None:
-        hit = False
-        if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
-            g1 = pt.allowed_pm[(pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0]
-            for g in (np.asarray(h, dtype=np.int64)[None, :] - g1).tolist():
-                if tuple(g) in pt.allowed_set:
-                    hit = True
-                    break
-        pt._dd_cache[key] = hit
+    if key in pt._dd_cache:
+        return pt._dd_cache[key]
+    hit: float | None = None
+    if sum(a * b for a, b in zip(h, z, strict=True)) == 0 and len(pt.allowed_pm):
+        in_zone = (pt.allowed_pm @ np.asarray(z, dtype=np.int64)) == 0
+        g1 = pt.allowed_pm[in_zone]
+        i1 = pt.allowed_intensity[in_zone] if len(pt.allowed_intensity) else np.zeros(len(g1))
+        for g, i in zip((np.asarray(h, dtype=np.int64)[None, :] - g1).tolist(), i1, strict=True):
+            row = pt.allowed_row.get(tuple(g))
+            if row is not None:
+                i2 = float(pt.allowed_intensity[row]) if len(pt.allowed_intensity) else 0.0
+                v = min(float(i), i2)
+                hit = v if hit is None else max(hit, v)
+    pt._dd_cache[key] = hit
     return hit
 
 
@@ -569,6 +629,11 @@ def _phase_table(
         # The smooth model knows no structure, but a forbidden reflection has no kinematic
         # intensity (double diffraction may still show it).
         intensity = np.where(np.asarray(forb, dtype=bool), 0.0, intensity)
+    allowed_int = (
+        np.asarray(intensity, dtype=float)[member_family[~forb_arr[member_family]]]
+        if len(member_hkl)
+        else np.zeros(0)
+    )
     weight = np.ones(n_f)
     if known and n_f:
         weight = np.where(intensity < VISIBLE_FRACTION, 0.25, 1.0)
@@ -604,6 +669,8 @@ def _phase_table(
         density_weight=weight,
         allowed_pm=allowed_pm,
         allowed_set=frozenset(map(tuple, allowed_pm.tolist())),
+        allowed_intensity=np.concatenate([allowed_int, allowed_int]),
+        allowed_row={tuple(v): i for i, v in enumerate(allowed_pm.tolist())},
     )
     if n_f == 0:
         return pt_stub
@@ -665,9 +732,16 @@ def _with_zone_tables(
     can = in_zone & ~forb_m[None, :]
     pen_m = np.zeros((n_z, n_m))  # log10 chance factor of a member in a zone
     bad = np.log10(1.0 / forbidden_weight)
+    # Effective intensity of each family in each zone: its kinematic one where allowed, what
+    # double diffraction gives a forbidden one (_dd_intensity), 0 where only include_forbidden
+    # admits it.
+    zfi = np.tile(np.where(pt.family_forbidden, 0.0, pt.family_intensity), (n_z, 1))
     for zi, mi in zip(*np.nonzero(in_zone & forb_m[None, :]), strict=True):
-        if _dd_ok(pt, pt.member_hkl[mi], zones[zi]):
+        dd = _dd_intensity(pt, pt.member_hkl[mi], zones[zi])
+        if dd is not None:
             can[zi, mi] = True
+            f = pt.member_family[mi]
+            zfi[zi, f] = max(zfi[zi, f], dd)
         elif include_forbidden:
             can[zi, mi] = True
             pen_m[zi, mi] = bad
@@ -732,6 +806,7 @@ def _with_zone_tables(
         zones=zones,
         zone_count=zone_count,
         zone_max_intensity=zmax,
+        zone_family_intensity=zfi,
         strong_key=strong_key,
         entry_key=key[order],
         entry_member=mc[idx],
@@ -972,6 +1047,24 @@ class PhaseMatch:
         """log10 odds without the card-density term: how well the residuals fit, alone (used to
         order near-twins, which differ in density but not in what they predict)."""
         return math.log10(max(self.chance, 1e-300)) - self.density_log10
+
+    @property
+    def spacing_misfit(self) -> float:
+        """``chi^2`` of the spacing residuals with the calibration error common to the window
+        (:func:`_log10_odds_spacing`): how far the card's spacings are from the measured ones,
+        without any count of reflections or directions (orders twins, which predict the same
+        planes and angles)."""
+        pairs = [
+            (r, s)
+            for r, s in zip(self.rel_residuals, self.spacing_sigma_rel, strict=False)
+            if r is not None and s is not None and math.isfinite(s) and s > 0
+        ]
+        if not pairs:
+            return math.inf
+        w = np.array([1.0 / (s * s) for _, s in pairs])
+        r = np.array([r for r, _ in pairs])
+        s0, s1, s2 = w.sum(), (w * r).sum(), (w * r * r).sum()
+        return float(s2 - s1 * s1 / (1.0 / SIGMA_CALIBRATION_REL**2 + s0))
 
     @property
     def evidence(self) -> float:
@@ -1222,6 +1315,143 @@ def _no_hypotheses(n_w: int) -> dict[str, np.ndarray]:
     )
 
 
+def _block_hits(
+    pt: PhaseTable,
+    fl: _Planes,
+    qi: np.ndarray,
+    qj: np.ndarray,
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ccount: np.ndarray,
+    cstart: np.ndarray,
+    tol_a: float,
+) -> tuple[np.ndarray, ...] | None:
+    """The direction hits of one phase, family pair by family pair (see :func:`_tree_hits`)."""
+    _cp, cf, cr = cand
+    n_f = len(pt.family_hkl)
+    # Combine the spacing candidates of both planes of every pair query.
+    ni, nj = ccount[qi], ccount[qj]
+    q, off = _expand(np.zeros(len(qi), np.int64), ni * nj)
+    if len(q) == 0:
+        return None
+    a_idx = cstart[qi][q] + off // nj[q]
+    c_idx = cstart[qj][q] + off % nj[q]
+    fa, fc = cf[a_idx], cf[c_idx]
+    # Only family pairs that share an allowed zone have directions; each block is a few per
+    # zone: all of them, once for both viewing senses, kept within the angle tolerance.
+    bs, be = pt.block_bounds
+    bid = fa * n_f + fc
+    k, e = _expand(bs[bid], be[bid])
+    if len(k) == 0:
+        return None
+    dphi = np.mod(fl.phi[qj[q[k]]] - fl.phi[qi[q[k]]], 180.0)
+    psi_e = pt.entry_psi[e]
+    d_plus = _wrap90(psi_e - dphi)
+    d_minus = _wrap90(psi_e + dphi)
+    ok_p = np.abs(d_plus) <= tol_a + 1e-9
+    ok_m = np.abs(d_minus) <= tol_a + 1e-9
+    mc = np.concatenate([k[ok_p], k[ok_m]])
+    me = np.concatenate([e[ok_p], e[ok_m]])
+    ms = np.concatenate([np.ones(int(ok_p.sum()), np.int64), np.full(int(ok_m.sum()), -1)])
+    delta = np.concatenate([d_plus[ok_p], d_minus[ok_m]])
+    return (
+        qi[q[mc]],
+        qj[q[mc]],
+        fa[mc],
+        cr[a_idx[mc]],
+        fc[mc],
+        cr[c_idx[mc]],
+        me,
+        ms,
+        delta,
+    )
+
+
+def _direction_tree(tables: IndexingTables) -> tuple[Any, np.ndarray, np.ndarray, float]:
+    """One k-d tree over the direction entries of every phase (cached on the tables).
+
+    Points ``(ln d_a / H, ln d_c / H, psi / tol)``: the reference family's and the member's
+    spacing and the direction between them (with the copies near 0 / 180 deg shifted by 180), in
+    units of the tolerances (``H = -ln(1 - spacing_tol)``, the wider side of the relative
+    tolerance), so that every entry within the tolerances of a measured plane pair lies in the
+    unit box (L-infinity ball) around it. Returns (tree, phase per point, entry per point, H).
+    """
+    hit = tables._phase_pos.get("_tree")
+    if hit is not None:
+        return hit
+    from scipy.spatial import cKDTree
+
+    h = -math.log1p(-tables.spacing_tol)
+    tol = float(tables.angle_tol_deg)
+    pts, ph, en = [], [], []
+    for k, pt in enumerate(tables.phases):
+        if len(pt.entry_key) == 0:
+            continue
+        n_f = len(pt.family_hkl)
+        blk = np.floor(pt.entry_key / 1000.0).astype(np.int64)
+        psi_all = pt.entry_key - blk * 1000.0 - 100.0
+        ld = np.log(pt.family_d_nm)
+        fc = pt.member_family[pt.entry_member]
+        pts.append(np.column_stack([ld[blk // n_f] / h, ld[fc] / h, psi_all / tol]))
+        ph.append(np.full(len(blk), k, dtype=np.int64))
+        en.append(np.arange(len(blk), dtype=np.int64))
+    if pts:
+        allp = np.vstack(pts)
+        out = (cKDTree(allp), np.concatenate(ph), np.concatenate(en), h)
+    else:
+        out = (None, np.zeros(0, np.int64), np.zeros(0, np.int64), h)
+    tables._phase_pos["_tree"] = out
+    return out
+
+
+def _tree_hits(
+    tables: IndexingTables, fl: _Planes, qi: np.ndarray, qj: np.ndarray
+) -> dict[int, tuple[np.ndarray, ...]]:
+    """Direction hits of every phase, from one k-d tree query per measured plane pair and sense.
+
+    A hit is a measured pair ``(i, j)``, a viewing sense ``s``, and a direction entry (reference
+    family ``fa``, member of family ``fc``, zone) with ``|d_i - d_fa| / d_fa``, ``|d_j - d_fc| /
+    d_fc`` within the spacing tolerance and the direction within the angle tolerance. Per phase:
+    ``(i, j, fa, r_a, fc, r_c, entry, s, delta)``, as :func:`_block_hits`, the same set.
+    """
+    tree, g_phase, g_entry, h = _direction_tree(tables)
+    out: dict[int, tuple[np.ndarray, ...]] = {}
+    if tree is None or len(qi) == 0:
+        return out
+    tol, tol_a = tables.spacing_tol, float(tables.angle_tol_deg)
+    dphi = np.mod(fl.phi[qj] - fl.phi[qi], 180.0)
+    lx, ly = np.log(fl.d[qi]) / h, np.log(fl.d[qj]) / h
+    qs = np.concatenate([np.arange(len(qi)), np.arange(len(qi))])
+    sg = np.concatenate([np.ones(len(qi), np.int64), np.full(len(qi), -1, np.int64)])
+    target = np.mod(sg * np.concatenate([dphi, dphi]), 180.0)
+    pts = np.column_stack([np.concatenate([lx, lx]), np.concatenate([ly, ly]), target / tol_a])
+    found = tree.query_ball_point(pts, r=1.0 + 1e-9, p=np.inf, return_sorted=False, workers=1)
+    lens = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(found))
+    if lens.sum() == 0:
+        return out
+    g = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
+    row = np.repeat(np.arange(len(found)), lens)
+    q, s_, ph, e = qs[row], sg[row], g_phase[g], g_entry[g]
+    o = np.argsort(ph, kind="stable")
+    q, s_, ph, e = q[o], s_[o], ph[o], e[o]
+    bounds = np.searchsorted(ph, np.arange(len(tables.phases) + 1))
+    for k, pt in enumerate(tables.phases):
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            continue
+        qk, sk, ek = q[lo:hi], s_[lo:hi], e[lo:hi]
+        n_f = len(pt.family_hkl)
+        blk = np.floor(pt.entry_key[ek] / 1000.0).astype(np.int64)
+        fa, fc = blk // n_f, pt.member_family[pt.entry_member[ek]]
+        pi, pj = qi[qk], qj[qk]
+        ra = (fl.d[pi] - pt.family_d_nm[fa]) / pt.family_d_nm[fa]
+        rc = (fl.d[pj] - pt.family_d_nm[fc]) / pt.family_d_nm[fc]
+        delta = _wrap90(pt.entry_psi[ek] - np.mod(sk * dphi[qk], 180.0))
+        ok = (np.abs(ra) <= tol) & (np.abs(rc) <= tol) & (np.abs(delta) <= tol_a + 1e-9)
+        # A copy near 0 / 180 deg and its original never both fall within the tolerance.
+        out[k] = (pi[ok], pj[ok], fa[ok], ra[ok], fc[ok], rc[ok], ek[ok], sk[ok], delta[ok])
+    return out
+
+
 def _search_phase(
     pt: PhaseTable,
     fl: _Planes,
@@ -1231,8 +1461,12 @@ def _search_phase(
     spacing_tol: float,
     angle_tol_deg: float,
     include_forbidden: bool,
+    hits: tuple[np.ndarray, ...] | None = None,
 ) -> _PhaseResult:
-    """All hypotheses of one phase for all windows of ``fl``; the best per window."""
+    """All hypotheses of one phase for all windows of ``fl``; the best per window.
+
+    ``hits``: the phase's direction hits from :func:`_tree_hits` (looked up here when None).
+    """
     n_w = len(fl.n)
     n_p = len(fl.d)
     n_f = len(pt.family_hkl)
@@ -1248,11 +1482,9 @@ def _search_phase(
     so_family = np.full(n_p, -1, dtype=np.int64)
     so_res = np.zeros(n_p)
     if len(cp):
-        usable = np.ones(len(cp), dtype=bool) if include_forbidden else ~pt.family_forbidden[cf]
-        o = np.lexsort((cf, np.abs(cr), ~usable, cp))
-        first = np.unique(cp[o], return_index=True)[1]
-        pick = o[first]
-        pick = pick[usable[pick]]
+        # The candidates are sorted by plane, |residual|, family: the first usable one per plane.
+        u = np.flatnonzero(True if include_forbidden else ~pt.family_forbidden[cf])
+        pick = u[np.unique(cp[u], return_index=True)[1]]
         so_family[cp[pick]] = cf[pick]
         so_res[cp[pick]] = cr[pick]
     has = so_family >= 0
@@ -1285,57 +1517,15 @@ def _search_phase(
     if len(qi) == 0 or len(pt.entry_key) == 0:
         return empty
 
-    # 3. Combine the candidates of both planes of every pair query.
-    ni, nj = ccount[qi], ccount[qj]
-    q, off = _expand(np.zeros(len(qi), np.int64), ni * nj)
-    if len(q) == 0:
+    # 3-4. Every (reference family, member, zone) direction that fits a measured plane pair:
+    # looked up for all phases at once (_tree_hits) or here, family pair by family pair.
+    if hits is None:
+        hits = _block_hits(pt, fl, qi, qj, (cp, cf, cr), ccount, cstart, tol_a)
+    if hits is None:
         return empty
-    a_idx = cstart[qi][q] + off // nj[q]
-    c_idx = cstart[qj][q] + off % nj[q]
-    fa, fc = cf[a_idx], cf[c_idx]
-    # Only family pairs that share an allowed zone have directions to look up.
-    live = pt.block_count[fa, fc] > 0
-    if not live.all():
-        q, a_idx, c_idx, fa, fc = q[live], a_idx[live], c_idx[live], fa[live], fc[live]
-    if len(q) == 0:
+    pi, pj, m_fa, m_ra, m_fc, m_rc, me, ms, delta = hits
+    if len(pi) == 0:
         return empty
-    block = (fa * n_f + fc).astype(float) * 1000.0 + 100.0
-    dphi = np.mod(fl.phi[qj[q]] - fl.phi[qi[q]], 180.0)
-
-    # 4. Look up the member directions of the family pair within the angle tolerance.
-    m_combo: list[np.ndarray] = []
-    m_entry: list[np.ndarray] = []
-    m_sign: list[np.ndarray] = []
-    for sgn in (1, -1):
-        target = np.mod(sgn * dphi, 180.0)
-        # Sorted queries: searchsorted walks the table once instead of jumping around it.
-        centre = block + target
-        order = np.argsort(centre, kind="stable")
-        lo = np.empty(len(centre), dtype=np.int64)
-        hi = np.empty(len(centre), dtype=np.int64)
-        lo[order] = np.searchsorted(pt.entry_key, centre[order] - tol_a, side="left")
-        hi[order] = np.searchsorted(pt.entry_key, centre[order] + tol_a, side="right")
-        k, e = _expand(lo, hi)
-        m_combo.append(k)
-        m_entry.append(e)
-        m_sign.append(np.full(len(k), sgn, dtype=np.int64))
-    mc = np.concatenate(m_combo)
-    me = np.concatenate(m_entry)
-    ms = np.concatenate(m_sign)
-    if len(mc) == 0:
-        return empty
-    target = np.mod(ms * dphi[mc], 180.0)
-    delta = _wrap90(pt.entry_psi[me] - target)
-    ok = np.abs(delta) <= tol_a + 1e-9
-    mc, me, ms, delta = mc[ok], me[ok], ms[ok], delta[ok]
-    if len(mc) == 0:
-        return empty
-    pi = qi[q[mc]]
-    pj = qj[q[mc]]
-    m_fa = fa[mc]
-    m_ra = cr[a_idx[mc]]
-    m_fc = fc[mc]
-    m_rc = cr[c_idx[mc]]
     zone = pt.entry_zone[me]
     member = pt.entry_member[me]
     sig_a = np.hypot(fl.sig_a[pi], fl.sig_a[pj])
@@ -1345,14 +1535,16 @@ def _search_phase(
     n_z = max(len(pt.zones), 1)
     hkey = ((pi * n_f + m_fa) * n_z + zone) * 2 + (ms > 0)
     cost = np.square(m_rc / fl.sig_r[pj]) + np.square(delta / sig_a)
-    o = np.lexsort((member, cost, pj, hkey))
+    gkey = hkey * n_p + pj
+    o = np.lexsort((member, cost, gkey))
     keep = np.ones(len(o), dtype=bool)
-    keep[1:] = (hkey[o][1:] != hkey[o][:-1]) | (pj[o][1:] != pj[o][:-1])
+    keep[1:] = gkey[o][1:] != gkey[o][:-1]
     o = o[keep]
     hkey, pi, pj, m_fa, m_ra, m_fc, m_rc = hkey[o], pi[o], pj[o], m_fa[o], m_ra[o], m_fc[o], m_rc[o]
     zone, member, delta, sig_a, ms, me = zone[o], member[o], delta[o], sig_a[o], ms[o], me[o]
     uh, hstart, hcount = np.unique(hkey, return_index=True, return_counts=True)
     h_of = np.repeat(np.arange(len(uh)), hcount)
+
     first_row = np.zeros(len(hkey), dtype=bool)
     first_row[hstart] = True
 
@@ -1373,7 +1565,16 @@ def _search_phase(
     s1 = np.bincount(h_of, weights=m_rc * w_rows, minlength=n_h) + h_ra * w_ref
     s2 = np.bincount(h_of, weights=m_rc * m_rc * w_rows, minlength=n_h) + h_ra * h_ra * w_ref
     slog = np.bincount(h_of, weights=-np.log(w_rows), minlength=n_h) - np.log(w_ref)
-    h_dens = np.bincount(h_of, weights=ln_rho[pj], minlength=n_h) + ln_rho[h_pi]
+    # The card's family density is the chance of the reference and of the basis plane (the first
+    # row not parallel to the reference; else the first row): the zone fixes every other plane
+    # as a lattice combination of those two, so the chance that a random plane falls within the
+    # tolerance of it is 2 H times the uniform 1 / (2 H), whatever else the card lists.
+    parallel = pt.entry_parallel[me]
+    ob = np.lexsort((pj, parallel, h_of))
+    basis = ob[np.unique(h_of[ob], return_index=True)[1]]
+    ln_dep = np.full(len(pj), -math.log(2.0 * math.log1p(spacing_tol)))
+    ln_dep[basis] = ln_rho[pj[basis]]
+    h_dens = np.bincount(h_of, weights=ln_dep, minlength=n_h) + ln_rho[h_pi]
     log_e = (
         _log10_odds_spacing(
             s0,
@@ -1399,16 +1600,17 @@ def _search_phase(
         fd = pt.family_d_nm
         weak_log = np.zeros(n_h)
         if pt.intensity_known:
-            # A forbidden reflection matched here is produced by double diffraction (or
-            # included on purpose): not a weak kinematic one.
-            forb = pt.family_forbidden
-            eff = np.where(forb, np.inf, inten)
-            i_rows = np.maximum.reduceat(eff[m_fc], hstart)
-            i_max = np.maximum(eff[h_fa], i_rows)
+            # A forbidden reflection matched here counts with the intensity double diffraction
+            # from the zone's allowed reflections gives it (_dd_intensity; 0 where only
+            # include_forbidden admits it).
+            zfi = pt.zone_family_intensity
+            eff_rows = zfi[zone, m_fc]
+            eff_ref = zfi[h_zone, h_fa]
+            i_max = np.maximum(eff_ref, np.maximum.reduceat(eff_rows, hstart))
             log_e = np.where(i_max < WEAK_FRACTION * zmax, np.inf, log_e)
-            weak_rows = _log10_weak_penalty(eff[m_fc], pt.zone_max_intensity[zone])
+            weak_rows = _log10_weak_penalty(eff_rows, pt.zone_max_intensity[zone])
             weak_log = np.bincount(h_of, weights=weak_rows, minlength=n_h) + _log10_weak_penalty(
-                eff[h_fa], zmax
+                eff_ref, zmax
             )
             d_lo = np.minimum(np.minimum.reduceat(fd[m_fc], hstart), fd[h_fa]) * (1.0 - 1e-9)
         else:
@@ -1427,8 +1629,24 @@ def _search_phase(
         log_e = log_e + weak_log + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
 
     # 8. The best hypothesis per window: smallest E, then more planes, then a fixed order.
-    o = np.lexsort((h_sign, h_zone, h_fa, fl.local[h_pi], -n_expl, log_e, h_win))
-    o = o[np.isfinite(log_e[o])]
+    # (E rounded as in the reference: sums in another order differ in the last bits)
+    # Only the hypotheses at their window's smallest E go through the full sort.
+    le = np.round(log_e, 9)
+    w_min = np.full(n_w, np.inf)
+    np.minimum.at(w_min, h_win, le)
+    tied = np.flatnonzero(np.isfinite(le) & (le == w_min[h_win]))
+    o = tied[
+        np.lexsort(
+            (
+                h_sign[tied],
+                h_zone[tied],
+                h_fa[tied],
+                fl.local[h_pi[tied]],
+                -n_expl[tied],
+                h_win[tied],
+            )
+        )
+    ]
     first = np.unique(h_win[o], return_index=True)[1]
     best_h = o[first]
     wins = h_win[best_h]
@@ -1603,7 +1821,12 @@ def _index_unique(
         angle_tol_deg=tables.angle_tol_deg,
         include_forbidden=tables.include_forbidden,
     )
-    per_phase = [_search_phase(pt, fl, qi, qj, **opts) for pt in tables.phases]
+    tree_hits = _tree_hits(tables, fl, qi, qj)
+    empty_hits = (np.zeros(0, np.int64),) * 9
+    per_phase = [
+        _search_phase(pt, fl, qi, qj, hits=tree_hits.get(k, empty_hits), **opts)
+        for k, pt in enumerate(tables.phases)
+    ]
     n_w = len(plane_sets)
     if per_phase:
         log_a = np.stack([r.log_chance for r in per_phase])  # (n_phases, n_w)
@@ -1624,21 +1847,39 @@ def _index_unique(
         if named:
             best_k = int(named[0])
             best = _angle_match(tables.phases[best_k], per_phase[best_k], w, fl, planes)
-            alts = [
-                _angle_match(tables.phases[k], per_phase[k], w, fl, planes)
-                for k in named[1:]
-                if la[k] <= la[best_k] + tables.ambiguity_decades
+            # Every other convincing match: those within the ambiguity margin are listed, and
+            # projection twins (below) at any odds.
+            # (a projection twin explains as many planes as the best)
+            n_best = per_phase[best_k].n_explained[w]
+            others = [(la[k] <= la[best_k] + tables.ambiguity_decades, k) for k in named[1:]]
+            others_m = [
+                (near, _angle_match(tables.phases[k], per_phase[k], w, fl, planes))
+                for near, k in others
+                if near or per_phase[k].n_explained[w] == n_best
             ]
+            alts = [m for near, m in others_m if near]
             # Near-twins predict the same planes: they are always listed, and the one whose
             # residuals fit best leads (their card densities differ, not what they predict).
+            # So do projection twins among the listed ones: other cells whose zone predicts the
+            # same net within the calibration (hematite [001] and feroxyhyte [001], 0.8 %).
             group = [best]
             for k, twin in twins.get(w, ()):
                 if k != best_k:
                     alts = [a for a in alts if a.card_id != twin.card_id]
                     group.append(twin)
+            proj = [m for _near, m in others_m if _same_net(best, m)]
+            alts = [a for a in alts if not _same_net(best, a)]
+            group.extend(proj)
             # Only a convincing match (K <= max_chance) may lead.
+            # Projection twins differ in which reflections their cards list beside the net (so
+            # in density, directions and intensity penalties): only their spacings decide.
             group.sort(
-                key=lambda m: (m.chance > tables.max_chance, round(m.fit_log10, 9), -m.n_explained)
+                key=lambda m: (
+                    m.chance > tables.max_chance,
+                    round(m.spacing_misfit, 9) if proj else 0.0,
+                    round(m.fit_log10, 9),
+                    -m.n_explained,
+                )
             )
             best = group[0]
             alts = [*group[1:], *alts]
@@ -1690,13 +1931,19 @@ def _edge_twins(
         return out
     best_k = np.argmin(log_a, axis=0) if log_a.size else np.zeros(0, np.int64)
     wide_tol = tables.spacing_tol * (1.0 + tables.tolerance_edge)
+    twin_of = tables._phase_pos.get("_twin_of")
+    if twin_of is None:
+        twin_of = np.array(
+            [[_twin_cells(a.cell, b.cell, edge) for b in tables.phases] for a in tables.phases]
+        )
+        tables._phase_pos["_twin_of"] = twin_of
     for k, pt in enumerate(tables.phases):
         wins = []
         for w in range(len(plane_sets)):
             b = int(best_k[w])
             if b == k or not log_a[b, w] <= limit:
                 continue
-            if not _twin_cells(tables.phases[b].cell, pt.cell, edge):
+            if not twin_of[b, k]:
                 continue
             rb = per_phase[b]
             fams = [int(rb.ref_family[w])] + [
@@ -1731,6 +1978,28 @@ def _edge_twins(
             if np.isfinite(r.log_chance[t]) and r.n_explained[t] >= per_phase[b].n_explained[w]:
                 out.setdefault(w, []).append((k, _angle_match(pt, r, t, sfl, sub[t])))
     return out
+
+
+def _same_net(a: PhaseMatch, b: PhaseMatch) -> bool:
+    """Projection twins: two angle-confirmed matches that explain the same planes with reference
+    spacings in one common ratio (within ``NET_SHAPE_REL``) that the calibration cannot tell from
+    1 (within ``NET_SCALE_REL``): their zones predict the same net, up to a scale, e.g. hematite
+    [001] (110), (300) and feroxyhyte [001] (100), (110), 0.8 % apart. Their card densities
+    differ, not what they predict, so their residuals decide which leads."""
+    if not (a.angle_confirmed and b.angle_confirmed) or a.card_id == b.card_id:
+        return False
+    if len(a.d_ref_nm) != len(b.d_ref_nm):
+        return False
+    ratios = []
+    for da, db_ in zip(a.d_ref_nm, b.d_ref_nm, strict=True):
+        if (da is None) != (db_ is None):
+            return False
+        if da is not None:
+            ratios.append(db_ / da)
+    if len(ratios) < 2:
+        return False
+    r = np.asarray(ratios)
+    return bool(np.ptp(r) <= NET_SHAPE_REL and np.all(np.abs(r - 1.0) <= NET_SCALE_REL))
 
 
 def _twin_cells(a: Any, b: Any, edge: float) -> bool:

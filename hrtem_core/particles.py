@@ -30,12 +30,24 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    boundary or a twin whose halves share no reflection gives two. A twin whose halves share
    their only common reflection strongly (the twin plane edge-on) can still count as one when
    that reflection links both halves' others.
-5. **Phase**: votes of the particle's windows, 1 for an ``indexed`` window and 0.5 for an
-   ``ambiguous`` one (spacing-only, unmatched and no-spots windows do not vote: a spacing alone
-   does not tell a phase); ``phase_name`` is the majority with its share; ``zone_axis`` the most
-   voted zone of that phase. ``status``: ``mixed-phase`` when two grains have different majority
-   phases (each with at least one vote), else ``twinned/polycrystalline`` when ``n_grains >= 2``,
-   else ``single-crystal``.
+5. **Phase**, from the pooled odds of the particle's windows (:func:`pooled_phase`), not a
+   majority of first names: a particle is one crystal, so the log-odds ``E = -log10 K`` of every
+   phase that its named windows (``indexed``/``ambiguous``) list are summed over those windows;
+   a phase a window does not list gets that window's "no card" value
+   ``min(NO_CARD_DECADES, E_best - AMBIGUITY_DECADES)`` (``NO_CARD_DECADES = 0``: ``K = 1``, the
+   card explains the planes no better than chance; spacing-only, unmatched and no-spots windows
+   do not count: a spacing alone does not tell a phase). The best pooled phase is named
+   (``phase_status = indexed``). Phases within ``AMBIGUITY_DECADES`` of it, and its **twins**
+   (listed with it in at least a third of the windows naming either, e.g. maghemite /
+   magnetite, hematite [001] / feroxyhyte [001]) unless the windows separate the pair by the
+   margin on average (their difference is common to every window: calibration, card density),
+   are listed with it: ``phase_name = "maghemite / magnetite"`` (sorted by name),
+   ``phase_status = ambiguous``, ``phase_candidates`` with each one's pooled ``E``, and
+   ``phase_margin_decades`` to the best phase not listed. ``phase_share`` is the (vote-weighted:
+   1 indexed, 0.5 ambiguous) share of the named windows whose first name is listed;
+   ``zone_axis`` the most voted zone of the listed phases. ``status``: ``mixed-phase`` when two
+   grains have disjoint phase candidates (each with at least one vote), else
+   ``twinned/polycrystalline`` when ``n_grains >= 2``, else ``single-crystal``.
 
 **Delocalisation halo.** Lattice fringes of ``g`` are displaced in the image by
 ``R(g) = |grad chi| / (2 pi) = |lambda df g + Cs lambda^3 g^3|`` (Lichte, *Ultramicroscopy* 38
@@ -54,6 +66,7 @@ and ``delocalisation_nm`` is NaN. ``equivalent_diameter_raw_nm`` keeps the uncor
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +91,9 @@ PARTICLE_COLUMNS = (
     "delocalisation_nm",
     "phase_card",
     "phase_name",
+    "phase_status",
+    "phase_candidates",
+    "phase_margin_decades",
     "phase_share",
     "zone_axis",
     "orientation_deg",
@@ -463,6 +479,255 @@ def _grains(
     return {w: gid.get(lattice_of_window.get(w, -1), 1) for w in members}
 
 
+# --------------------------------------------------------------------------------------------
+# Phase: pooled odds of the particle's windows
+# --------------------------------------------------------------------------------------------
+
+#: Evidence [decades, ``-log10 K``] credited to a phase absent from a named window's candidate
+#: list: the "no card" value ``K = 1`` (chance explains the window's planes as well as the card),
+#: capped at ``AMBIGUITY_DECADES`` below the window's best (an absent phase was not within the
+#: indexing's margin, so it is never credited as if it had been).
+NO_CARD_DECADES = 0.0
+
+#: Two phases are twins on a particle (:func:`pooled_phase`) when at least this share of the
+#: windows naming either lists both within the indexing's margin (a single window's coincidence
+#: between unrelated cards does not make them twins).
+TWIN_SHARE = 1.0 / 3.0
+
+PHASE_INDEXED = "indexed"
+PHASE_AMBIGUOUS = "ambiguous"
+
+_ALT_RE = re.compile(r"^(?P<name>.*?) \((?P<card>[^()]*)\) .*?K (?P<k>[-+.0-9eE]+)")
+
+
+@dataclass(frozen=True)
+class WindowCandidate:
+    """One phase a window names (``indexed``/``ambiguous``): its evidence and zone."""
+
+    evidence: float
+    phase_name: str
+    zone_axis: str = ""
+
+
+@dataclass(frozen=True)
+class PhaseDecision:
+    """A particle's phase from the pooled odds of its windows (:func:`pooled_phase`).
+
+    Attributes
+    ----------
+    card, name : str
+        The phase (``""`` when no window names one); for an ambiguous particle every candidate,
+        sorted by name and joined by ``" / "`` (``"maghemite / magnetite"``).
+    status : str
+        ``"indexed"``, ``"ambiguous"`` or ``""`` (no named window).
+    candidates : tuple of (card_id, phase_name, pooled evidence [decades])
+        The phases within ``ambiguity_decades`` of the best pooled evidence, best first.
+    margin_decades : float
+        Pooled evidence of the best phase minus that of the best phase not among the candidates
+        (NaN when no other phase was seen).
+    """
+
+    card: str
+    name: str
+    status: str
+    candidates: tuple[tuple[str, str, float], ...]
+    margin_decades: float
+
+    @property
+    def cards(self) -> frozenset[str]:
+        """The candidate card ids."""
+        return frozenset(c for c, _, _ in self.candidates)
+
+
+def window_candidates(result: Any) -> list[dict[str, WindowCandidate]]:
+    """Per window, the phases it names with their evidence: ``{card_id: WindowCandidate}``.
+
+    A named window (``indexed``/``ambiguous``) lists its best match and its alternatives (other
+    phases within the indexing's ambiguity margin, near-twin cells always); other windows list
+    none (a spacing alone does not tell a phase). From ``result.index`` (the
+    :class:`~hrtem_core.indexing.WindowIndex` of every window); without it, from the windows
+    table (``phase_card``, ``evidence`` and the ``K`` of each ``alternatives`` entry).
+    """
+    from hrtem_core.indexing import NAMED_STATUSES, format_hkl
+
+    n_win = int(result.grid.n_windows)
+    index = tuple(getattr(result, "index", ()) or ())
+    out: list[dict[str, WindowCandidate]] = [{} for _ in range(n_win)]
+    if len(index) == n_win:
+        for i, wi in enumerate(index):
+            if wi.status in NAMED_STATUSES and wi.best is not None:
+                for m in (wi.best, *wi.alternatives):
+                    if m.card_id not in out[i]:
+                        out[i][m.card_id] = WindowCandidate(
+                            float(m.evidence), m.phase_name, format_hkl(m.zone_axis)
+                        )
+        return out
+    win = result.windows
+    for i in range(n_win):
+        row = win.iloc[i]
+        card = row.get("phase_card", "")
+        if (
+            str(row.get("status", "")) not in NAMED_STATUSES
+            or not isinstance(card, str)
+            or not card
+        ):
+            continue
+        out[i][card] = WindowCandidate(
+            float(row.get("evidence", 0.0)),
+            str(row.get("phase_name", "")),
+            str(row.get("zone_axis", "")),
+        )
+        for alt in str(row.get("alternatives", "") or "").split(" | "):
+            m = _ALT_RE.match(alt.strip())
+            if m and m["card"] not in out[i]:
+                ev = -math.log10(max(float(m["k"]), 1e-300))
+                out[i][m["card"]] = WindowCandidate(ev, m["name"])
+    return out
+
+
+def pooled_phase(
+    windows: Any,
+    *,
+    ambiguity_decades: float | None = None,
+    no_card_decades: float = NO_CARD_DECADES,
+) -> PhaseDecision:
+    """The phase of one crystal from the candidates of its windows, by pooled log-odds.
+
+    1. **Pooled odds.** Every phase seen in any window gets, summed over the windows that name a
+       phase, its evidence ``E = -log10 K`` there, or, where the window does not list it, the
+       window's "no card" value ``min(no_card_decades, E_best - ambiguity_decades)``
+       (:data:`NO_CARD_DECADES`). The windows are one crystal and their planes independent
+       measurements, so their odds multiply; the phase with the best pooled ``E`` is named.
+    2. **Ambiguity.** A phase within ``ambiguity_decades`` (default
+       :data:`hrtem_core.indexing.AMBIGUITY_DECADES`) of the best pooled ``E`` is listed with it.
+       So is a **twin** of the best: a phase listed together with it (both within the margin) in
+       at least :data:`TWIN_SHARE` of the particle's windows that name either (near-twin cells such as maghemite / magnetite, or
+       projection twins such as hematite [001] / feroxyhyte [001]). What tells twins apart is a
+       spacing scale within the calibration uncertainty and the cards' reflection densities,
+       both common to every window of one image: repeating them over the windows is no new
+       evidence. A twin is therefore resolved only when the windows that list either of the
+       pair separate them by at least the margin **on average** (a window listing only one
+       credits the other with ``E_best - ambiguity_decades``, the most it can have had).
+    With two or more phases listed the particle is ``ambiguous``: the decision is never a
+    silent pick.
+
+    Parameters
+    ----------
+    windows : sequence of mapping card_id -> WindowCandidate (or float evidence [decades])
+        One mapping per window of the particle; empty mappings (no named phase) are skipped.
+    ambiguity_decades, no_card_decades : float, keyword-only
+
+    Returns
+    -------
+    PhaseDecision
+    """
+    from hrtem_core.indexing import AMBIGUITY_DECADES
+
+    margin = AMBIGUITY_DECADES if ambiguity_decades is None else float(ambiguity_decades)
+    named = [
+        {c: (v.evidence if isinstance(v, WindowCandidate) else float(v)) for c, v in w.items()}
+        for w in windows
+        if w
+    ]
+    if not named:
+        return PhaseDecision("", "", "", (), float("nan"))
+    name_of: dict[str, str] = {}
+    for w in windows:
+        for c, v in w.items():
+            name_of.setdefault(c, v.phase_name if isinstance(v, WindowCandidate) else c)
+    pooled = dict.fromkeys(sorted({c for w in named for c in w}), 0.0)
+    for w in named:
+        absent = min(no_card_decades, max(w.values()) - margin)
+        for c in pooled:
+            pooled[c] += w.get(c, absent)
+    order = sorted(pooled, key=lambda c: (-pooled[c], c))
+    best = order[0]
+    cands = [
+        c
+        for c in order
+        if pooled[best] - pooled[c] < margin or _twin_gap(named, best, c, margin) < margin
+    ]
+    rest = [pooled[c] for c in order if c not in cands]
+    listed = sorted(cands, key=lambda c: (name_of[c], c))
+    return PhaseDecision(
+        card=" / ".join(listed),
+        name=" / ".join(name_of[c] for c in listed),
+        status=PHASE_AMBIGUOUS if len(cands) > 1 else PHASE_INDEXED,
+        candidates=tuple((c, name_of[c], round(pooled[c], 3)) for c in cands),
+        margin_decades=pooled[best] - rest[0] if rest else float("nan"),
+    )
+
+
+def _twin_gap(named: list[dict[str, float]], a: str, b: str, margin: float) -> float:
+    """Mean ``E_a - E_b`` [decades] over the windows listing a or b when a and b are twins
+    (listed together in at least :data:`TWIN_SHARE` of those windows, :func:`pooled_phase`);
+    ``inf`` otherwise."""
+    if a == b:
+        return 0.0
+    either = [w for w in named if a in w or b in w]
+    if sum(a in w and b in w for w in either) < TWIN_SHARE * len(either):
+        return math.inf
+    gaps = [w.get(a, max(w.values()) - margin) - w.get(b, max(w.values()) - margin) for w in either]
+    return float(np.mean(gaps))
+
+
+def _phase_columns(
+    members: list[int], cands: list[dict[str, WindowCandidate]], status: list[str]
+) -> dict[str, Any]:
+    """``phase_*`` and ``zone_axis`` cells of one particle (pooled decision, share, zone)."""
+    dec = pooled_phase([cands[i] for i in members])
+    share = 0.0
+    zone = ""
+    if dec.status:
+        votes = {i: _VOTE.get(status[i], 0.5) for i in members if cands[i]}
+        first = {i: max(cands[i], key=lambda c: cands[i][c].evidence) for i in votes}
+        share = sum(v for i, v in votes.items() if first[i] in dec.cards) / sum(votes.values())
+        zone_votes: dict[str, float] = defaultdict(float)
+        for i, v in votes.items():
+            mine = [c for c in cands[i] if c in dec.cards]
+            if mine:
+                best = max(mine, key=lambda c: cands[i][c].evidence)
+                if cands[i][best].zone_axis:
+                    zone_votes[cands[i][best].zone_axis] += v
+        zone = _majority(zone_votes)[0] or ""
+    return {
+        "phase_card": dec.card,
+        "phase_name": dec.name,
+        "phase_status": dec.status,
+        "phase_candidates": "; ".join(f"{n} ({c}) {e:.1f}" for c, n, e in dec.candidates),
+        "phase_margin_decades": round(dec.margin_decades, 2)
+        if math.isfinite(dec.margin_decades)
+        else float("nan"),
+        "phase_share": round(share, 3),
+        "zone_axis": zone,
+    }
+
+
+def _grain_phases(
+    grain_windows: list[list[int]], cands: list[dict[str, WindowCandidate]], status: list[str]
+) -> list[frozenset[str]]:
+    """The candidate cards of every grain (empty when its named windows weigh under one vote)."""
+    out = []
+    for gw in grain_windows:
+        weight = sum(_VOTE.get(status[i], 0.5) for i in gw if cands[i])
+        out.append(pooled_phase([cands[i] for i in gw]).cards if weight >= 1.0 else frozenset())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Particles of one analysis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Region:
+    """One connected region of crystalline windows: its reflections and windows."""
+
+    clusters: list[_Cluster]
+    of_window: dict[int, set[int]]
+    members: list[int]
+
+
 def particles_for_result(
     result: Any,
     image: np.ndarray,
@@ -477,8 +742,9 @@ def particles_for_result(
     Parameters
     ----------
     result : AnalysisResult
-        Uses ``windows`` (``crystalline``, ``status``, ``phase_card``, ``phase_name``,
-        ``zone_axis``), ``grid``, ``pairs`` and ``pixel_size_nm``; extra columns are ignored.
+        Uses ``windows`` (``crystalline``, ``status``), ``index`` (each window's candidates;
+        without it the windows table's ``phase_card``, ``evidence`` and ``alternatives``),
+        ``grid``, ``pairs`` and ``pixel_size_nm``; extra columns are ignored.
     image : ndarray, shape (ny, nx)
         The analysed image.
     params : ParticleParams, keyword-only
@@ -497,41 +763,67 @@ def particles_for_result(
     params.validate()
     img = np.asarray(image, dtype=np.float64)
     grid = result.grid
-    ny, nx = img.shape
-    if img.ndim != 2 or (grid.n_windows and np.max(grid.origins[:, 0]) + grid.window_px > ny):
+    if img.ndim != 2 or (
+        grid.n_windows and np.max(grid.origins[:, 0]) + grid.window_px > img.shape[0]
+    ):
         raise AnalysisParameterError(f"image of shape {img.shape} does not match the analysed grid")
-    py, px = (float(v) for v in result.pixel_size_nm)
     if defocus_nm is None:
         defocus_nm = getattr(result, "defocus_nm", None)
-    w = int(grid.window_px)
-    s = int(grid.stride_px)
-    win = result.windows
-    n_win = grid.n_windows
-    cry = np.asarray(win["crystalline"], dtype=bool)
-    origins = np.asarray(grid.origins, dtype=int)
-    status = [str(v) for v in win.get("status", pd.Series([""] * n_win))]
-    cards = [str(v) if isinstance(v, str) else "" for v in win.get("phase_card", [""] * n_win)]
-    names = [str(v) if isinstance(v, str) else "" for v in win.get("phase_name", [""] * n_win)]
-    zones = [str(v) if isinstance(v, str) else "" for v in win.get("zone_axis", [""] * n_win)]
+    labels, fringe_snr, regions = _particle_masks(result, img, params)
+    window_particle = _windows_to_particles(labels, regions, grid)
+    index = tuple(getattr(result, "index", ()) or ())
+    if len(index) == grid.n_windows:  # the statuses that go with the candidates
+        status = [wi.status for wi in index]
+    else:
+        status = [str(v) for v in result.windows.get("status", pd.Series([""] * grid.n_windows))]
+    cands = window_candidates(result)
+    props = {int(p.label): p for p in measure.regionprops(labels)}
+    window_grain = np.zeros(grid.n_windows, dtype=np.int64)
+    new_labels = np.zeros_like(labels)
+    rows = []
+    for lab in sorted(props):
+        members = [int(i) for i in np.flatnonzero(window_particle == lab)]
+        if len(members) < params.min_windows:
+            window_particle[members] = 0  # (their label could be taken for a later particle id)
+            continue
+        pid = len(rows) + 1
+        new_labels[labels == lab] = pid
+        region = next(r for r in regions if members[0] in r.members)
+        grains = _grains(members, region.of_window, min_grain_windows=params.min_grain_windows)
+        for i in members:
+            window_particle[i] = pid
+            window_grain[i] = grains[i]
+        row = {"particle_id": pid, "n_windows": len(members)}
+        row.update(_geometry_columns(props[lab], result.pixel_size_nm))
+        row.update(_phase_columns(members, cands, status))
+        row.update(_lattice_columns(members, grains, region, cands, status))
+        row.update(
+            _size_columns(
+                row["area_raw_nm2"],
+                _halo_nm(members, region, params, defocus_nm, voltage_kv, cs_mm),
+            )
+        )
+        row["fringe_snr"] = round(fringe_snr.get(lab, float("nan")), 2)
+        rows.append(row)
+    window_particle[~np.isin(window_particle, np.arange(1, len(rows) + 1))] = 0
+    return _kept_particles(rows, new_labels, window_particle, window_grain, params)
 
-    cgrid = cry.reshape(grid.n_rows, grid.n_cols)
-    wlab = measure.label(cgrid, connectivity=2)
-    sigma_k = 1.0 / (2 * math.pi * params.edge_sigma_nm)
-    smooth_px = (params.edge_sigma_nm / py, params.edge_sigma_nm / px)
 
+def _particle_masks(
+    result: Any, img: np.ndarray, params: ParticleParams
+) -> tuple[np.ndarray, dict[int, float], list[_Region]]:
+    """Pixel labels of the candidate particles, their fringe SNR, and the window regions."""
+    from skimage import measure
+
+    grid = result.grid
+    cry = np.asarray(result.windows["crystalline"], dtype=bool)
+    wlab = measure.label(cry.reshape(grid.n_rows, grid.n_cols), connectivity=2)
     # Amorphous background of the amplitude: pixels outside every crystalline footprint.
     # (Grown by half a window: the delocalised fringes reach beyond the crystalline windows.)
-    cry_foot = np.zeros((ny, nx), dtype=bool)
-    for i in np.flatnonzero(cry):
-        y0, x0 = origins[i]
-        cry_foot[max(y0 - w // 2, 0) : y0 + w + w // 2, max(x0 - w // 2, 0) : x0 + w + w // 2] = (
-            True
-        )
-
-    labels = np.zeros((ny, nx), dtype=np.int32)
+    cry_foot = _footprint(img.shape, grid, np.flatnonzero(cry))
+    labels = np.zeros(img.shape, dtype=np.int32)
     fringe_snr: dict[int, float] = {}
-    region_info: list[tuple[np.ndarray, list[_Cluster], dict[int, set[int]], list[int]]] = []
-    next_id = 1
+    regions: list[_Region] = []
     for reg in range(1, int(wlab.max()) + 1):
         members = [int(i) for i in np.flatnonzero(wlab.ravel() == reg)]
         if len(members) < params.min_windows:
@@ -546,180 +838,204 @@ def particles_for_result(
             continue
         # The region's footprint, grown by half a window: a particle's edge can lie beyond the
         # windows that detected its lattice.
-        foot = np.zeros((ny, nx), dtype=bool)
-        for i in members:
-            y0, x0 = origins[i]
-            foot[max(y0 - w // 2, 0) : y0 + w + w // 2, max(x0 - w // 2, 0) : x0 + w + w // 2] = (
-                True
-            )
-        # Bragg filter on the region's bounding box grown by one window (cost ~ its area), with
-        # at most max_reflections reflections (the strongest by summed SNR).
-        ys, xs = np.nonzero(foot)
-        y0c, y1c = max(int(ys.min()) - w, 0), min(int(ys.max()) + w + 1, ny)
-        x0c, x1c = max(int(xs.min()) - w, 0), min(int(xs.max()) + w + 1, nx)
-        crop = img[y0c:y1c, x0c:x1c]
-        strong = sorted(clusters, key=lambda c: -c.weight)[: params.max_reflections]
-        amp_c = bragg_amplitude(
-            np.fft.fft2(crop - crop.mean()),
-            [(c.gy, c.gx) for c in strong],
-            (py, px),
-            sigma_nm_inv=sigma_k,
-        )
-        amp_c = ndi.gaussian_filter(amp_c, smooth_px)
-        amp = np.zeros((ny, nx))
-        amp[y0c:y1c, x0c:x1c] = amp_c
-        in_crop = np.zeros((ny, nx), dtype=bool)
-        in_crop[y0c:y1c, x0c:x1c] = True
-        outside = in_crop & ~cry_foot
-        bg_vals = amp[outside] if outside.sum() > 100 else amp[foot]
-        bg = float(np.median(bg_vals))
-        bg_sd = 1.4826 * float(np.median(np.abs(bg_vals - bg)))
-        if outside.sum() <= 100:
-            bg = float(np.percentile(amp[foot], 10))
-        fg = float(np.percentile(amp[foot], 95))
+        foot = _footprint(img.shape, grid, members)
+        amp, bg, bg_sd, fg = _region_amplitude(img, foot, cry_foot, clusters, result, params)
         thr = max(bg + params.edge_level * (fg - bg), bg + 4 * bg_sd)
-        mask = (amp > thr) & foot
-        mask = ndi.binary_opening(mask, iterations=1)
-        mask = ndi.binary_fill_holes(mask)
+        mask = ndi.binary_fill_holes(ndi.binary_opening((amp > thr) & foot, iterations=1))
         plab, n_p = _split_touching(
             amp,
             mask,
             level=bg + params.core_level * (fg - bg),
             saddle=bg + 0.5 * (thr - bg + (params.core_level * (fg - bg))),
         )
+        py, px = (float(v) for v in result.pixel_size_nm)
         min_px = params.min_area_nm2 / (py * px)
         for j in range(1, n_p + 1):
             part = plab == j
             if part.sum() < min_px:
                 continue
+            next_id = len(fringe_snr) + 1
             labels[part & (labels == 0)] = next_id
             fringe_snr[next_id] = (float(np.median(amp[part])) - bg) / max(bg_sd, 1e-12)
-            next_id += 1
-        region_info.append((foot, clusters, of_window, members))
+        regions.append(_Region(clusters, of_window, members))
+    return labels, fringe_snr, regions
 
-    # Windows -> particles: the particle covering most of the window's central stride square.
-    window_particle = np.zeros(n_win, dtype=np.int64)
-    half = max(1, s // 2)
-    for *_, members in region_info:
-        for i in members:
+
+def _footprint(shape: tuple[int, ...], grid: Any, windows: Any) -> np.ndarray:
+    """Pixels of the given windows, each grown by half a window on every side."""
+    w = int(grid.window_px)
+    origins = np.asarray(grid.origins, dtype=int)
+    foot = np.zeros(shape, dtype=bool)
+    for i in windows:
+        y0, x0 = origins[i]
+        foot[max(y0 - w // 2, 0) : y0 + w + w // 2, max(x0 - w // 2, 0) : x0 + w + w // 2] = True
+    return foot
+
+
+def _region_amplitude(
+    img: np.ndarray,
+    foot: np.ndarray,
+    cry_foot: np.ndarray,
+    clusters: list[_Cluster],
+    result: Any,
+    params: ParticleParams,
+) -> tuple[np.ndarray, float, float, float]:
+    """Bragg-filtered fringe amplitude of a region and its background, robust sigma, plateau.
+
+    The filter runs on the region's bounding box grown by one window (cost ~ its area), with at
+    most ``max_reflections`` reflections (the strongest by summed SNR).
+    """
+    ny, nx = img.shape
+    w = int(result.grid.window_px)
+    py, px = (float(v) for v in result.pixel_size_nm)
+    ys, xs = np.nonzero(foot)
+    y0c, y1c = max(int(ys.min()) - w, 0), min(int(ys.max()) + w + 1, ny)
+    x0c, x1c = max(int(xs.min()) - w, 0), min(int(xs.max()) + w + 1, nx)
+    crop = img[y0c:y1c, x0c:x1c]
+    strong = sorted(clusters, key=lambda c: -c.weight)[: params.max_reflections]
+    amp_c = bragg_amplitude(
+        np.fft.fft2(crop - crop.mean()),
+        [(c.gy, c.gx) for c in strong],
+        (py, px),
+        sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
+    )
+    amp_c = ndi.gaussian_filter(amp_c, (params.edge_sigma_nm / py, params.edge_sigma_nm / px))
+    amp = np.zeros((ny, nx))
+    amp[y0c:y1c, x0c:x1c] = amp_c
+    in_crop = np.zeros((ny, nx), dtype=bool)
+    in_crop[y0c:y1c, x0c:x1c] = True
+    outside = in_crop & ~cry_foot
+    bg_vals = amp[outside] if outside.sum() > 100 else amp[foot]
+    bg = float(np.median(bg_vals))
+    bg_sd = 1.4826 * float(np.median(np.abs(bg_vals - bg)))
+    if outside.sum() <= 100:
+        bg = float(np.percentile(amp[foot], 10))
+    fg = float(np.percentile(amp[foot], 95))
+    return amp, bg, bg_sd, fg
+
+
+def _windows_to_particles(labels: np.ndarray, regions: list[_Region], grid: Any) -> np.ndarray:
+    """Particle of every window: the one covering most of the window's central stride square."""
+    window_particle = np.zeros(grid.n_windows, dtype=np.int64)
+    w, half = int(grid.window_px), max(1, int(grid.stride_px) // 2)
+    origins = np.asarray(grid.origins, dtype=int)
+    for region in regions:
+        for i in region.members:
             cy, cx = origins[i] + w // 2
             sub = labels[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]
             vals = sub[sub > 0]
             if vals.size:
                 window_particle[i] = int(np.bincount(vals).argmax())
+    return window_particle
 
-    window_grain = np.zeros(n_win, dtype=np.int64)
-    rows = []
-    props = {int(p.label): p for p in measure.regionprops(labels)}
-    new_labels = np.zeros_like(labels)
-    pid = 0
-    for lab in sorted(props):
-        members = [int(i) for i in np.flatnonzero(window_particle == lab)]
-        if len(members) < params.min_windows:
-            continue
-        pid += 1
-        new_labels[labels == lab] = pid
-        region = next(r for r in region_info if members[0] in r[3])
-        clusters, of_window = region[1], region[2]
-        grains = _grains(members, of_window, min_grain_windows=params.min_grain_windows)
-        for i in members:
-            window_particle[i] = pid
-            window_grain[i] = grains[i]
-        # Reflections of this particle, strongest first (weight: summed SNR over its windows).
-        mine = Counter()
-        for i in members:
-            for ci in of_window.get(i, ()):
-                mine[ci] += 1
-        used = sorted(
-            mine, key=lambda ci: -clusters[ci].weight * mine[ci] / len(clusters[ci].windows)
+
+def _used_reflections(members: list[int], region: _Region) -> list[int]:
+    """The particle's reflections (cluster ids), strongest first (summed SNR over its windows)."""
+    mine: Counter = Counter()
+    for i in members:
+        for ci in region.of_window.get(i, ()):
+            mine[ci] += 1
+    cl = region.clusters
+    return sorted(mine, key=lambda ci: -cl[ci].weight * mine[ci] / len(cl[ci].windows))
+
+
+def _geometry_columns(prop: Any, pixel_size_nm: Any) -> dict[str, Any]:
+    """Centroid [px, nm] and uncorrected area [nm^2] of one particle's pixel region."""
+    py, px = (float(v) for v in pixel_size_nm)
+    cy, cx = prop.centroid
+    return {
+        "x_px": round(float(cx), 2),
+        "y_px": round(float(cy), 2),
+        "x_nm": round(float(cx) * px, 3),
+        "y_nm": round(float(cy) * py, 3),
+        "area_raw_nm2": float(prop.area) * py * px,
+    }
+
+
+def _lattice_columns(
+    members: list[int],
+    grains: dict[int, int],
+    region: _Region,
+    cands: list[dict[str, WindowCandidate]],
+    status: list[str],
+) -> dict[str, Any]:
+    """Orientation, grains and status (single-crystal / twinned / mixed-phase) of a particle."""
+    used = _used_reflections(members, region)
+    n_grains = max(grains.values()) if grains else 0
+    g_orient: list[float] = []
+    grain_windows = [[i for i in members if grains[i] == gi] for gi in range(1, n_grains + 1)]
+    for gw in grain_windows:
+        cnt = Counter(ci for i in gw for ci in region.of_window.get(i, ()))
+        if cnt:
+            best = max(cnt, key=lambda ci: (cnt[ci], region.clusters[ci].weight))
+            g_orient.append(round(region.clusters[best].angle_deg, 1))
+    phases = [p for p in _grain_phases(grain_windows, cands, status) if p]
+    if any(a.isdisjoint(b) for k, a in enumerate(phases) for b in phases[k + 1 :]):
+        st = STATUS_MIXED
+    elif n_grains >= 2:
+        st = STATUS_POLY
+    else:
+        st = STATUS_SINGLE
+    strongest = region.clusters[used[0]] if used else None
+    return {
+        "orientation_deg": round(strongest.angle_deg, 2) if strongest else float("nan"),
+        "n_grains": int(n_grains),
+        "grain_orientations_deg": ";".join(f"{a:.1f}" for a in g_orient),
+        "status": st,
+    }
+
+
+def _halo_nm(
+    members: list[int],
+    region: _Region,
+    params: ParticleParams,
+    defocus_nm: float | None,
+    voltage_kv: float,
+    cs_mm: float,
+) -> float:
+    """Delocalisation ``R`` [nm] that corrects the particle's size (NaN: no correction)."""
+    used = _used_reflections(members, region)
+    if defocus_nm is None or not used or params.halo == "none":
+        return float("nan")
+    cl = region.clusters
+    top = max(cl[ci].weight for ci in used)
+    sel = {
+        "least": [ci for ci in used if cl[ci].weight >= 0.2 * top],
+        "strongest": used[:1],
+        "weighted": used,
+    }[params.halo]
+    r_of = {
+        ci: delocalisation_nm(
+            cl[ci].g, defocus_nm=float(defocus_nm), voltage_kv=voltage_kv, cs_mm=cs_mm
         )
-        strongest = clusters[used[0]] if used else None
-        # Grain orientations and phases.
-        g_orient: list[float] = []
-        g_phase: list[str] = []
-        n_grains = max(grains.values()) if grains else 0
-        for gi in range(1, n_grains + 1):
-            gw = [i for i in members if grains[i] == gi]
-            cnt = Counter(ci for i in gw for ci in of_window.get(i, ()))
-            if cnt:
-                best = max(cnt, key=lambda ci: (cnt[ci], clusters[ci].weight))
-                g_orient.append(round(clusters[best].angle_deg, 1))
-            votes: dict[str, float] = defaultdict(float)
-            for i in gw:
-                if cards[i] and status[i] in _VOTE:
-                    votes[cards[i]] += _VOTE[status[i]]
-            card, v, _ = _majority(votes)
-            g_phase.append(card if card is not None and v >= 1.0 else "")
-        votes = defaultdict(float)
-        zone_votes: dict[tuple[str, str], float] = defaultdict(float)
-        name_of: dict[str, str] = {}
-        for i in members:
-            if cards[i] and status[i] in _VOTE:
-                votes[cards[i]] += _VOTE[status[i]]
-                name_of[cards[i]] = names[i]
-                if zones[i]:
-                    zone_votes[(cards[i], zones[i])] += _VOTE[status[i]]
-        card, _, share = _majority(votes)
-        zone = ""
-        if card is not None:
-            zv = {z: v for (c, z), v in zone_votes.items() if c == card}
-            zone = _majority(zv)[0] or ""
-        phases_seen = {p for p in g_phase if p}
-        if len(phases_seen) >= 2:
-            st = STATUS_MIXED
-        elif n_grains >= 2:
-            st = STATUS_POLY
-        else:
-            st = STATUS_SINGLE
-        # Size, with the delocalisation correction.
-        area_raw = float(props[lab].area) * py * px
-        halo = float("nan")
-        if defocus_nm is not None and used and params.halo != "none":
-            top = max(clusters[ci].weight for ci in used)
-            sel = {
-                "least": [ci for ci in used if clusters[ci].weight >= 0.2 * top],
-                "strongest": used[:1],
-                "weighted": used,
-            }[params.halo]
-            r_of = {
-                ci: delocalisation_nm(
-                    clusters[ci].g, defocus_nm=float(defocus_nm), voltage_kv=voltage_kv, cs_mm=cs_mm
-                )
-                for ci in sel
-            }
-            if params.halo == "weighted":
-                wsum = sum(clusters[ci].weight for ci in sel)
-                halo = sum(clusters[ci].weight * r_of[ci] for ci in sel) / max(wsum, 1e-300)
-            else:
-                halo = min(r_of.values())
-        r = corrected_radius_nm(area_raw, 0.0 if math.isnan(halo) else halo)
-        cy, cx = props[lab].centroid
-        rows.append(
-            {
-                "particle_id": pid,
-                "x_px": round(float(cx), 2),
-                "y_px": round(float(cy), 2),
-                "x_nm": round(float(cx) * px, 3),
-                "y_nm": round(float(cy) * py, 3),
-                "n_windows": len(members),
-                "area_nm2": round(math.pi * r**2, 3),
-                "equivalent_diameter_nm": round(2 * r, 3),
-                "equivalent_diameter_raw_nm": round(2 * math.sqrt(area_raw / math.pi), 3),
-                "delocalisation_nm": round(halo, 3) if math.isfinite(halo) else float("nan"),
-                "phase_card": card or "",
-                "phase_name": name_of.get(card, "") if card else "",
-                "phase_share": round(share, 3),
-                "zone_axis": zone,
-                "orientation_deg": round(strongest.angle_deg, 2) if strongest else float("nan"),
-                "n_grains": int(n_grains),
-                "grain_orientations_deg": ";".join(f"{a:.1f}" for a in g_orient),
-                "status": st,
-                "fringe_snr": round(fringe_snr.get(lab, float("nan")), 2),
-            }
-        )
-    window_particle[~np.isin(window_particle, np.arange(1, pid + 1))] = 0
-    # Drop particles whose (halo-corrected) area is below min_area_nm2; renumber 1, 2, ...
-    # and weak fringe patches seen by few windows (false detections in the amorphous film).
+        for ci in sel
+    }
+    if params.halo == "weighted":
+        wsum = sum(cl[ci].weight for ci in sel)
+        return sum(cl[ci].weight * r_of[ci] for ci in sel) / max(wsum, 1e-300)
+    return min(r_of.values())
+
+
+def _size_columns(area_raw: float, halo: float) -> dict[str, Any]:
+    """Halo-corrected area and diameter, the raw diameter and the halo itself."""
+    r = corrected_radius_nm(area_raw, 0.0 if math.isnan(halo) else halo)
+    return {
+        "area_nm2": round(math.pi * r**2, 3),
+        "equivalent_diameter_nm": round(2 * r, 3),
+        "equivalent_diameter_raw_nm": round(2 * math.sqrt(area_raw / math.pi), 3),
+        "delocalisation_nm": round(halo, 3) if math.isfinite(halo) else float("nan"),
+    }
+
+
+def _kept_particles(
+    rows: list[dict],
+    labels: np.ndarray,
+    window_particle: np.ndarray,
+    window_grain: np.ndarray,
+    params: ParticleParams,
+) -> ParticleResult:
+    """Drop particles whose (halo-corrected) area is below ``min_area_nm2`` and weak fringe
+    patches seen by few windows (false detections in the amorphous film); renumber 1, 2, ..."""
     keep = [
         r_["particle_id"]
         for r_ in rows
@@ -730,10 +1046,9 @@ def particles_for_result(
         )
     ]
     renum = {old: new for new, old in enumerate(keep, start=1)}
-    lut = np.zeros(pid + 1, dtype=np.int64)
+    lut = np.zeros(len(rows) + 1, dtype=np.int64)
     for old_id, new_id in renum.items():
         lut[old_id] = new_id
-    new_labels = lut[new_labels].astype(np.int32)
     window_particle = lut[window_particle]
     window_grain[window_particle == 0] = 0
     rows = [
@@ -742,7 +1057,7 @@ def particles_for_result(
     table = pd.DataFrame(rows, columns=list(PARTICLE_COLUMNS))
     return ParticleResult(
         table=table.astype({"particle_id": "int64", "n_windows": "int64", "n_grains": "int64"}),
-        labels=new_labels,
+        labels=lut[labels].astype(np.int32),
         window_particle=window_particle,
         window_grain=window_grain,
     )
@@ -953,13 +1268,19 @@ def image_particles(
 
 
 __all__ = [
+    "NO_CARD_DECADES",
     "PARTICLE_COLUMNS",
+    "PHASE_AMBIGUOUS",
+    "PHASE_INDEXED",
     "STATUS_MIXED",
     "STATUS_POLY",
     "STATUS_SINGLE",
+    "TWIN_SHARE",
     "ImageParticles",
     "ParticleParams",
     "ParticleResult",
+    "PhaseDecision",
+    "WindowCandidate",
     "bragg_amplitude",
     "corrected_radius_nm",
     "delocalisation_nm",
@@ -967,4 +1288,6 @@ __all__ = [
     "particle_series",
     "particles_for_result",
     "particles_summary",
+    "pooled_phase",
+    "window_candidates",
 ]

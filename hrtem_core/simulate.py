@@ -68,18 +68,28 @@ import numpy as np
 import scipy.fft
 
 from hrtem_core.errors import AnalysisParameterError
+from hrtem_core.optics import (  # re-exported: tests, benchmarks and particles use these names
+    ELECTRON_MASS_KG,
+    ELEMENTARY_CHARGE_C,
+    PLANCK_J_S,
+    chi_rad,
+    ctf,
+    envelope_spatial,
+    envelope_temporal,
+    information_limit_nm_inv,
+    interaction_constant,
+    scherzer_defocus_nm,
+    wavelength_nm,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hrtem_core.cards import Phase
 
-# Physical constants (CODATA 2018, SI).
-_H = 6.62607015e-34  # Planck constant [J s]
-_M0 = 9.1093837015e-31  # electron rest mass [kg]
-_E = 1.602176634e-19  # elementary charge [C]
-_C = 299792458.0  # speed of light [m/s]
 #: h^2 / (2 pi m0 e) [V nm^2]: converts an electron scattering factor [nm] into a Fourier
 #: coefficient of the potential times a volume (V_g = this * F_g / Omega).
-POTENTIAL_PER_SCATTERING_V_NM2 = _H**2 / (2 * math.pi * _M0 * _E) * 1e18
+POTENTIAL_PER_SCATTERING_V_NM2 = (
+    PLANCK_J_S**2 / (2 * math.pi * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C) * 1e18
+)
 #: Cu K-alpha1 wavelength [nm], the radiation of the PDF cards' intensities.
 CU_KALPHA1_NM = 0.15406
 #: Debye-Waller B factor of the smooth fall-off model [nm^2] (0.5 A^2).
@@ -94,128 +104,6 @@ DEFAULT_MEAN_INNER_POTENTIAL_V = 18.0
 
 ParticleShape = Literal["sphere", "faceted"]
 IntensityModel = Literal["powder", "sqrt", "smooth"]
-
-
-# --------------------------------------------------------------------------------------------
-# Electron optics
-# --------------------------------------------------------------------------------------------
-
-
-def wavelength_nm(voltage_kv: float) -> float:
-    """Relativistic electron wavelength [nm].
-
-    ``lambda = h / sqrt(2 m0 e U (1 + e U / (2 m0 c^2)))``; 0.0019687 nm at 300 kV,
-    0.0025079 nm at 200 kV.
-    """
-    u = _check_positive(voltage_kv, "accelerating voltage (kV)") * 1e3
-    return _H / math.sqrt(2 * _M0 * _E * u * (1 + _E * u / (2 * _M0 * _C**2))) * 1e9
-
-
-def interaction_constant(voltage_kv: float) -> float:
-    """Relativistic interaction constant sigma [rad / (V nm)].
-
-    ``sigma = 2 pi m e lambda / h^2`` with the relativistic mass ``m = m0 (1 + e U / (m0 c^2))``;
-    0.006526 rad/(V nm) at 300 kV, 0.007288 at 200 kV.
-    """
-    u = _check_positive(voltage_kv, "accelerating voltage (kV)") * 1e3
-    lam_m = wavelength_nm(voltage_kv) * 1e-9
-    m = _M0 * (1 + _E * u / (_M0 * _C**2))
-    return 2 * math.pi * m * _E * lam_m / _H**2 * 1e-9
-
-
-def scherzer_defocus_nm(*, cs_mm: float = 1.2, voltage_kv: float = 300.0) -> float:
-    """Scherzer defocus ``df_Sch = -1.2 sqrt(Cs lambda)`` [nm]; negative (underfocus) for Cs > 0."""
-    cs_nm = float(cs_mm) * 1e6
-    return -1.2 * math.copysign(math.sqrt(abs(cs_nm) * wavelength_nm(voltage_kv)), cs_nm)
-
-
-def chi_rad(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-) -> np.ndarray:
-    """Aberration phase ``chi(k) = pi lambda df k^2 + (pi / 2) Cs lambda^3 k^4`` [rad].
-
-    Parameters
-    ----------
-    k_nm_inv : array_like
-        Spatial frequency ``|k|`` [1/nm].
-    defocus_nm : float or array_like, keyword-only
-        Defocus ``df`` [nm], negative = underfocus (broadcast against ``k_nm_inv``).
-    voltage_kv, cs_mm : float, keyword-only
-        Accelerating voltage [kV]; spherical aberration ``Cs`` [mm].
-    """
-    lam = wavelength_nm(voltage_kv)
-    k2 = np.asarray(k_nm_inv, dtype=float) ** 2
-    df = np.asarray(defocus_nm, dtype=float)
-    return math.pi * lam * df * k2 + 0.5 * math.pi * float(cs_mm) * 1e6 * lam**3 * k2**2
-
-
-def envelope_temporal(
-    k_nm_inv: np.ndarray | float, *, focal_spread_nm: float, voltage_kv: float = 300.0
-) -> np.ndarray:
-    """Temporal-coherence envelope ``E_t(k) = exp(-(1/2) pi^2 lambda^2 Delta^2 k^4)``.
-
-    ``Delta`` [nm] is the standard deviation of the defocus spread (chromatic aberration times the
-    energy spread and the lens-current instabilities).
-    """
-    lam = wavelength_nm(voltage_kv)
-    k = np.asarray(k_nm_inv, dtype=float)
-    return np.exp(-0.5 * (math.pi * lam * float(focal_spread_nm)) ** 2 * k**4)
-
-
-def envelope_spatial(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    convergence_mrad: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-) -> np.ndarray:
-    """Spatial-coherence envelope ``E_s(k) = exp(-(pi alpha / lambda)^2 (Cs lambda^3 k^3 + df lambda k)^2)``.
-
-    ``alpha`` [mrad] is the 1/e semi-angle of a Gaussian distribution of illumination angles.
-    """
-    lam = wavelength_nm(voltage_kv)
-    k = np.asarray(k_nm_inv, dtype=float)
-    grad = float(cs_mm) * 1e6 * lam**3 * k**3 + np.asarray(defocus_nm, dtype=float) * lam * k
-    return np.exp(-((math.pi * float(convergence_mrad) * 1e-3 / lam) ** 2) * grad**2)
-
-
-def ctf(
-    k_nm_inv: np.ndarray | float,
-    *,
-    defocus_nm: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 1.2,
-    focal_spread_nm: float = 0.0,
-    convergence_mrad: float = 0.0,
-) -> np.ndarray:
-    """Phase contrast transfer function ``sin chi(k) E_t(k) E_s(k)`` (dimensionless).
-
-    A weak phase object ``phi`` gives the image spectrum ``2 Phi(k) ctf(k)``. Negative values
-    (e.g. over the passband at Scherzer defocus) render a positive potential dark.
-    """
-    return (
-        np.sin(chi_rad(k_nm_inv, defocus_nm=defocus_nm, voltage_kv=voltage_kv, cs_mm=cs_mm))
-        * envelope_temporal(k_nm_inv, focal_spread_nm=focal_spread_nm, voltage_kv=voltage_kv)
-        * envelope_spatial(
-            k_nm_inv,
-            defocus_nm=defocus_nm,
-            convergence_mrad=convergence_mrad,
-            voltage_kv=voltage_kv,
-            cs_mm=cs_mm,
-        )
-    )
-
-
-def information_limit_nm_inv(*, focal_spread_nm: float, voltage_kv: float = 300.0) -> float:
-    """Information limit [1/nm]: where ``E_t = exp(-2)``, ``k = sqrt(2 / (pi lambda Delta))``."""
-    if focal_spread_nm <= 0:
-        return math.inf
-    return math.sqrt(2.0 / (math.pi * wavelength_nm(voltage_kv) * float(focal_spread_nm)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -990,6 +878,86 @@ def _lattice_sum(
     return out
 
 
+def _particle_block(
+    part: Particle,
+    shape: tuple[int, int],
+    p: float,
+    *,
+    d_min_nm: float,
+    include_forbidden: bool,
+    lattice_potential_v: float,
+    intensity_model: IntensityModel,
+    mean_inner_potential_v: float | None,
+) -> tuple[
+    tuple[slice, slice, np.ndarray, np.ndarray, np.ndarray, float],
+    np.ndarray,
+    ParticleTruth,
+    tuple[ProjectedReflection, ...],
+]:
+    """One particle on a ``shape`` grid of ``p`` nm/px.
+
+    Returns the block ``(rows, cols, U, z_min, z_max, V_0)`` (potential per unit thickness ``U``
+    [V] and the particle's entrance and exit heights [nm] on the rows x cols patch around it),
+    the patch's inside mask (bool), its ground truth and its reflections inside Nyquist.
+    """
+    ny, nx = shape
+    diameter = _check_positive(part.diameter_nm, "particle diameter (nm)")
+    radius_nm = diameter / 2.0
+    cy, cx = (
+        ((ny - 1) / 2.0, (nx - 1) / 2.0)
+        if part.center_px is None
+        else (float(part.center_px[0]), float(part.center_px[1]))
+    )
+    frame = image_frame(part.phase.cell, part.zone_axis, rotation_deg=part.rotation_deg)
+    refls = zone_projection(
+        part.phase,
+        zone_axis=part.zone_axis,
+        rotation_deg=part.rotation_deg,
+        d_min_nm=d_min_nm,
+        include_forbidden=include_forbidden,
+        lattice_potential_v=lattice_potential_v,
+        intensity_model=intensity_model,
+        structure=part.structure,
+    )
+    if mean_inner_potential_v is not None:
+        v0 = float(mean_inner_potential_v)
+    elif part.structure is not None:
+        v0 = part.structure.mean_inner_potential_v(part.phase.cell)
+    else:
+        v0 = DEFAULT_MEAN_INNER_POTENTIAL_V
+    # Only keep frequencies the grid can hold (aliased ones would land at wrong places).
+    nyq = 0.5 / p
+    refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
+    reach = radius_nm * (1.5 if part.shape == "faceted" else 1.0) / p + 2
+    r0, r1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, ny)
+    c0, c1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, nx)
+    if r0 >= r1 or c0 >= c1:
+        raise AnalysisParameterError(
+            f"particle centre ({cy:.0f}, {cx:.0f}) px lies outside the {ny}x{nx} px image"
+        )
+    yy, xx = np.meshgrid((np.arange(r0, r1) - cy) * p, (np.arange(c0, c1) - cx) * p, indexing="ij")
+    zmin, zmax = _z_extent(part, yy, xx, frame, radius_nm)
+    t = np.clip(zmax - zmin, 0.0, None)
+    inside = t > 0
+    # Potential per unit thickness [V]: V_0 + sum_g V_g cos(2 pi g.r + phi_g).
+    block = (slice(r0, r1), slice(c0, c1), v0 + _lattice_sum(refls, yy, xx), zmin, zmax, v0)
+    dist = np.sqrt(yy[inside] ** 2 + xx[inside] ** 2).max() / p if inside.any() else 0.0
+    truth = ParticleTruth(
+        card_id=str(part.phase.card_id),
+        phase_name=str(part.phase.name),
+        zone_axis=tuple(int(v) for v in part.zone_axis),
+        diameter_nm=float(diameter),
+        rotation_deg=float(part.rotation_deg),
+        shape=str(part.shape),
+        center_px=(cy, cx),
+        radius_px=float(dist),
+        max_thickness_nm=float(t.max()) if t.size else 0.0,
+        mean_inner_potential_v=float(v0),
+        structure=part.structure.source if part.structure is not None else "",
+    )
+    return block, inside, truth, refls
+
+
 def _build_specimen(
     particles: Sequence[Particle],
     *,
@@ -1006,7 +974,6 @@ def _build_specimen(
     seed: int,
     slice_nm: float | None,
 ) -> _Specimen:
-    ny, nx = shape
     p = pixel_size_nm
     rng = np.random.default_rng([int(seed), 0])
     support = _support_potential(shape, p, float(support_thickness_nm), rng)
@@ -1015,70 +982,19 @@ def _build_specimen(
     truths: list[ParticleTruth] = []
     projections: list[tuple[ProjectedReflection, ...]] = []
     for part in particles:
-        diameter = _check_positive(part.diameter_nm, "particle diameter (nm)")
-        radius_nm = diameter / 2.0
-        cy, cx = (
-            ((ny - 1) / 2.0, (nx - 1) / 2.0)
-            if part.center_px is None
-            else (float(part.center_px[0]), float(part.center_px[1]))
-        )
-        frame = image_frame(part.phase.cell, part.zone_axis, rotation_deg=part.rotation_deg)
-        refls = zone_projection(
-            part.phase,
-            zone_axis=part.zone_axis,
-            rotation_deg=part.rotation_deg,
+        block, inside, truth, refls = _particle_block(
+            part,
+            shape,
+            p,
             d_min_nm=d_min_nm,
             include_forbidden=include_forbidden,
             lattice_potential_v=lattice_potential_v,
             intensity_model=intensity_model,
-            structure=part.structure,
+            mean_inner_potential_v=mean_inner_potential_v,
         )
-        if mean_inner_potential_v is not None:
-            v0 = float(mean_inner_potential_v)
-        elif part.structure is not None:
-            v0 = part.structure.mean_inner_potential_v(part.phase.cell)
-        else:
-            v0 = DEFAULT_MEAN_INNER_POTENTIAL_V
-        # Only keep frequencies the grid can hold (aliased ones would land at wrong places).
-        nyq = 0.5 / p
-        refls = tuple(r for r in refls if max(abs(r.g_nm_inv[0]), abs(r.g_nm_inv[1])) < nyq)
-        reach = radius_nm * (1.5 if part.shape == "faceted" else 1.0) / p + 2
-        r0, r1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, ny)
-        c0, c1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, nx)
-        if r0 >= r1 or c0 >= c1:
-            raise AnalysisParameterError(
-                f"particle centre ({cy:.0f}, {cx:.0f}) px lies outside the {ny}x{nx} px image"
-            )
-        yy, xx = np.meshgrid(
-            (np.arange(r0, r1) - cy) * p, (np.arange(c0, c1) - cx) * p, indexing="ij"
-        )
-        zmin, zmax = _z_extent(part, yy, xx, frame, radius_nm)
-        t = np.clip(zmax - zmin, 0.0, None)
-        inside = t > 0
-        # Potential per unit thickness [V]: V_0 + sum_g V_g cos(2 pi g.r + phi_g).
-        blocks.append(
-            (slice(r0, r1), slice(c0, c1), v0 + _lattice_sum(refls, yy, xx), zmin, zmax, v0)
-        )
-        mask[r0:r1, c0:c1] |= inside
-        if inside.any():
-            dist = np.sqrt(yy[inside] ** 2 + xx[inside] ** 2).max() / p
-        else:
-            dist = 0.0
-        truths.append(
-            ParticleTruth(
-                card_id=str(part.phase.card_id),
-                phase_name=str(part.phase.name),
-                zone_axis=tuple(int(v) for v in part.zone_axis),
-                diameter_nm=float(diameter),
-                rotation_deg=float(part.rotation_deg),
-                shape=str(part.shape),
-                center_px=(cy, cx),
-                radius_px=float(dist),
-                max_thickness_nm=float(t.max()) if t.size else 0.0,
-                mean_inner_potential_v=float(v0),
-                structure=part.structure.source if part.structure is not None else "",
-            )
-        )
+        blocks.append(block)
+        mask[block[0], block[1]] |= inside
+        truths.append(truth)
         projections.append(refls)
     wave = _exit_wave(
         blocks,
@@ -1264,6 +1180,81 @@ def _record(
     return rng.poisson(intensity * per_px).astype(np.float32)
 
 
+def _checked_optics(
+    defocus_nm: float | Sequence[float],
+    *,
+    voltage_kv: float,
+    cs_mm: float,
+    focal_spread_nm: float,
+    convergence_mrad: float,
+    support_thickness_nm: float,
+    absorption: float,
+    objective_aperture_nm_inv: float | None,
+) -> tuple[list[float], _Optics]:
+    """The defoci [nm] and the lens, checked (:class:`AnalysisParameterError` otherwise)."""
+    defoci = [float(defocus_nm)] if np.isscalar(defocus_nm) else [float(v) for v in defocus_nm]
+    if not defoci or not all(math.isfinite(v) for v in defoci):
+        raise AnalysisParameterError(
+            f"defocus values must be finite numbers (nm), got {defocus_nm!r}"
+        )
+    for name, val in (
+        ("Cs (mm)", cs_mm),
+        ("focal spread (nm)", focal_spread_nm),
+        ("convergence (mrad)", convergence_mrad),
+        ("support thickness (nm)", support_thickness_nm),
+        ("absorption", absorption),
+    ):
+        if not math.isfinite(float(val)) or (name != "Cs (mm)" and float(val) < 0):
+            raise AnalysisParameterError(f"{name} must be a finite number >= 0, got {val!r}")
+    optics = _Optics(
+        voltage_kv=_check_positive(voltage_kv, "accelerating voltage (kV)"),
+        cs_mm=float(cs_mm),
+        focal_spread_nm=float(focal_spread_nm),
+        convergence_mrad=float(convergence_mrad),
+        objective_aperture_nm_inv=None
+        if objective_aperture_nm_inv is None
+        else _check_positive(objective_aperture_nm_inv, "objective aperture (1/nm)"),
+    )
+    return defoci, optics
+
+
+def _optics_params(optics: _Optics) -> dict[str, Any]:
+    """The lens settings and what follows from them, as recorded in the truth's ``params``."""
+    return {
+        "voltage_kv": optics.voltage_kv,
+        "wavelength_nm": wavelength_nm(optics.voltage_kv),
+        "interaction_constant_rad_per_V_nm": interaction_constant(optics.voltage_kv),
+        "cs_mm": optics.cs_mm,
+        "focal_spread_nm": optics.focal_spread_nm,
+        "convergence_mrad": optics.convergence_mrad,
+        "objective_aperture_nm_inv": optics.objective_aperture_nm_inv,
+        "information_limit_nm": 1.0
+        / information_limit_nm_inv(
+            focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
+        )
+        if optics.focal_spread_nm > 0
+        else 0.0,
+        "scherzer_defocus_nm": scherzer_defocus_nm(
+            cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv
+        ),
+    }
+
+
+def _particle_params(t: ParticleTruth) -> dict[str, Any]:
+    """One particle as recorded in the truth's ``params``."""
+    return {
+        "card_id": t.card_id,
+        "phase_name": t.phase_name,
+        "zone_axis": list(t.zone_axis),
+        "diameter_nm": t.diameter_nm,
+        "rotation_deg": t.rotation_deg,
+        "shape": t.shape,
+        "center_px": list(t.center_px),
+        "mean_inner_potential_v": t.mean_inner_potential_v,
+        "structure": t.structure,
+    }
+
+
 def simulate_particles(
     particles: Sequence[Particle],
     *,
@@ -1345,28 +1336,15 @@ def simulate_particles(
     p = _check_positive(pixel_size_nm, "pixel size (nm)")
     if not particles:
         raise AnalysisParameterError("at least one particle is needed")
-    defoci = [float(defocus_nm)] if np.isscalar(defocus_nm) else [float(v) for v in defocus_nm]
-    if not defoci or not all(math.isfinite(v) for v in defoci):
-        raise AnalysisParameterError(
-            f"defocus values must be finite numbers (nm), got {defocus_nm!r}"
-        )
-    for name, val in (
-        ("Cs (mm)", cs_mm),
-        ("focal spread (nm)", focal_spread_nm),
-        ("convergence (mrad)", convergence_mrad),
-        ("support thickness (nm)", support_thickness_nm),
-        ("absorption", absorption),
-    ):
-        if not math.isfinite(float(val)) or (name != "Cs (mm)" and float(val) < 0):
-            raise AnalysisParameterError(f"{name} must be a finite number >= 0, got {val!r}")
-    optics = _Optics(
-        voltage_kv=_check_positive(voltage_kv, "accelerating voltage (kV)"),
-        cs_mm=float(cs_mm),
-        focal_spread_nm=float(focal_spread_nm),
-        convergence_mrad=float(convergence_mrad),
-        objective_aperture_nm_inv=None
-        if objective_aperture_nm_inv is None
-        else _check_positive(objective_aperture_nm_inv, "objective aperture (1/nm)"),
+    defoci, optics = _checked_optics(
+        defocus_nm,
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        focal_spread_nm=focal_spread_nm,
+        convergence_mrad=convergence_mrad,
+        support_thickness_nm=support_thickness_nm,
+        absorption=absorption,
+        objective_aperture_nm_inv=objective_aperture_nm_inv,
     )
     specimen = _build_specimen(
         particles,
@@ -1388,22 +1366,7 @@ def simulate_particles(
     base_params = {
         "pixel_size_nm": p,
         "shape": [ny, nx],
-        "voltage_kv": optics.voltage_kv,
-        "wavelength_nm": wavelength_nm(optics.voltage_kv),
-        "interaction_constant_rad_per_V_nm": interaction_constant(optics.voltage_kv),
-        "cs_mm": optics.cs_mm,
-        "focal_spread_nm": optics.focal_spread_nm,
-        "convergence_mrad": optics.convergence_mrad,
-        "objective_aperture_nm_inv": optics.objective_aperture_nm_inv,
-        "information_limit_nm": 1.0
-        / information_limit_nm_inv(
-            focal_spread_nm=optics.focal_spread_nm, voltage_kv=optics.voltage_kv
-        )
-        if optics.focal_spread_nm > 0
-        else 0.0,
-        "scherzer_defocus_nm": scherzer_defocus_nm(
-            cs_mm=optics.cs_mm, voltage_kv=optics.voltage_kv
-        ),
+        **_optics_params(optics),
         "dose_e_per_A2": None if dose_e_per_A2 is None else float(dose_e_per_A2),
         "support_thickness_nm": float(support_thickness_nm),
         "seed": int(seed),
@@ -1417,37 +1380,39 @@ def simulate_particles(
         "d_min_nm": float(d_min_nm),
         "slice_nm": None if slice_nm is None else float(slice_nm),
         "defocus_convention": "nm, negative = underfocus, from the particles' mid-plane",
-        "particles": [
-            {
-                "card_id": t.card_id,
-                "phase_name": t.phase_name,
-                "zone_axis": list(t.zone_axis),
-                "diameter_nm": t.diameter_nm,
-                "rotation_deg": t.rotation_deg,
-                "shape": t.shape,
-                "center_px": list(t.center_px),
-                "mean_inner_potential_v": t.mean_inner_potential_v,
-                "structure": t.structure,
-            }
-            for t in specimen.particles
-        ],
+        "particles": [_particle_params(t) for t in specimen.particles],
     }
-    out: list[SimulatedImage] = []
-    for i, df in enumerate(defoci):
-        intensity = _image_intensity(specimen.wave, pixel_size_nm=p, defocus_nm=df, optics=optics)
-        rng = np.random.default_rng([int(seed), 1, i])
-        image = _record(intensity, dose_e_per_A2=dose_e_per_A2, pixel_size_nm=p, rng=rng)
-        params = dict(base_params, defocus_nm=df, series_index=i)
-        truth = SimulationTruth(
-            mask=specimen.mask.copy(),
-            reflections=_visible(specimen, pixel_size_nm=p, defocus_nm=df, optics=optics),
-            zone_axis=specimen.particles[0].zone_axis,
-            card_id=specimen.particles[0].card_id,
-            params=params,
-            particles=specimen.particles,
+    return tuple(
+        _image_at(
+            specimen, df, optics=optics, params=dict(base_params, defocus_nm=df, series_index=i)
         )
-        out.append(SimulatedImage(image=image, pixel_size_nm=p, defocus_nm=df, truth=truth))
-    return tuple(out)
+        for i, df in enumerate(defoci)
+    )
+
+
+def _image_at(
+    specimen: _Specimen, defocus_nm: float, *, optics: _Optics, params: dict[str, Any]
+) -> SimulatedImage:
+    """The recorded image of ``specimen`` at one defocus of a series, with its ground truth.
+
+    ``params`` holds the run's settings (pixel size, dose, seed, series index, ...); the noise is
+    seeded by ``(seed, 1, series_index)``.
+    """
+    p = params["pixel_size_nm"]
+    intensity = _image_intensity(
+        specimen.wave, pixel_size_nm=p, defocus_nm=defocus_nm, optics=optics
+    )
+    rng = np.random.default_rng([params["seed"], 1, params["series_index"]])
+    image = _record(intensity, dose_e_per_A2=params["dose_e_per_A2"], pixel_size_nm=p, rng=rng)
+    truth = SimulationTruth(
+        mask=specimen.mask.copy(),
+        reflections=_visible(specimen, pixel_size_nm=p, defocus_nm=defocus_nm, optics=optics),
+        zone_axis=specimen.particles[0].zone_axis,
+        card_id=specimen.particles[0].card_id,
+        params=params,
+        particles=specimen.particles,
+    )
+    return SimulatedImage(image=image, pixel_size_nm=p, defocus_nm=defocus_nm, truth=truth)
 
 
 def simulate_particle(

@@ -14,7 +14,8 @@ A window is ``counts = Poisson(dose * I)`` with the intensity
   covers part of the window, or the whole window;
 * ``B`` an amorphous background: white noise filtered by the phase-contrast transfer function
   ``|sin chi(q) + 0.07 cos chi(q)|`` with ``chi(q) = pi lambda df q^2 + pi/2 Cs lambda^3 q^4``
-  (defocus ``df`` in nm, negative = underfocus) and a Gaussian envelope: Thon rings;
+  (defocus ``df`` in nm, negative = underfocus; :func:`hrtem_core.optics.chi_rad`) and a
+  Gaussian envelope: Thon rings;
 * drift as a linear motion blur (its transfer function multiplies lattice and background),
   uneven illumination (a gradient and a broad bump), and occasional scan-line offsets;
 * pixel sizes ``p`` in ``ranges.pixel_size_nm`` (sometimes slightly non-square).
@@ -26,8 +27,9 @@ strong neighbour cannot lend it visibility) is at least ``ranges.snr_label`` tim
 magnitude of everything else (background, shot noise, artefacts) on the 64 x 64 band grid the
 U-Net sees (resampled as its input, :func:`hrtem_core.windows.resample_band`), in an annulus
 around it; spectra as :func:`hrtem_core.windows.window_spectra` computes them (mean removed,
-Hann apodized). Generator 2.0 (1.0 took the peak as the 3 x 3 band maximum of the summed
-lattice spectrum, and resampled bilinearly). Spots that are
+Hann apodized). Generator 2.1 (2.0 computed the background CTF with an approximate electron
+wavelength, 6e-7 relative off: same distributions, other noise draws; 1.0 took the peak as the
+3 x 3 band maximum of the summed lattice spectrum, and resampled bilinearly). Spots that are
 borderline (``snr_ignore <= SNR < snr_label``) or too close to the DC (``|k| < min_k_px``) are
 *ignored* (neither spot nor background in the loss and in the evaluation). Spots outside the band
 are not labelled. Windows without crystal (``ranges.p_no_crystal``) have empty labels.
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.fft
 
+from hrtem_core.optics import chi_rad
 from hrtem_core.windows import (
     BandGeometry,
     band_geometry,
@@ -56,9 +59,8 @@ from hrtem_core.windows import (
 )
 
 #: Version of the generator; stored with the weights. Bump on any change of the distributions.
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.1"
 
-_CS_NM_PER_MM = 1.0e6
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _AMPLITUDE_CONTRAST = 0.07
 
@@ -202,12 +204,6 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def electron_wavelength_nm(voltage_kv: float) -> float:
-    """Relativistic electron wavelength [nm] at ``voltage_kv`` [kV] (1.969 pm at 300 kV)."""
-    v = voltage_kv * 1e3
-    return 1.2264259 / math.sqrt(v * (1.0 + 0.97847e-6 * v))
-
-
 def _lattice_points(
     rng: np.random.Generator,
     *,
@@ -339,28 +335,13 @@ def synthetic_example(
     SyntheticExample
     """
     rs = ranges if ranges is not None else SyntheticRanges()
-    if window_px is None:
-        window_px = int(rng.choice(rs.window_px, p=np.asarray(rs.window_prob)))
-    w = int(window_px)
-    if pixel_size_nm is None:
-        p = _log_uniform(rng, *rs.pixel_size_nm)
-        aniso = rng.uniform(-rs.max_anisotropy, rs.max_anisotropy)
-        if rng.random() < rs.p_anisotropic:
-            pixel_size_nm = (p, p * (1.0 + aniso))
-        else:
-            pixel_size_nm = (p, p)
-    py, px = (float(v) for v in pixel_size_nm)
+    w, (py, px) = _draw_geometry(rng, rs, window_px=window_px, pixel_size_nm=pixel_size_nm)
     if crystal is None:
         crystal = bool(rng.random() >= rs.p_no_crystal)
     if dose_e_per_px is None:
         dose_e_per_px = _log_uniform(rng, *rs.dose_e_per_px)
     if amorphous_rms is None:
         amorphous_rms = _log_uniform(rng, *rs.amorphous_rms)
-    p_mean = 0.5 * (py + px)
-    spacing_range = (
-        max(rs.spacing_nm[0], 2.2 * max(py, px)),
-        min(rs.spacing_nm[1], w * min(py, px) / 4.0),
-    )
     params: dict = {
         "window_px": w,
         "pixel_size_nm": (py, px),
@@ -369,133 +350,43 @@ def synthetic_example(
         "crystal": bool(crystal),
         "lattices": [],
     }
-
-    # Frequencies of the full FFT grid [cycles/px], unshifted, rfft layout.
-    fy = np.fft.fftfreq(w)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    drift = np.zeros(2)
-    if artefacts and rng.random() < rs.p_drift:
-        length = rng.uniform(0.5, rs.max_drift_px)
-        phi = rng.uniform(0.0, 2 * math.pi)
-        drift = length * np.array([math.sin(phi), math.cos(phi)])
+    drift = _draw_drift(rng, rs) if artefacts else np.zeros(2)
     params["drift_px"] = tuple(float(v) for v in drift)
-
-    # Amorphous background: CTF-filtered white noise.
     contrast = np.zeros((w, w), dtype=np.float64)
     if amorphous_rms > 0:
-        lam = electron_wavelength_nm(float(rng.choice(rs.voltage_kv)))
-        df = rng.uniform(*rs.defocus_nm)
-        cs = rng.uniform(*rs.cs_mm) * _CS_NM_PER_MM
-        q2 = (fy / py) ** 2 + (fx / px) ** 2  # [1/nm^2]
-        chi = math.pi * lam * df * q2 + 0.5 * math.pi * cs * lam**3 * q2**2
-        q_env = rng.uniform(2.0, 10.0)  # [1/nm]
-        filt = np.abs(np.sin(chi) + _AMPLITUDE_CONTRAST * np.cos(chi)) * np.exp(-q2 / q_env**2)
-        filt *= _drift_transfer(fy, fx, drift)
-        noise = rng.standard_normal((w, w))
-        bg = scipy.fft.irfft2(scipy.fft.rfft2(noise) * filt, s=(w, w))
-        bg_rms = float(bg.std())
-        if bg_rms > 0:
-            contrast += bg * (amorphous_rms / bg_rms)
-        params.update(defocus_nm=float(df), cs_mm=float(cs / _CS_NM_PER_MM), q_env=q_env)
-
-    # Crystal lattices.
-    lattice = np.zeros((w, w), dtype=np.float64)
-    g_all, hk_all, lat_all = [], [], []
-    regions: list[np.ndarray] = []
-    coef_all: list[np.ndarray] = []
+        contrast += _amorphous_background(
+            rng, rs, w, (py, px), drift, amorphous_rms=amorphous_rms, params=params
+        )
+    layers = _Lattices(w)
     if crystal:
         if n_lattices is None:
             n_lattices = int(rng.choice(rs.n_lattices, p=np.asarray(rs.lattice_prob)))
-        ry = np.arange(w) * py
-        rx = np.arange(w) * px
         for i in range(n_lattices):
-            one_d = (
-                one_dimensional
-                if one_dimensional is not None
-                else bool(rng.random() < rs.p_one_dimensional)
-            )
-            amp0 = amplitude if amplitude is not None else _log_uniform(rng, *rs.amplitude)
-            g, amps, phases, hk, basis = _lattice_points(
-                rng,
-                window_px=w,
-                pixel_size_nm=(py, px),
-                spacing_range=spacing_range,
-                amplitude=amp0,
-                one_dimensional=one_d,
-                spacing_nm=spacing_nm if i == 0 else None,
-                angle_deg=angle_deg if i == 0 else None,
-            )
-            full = full_cover if full_cover is not None else bool(rng.random() < rs.p_full_cover)
-            region = _region_mask(rng, w, full=full)
-            # Drift attenuates each fringe by the blur transfer at its frequency.
-            att = _drift_transfer(g[:, 0] * py, g[:, 1] * px, drift)
-            coef = amps * att * np.exp(1j * phases)
-            ey = np.exp(2j * math.pi * np.outer(ry, g[:, 0]))  # (w, m)
-            ex = np.exp(2j * math.pi * np.outer(rx, g[:, 1]))  # (w, m)
-            lat = ((ey * coef) @ ex.T).real
-            lattice += region * lat
-            regions.append(region)
-            coef_all.append(coef)
-            g_all.append(g)
-            hk_all.append(hk)
-            lat_all.append(np.full(len(g), i))
+            first = {"spacing_nm": spacing_nm, "angle_deg": angle_deg} if i == 0 else {}
             params["lattices"].append(
-                {
-                    "amplitude": float(amp0),
-                    "one_dimensional": one_d,
-                    "full_cover": full,
-                    "coverage": float(region.mean()),
-                    "basis_spacing_nm": basis,
-                    "g_nm_inv": g.tolist(),
-                }
+                layers.add(
+                    rng,
+                    rs,
+                    (py, px),
+                    drift,
+                    one_dimensional=one_dimensional,
+                    full_cover=full_cover,
+                    amplitude=amplitude,
+                    **first,
+                )
             )
-
-    # Illumination and dose.
-    yy = (np.arange(w)[:, None] + 0.5) / w - 0.5
-    xx = (np.arange(w)[None, :] + 0.5) / w - 0.5
-    if artefacts:
-        gy_, gx_ = rng.uniform(-rs.max_gradient, rs.max_gradient, 2) / 2
-        bump = rng.uniform(-0.2, 0.2)
-        by, bx = rng.uniform(-0.5, 0.5, 2)
-        sig = rng.uniform(0.3, 1.0)
-        illum = (
-            1.0 + gy_ * yy + gx_ * xx + bump * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / sig**2)
-        )
-        illum = np.maximum(illum, 0.05)
-    else:
-        illum = np.ones((w, w))
-    lattice_part = illum * lattice
+    illum = _illumination(rng, rs, w) if artefacts else np.ones((w, w))
+    lattice_part = illum * layers.image
     clean = np.maximum(illum * (1.0 + contrast) + lattice_part, 0.0)
-    if math.isinf(dose_e_per_px):
-        image = clean.copy()
-        lattice_counts = lattice_part
-    else:
-        image = rng.poisson(clean * dose_e_per_px).astype(np.float64)
-        lattice_counts = lattice_part * dose_e_per_px
-    if artefacts and rng.random() < rs.p_scan_lines:
-        level = float(image.mean())
-        image += rng.normal(0.0, rng.uniform(0.005, 0.05) * level, (w, 1))
+    image, lattice_counts, scan_lines = _record(
+        rng, rs, clean, lattice_part, dose_e_per_px=dose_e_per_px, artefacts=artefacts
+    )
+    if scan_lines:
         params["scan_lines"] = True
-
-    # Visibility of each spot on the band grid.
-    geometry = band_geometry(w, (py, px), d_min_nm=rs.d_min_nm)
-    g_cat = np.concatenate(g_all) if g_all else np.zeros((0, 2))
-    hk_cat = np.concatenate(hk_all) if hk_all else np.zeros((0, 2), dtype=int)
-    lat_cat = np.concatenate(lat_all) if lat_all else np.zeros(0, dtype=int)
-    k = np.stack([g_cat[:, 0] * w * py, g_cat[:, 1] * w * px], axis=1)
-    k = np.concatenate([k, -k])
-    hk_cat = np.concatenate([hk_cat, -hk_cat])
-    lat_cat = np.concatenate([lat_cat, lat_cat])
-    # Each spot's own peak (without its neighbours), on the FFT grid.
     dose_scale = 1.0 if math.isinf(dose_e_per_px) else float(dose_e_per_px)
-    hann = hann_2d(w).astype(np.float64)
-    own = np.zeros(len(g_cat))
-    for i, (region, coef) in enumerate(zip(regions, coef_all, strict=True)):
-        sel = np.flatnonzero(lat_cat[: len(g_cat)] == i)
-        own[sel] = spot_peaks(k[sel], coef, hann * illum * region * dose_scale, geometry)
-    own = np.concatenate([own, own])
-    lab, ign, snr = _classify_spots(image, lattice_counts, k, own, geometry, rs)
-    harmonic = _harmonic_flags(hk_cat, lat_cat, lab | ign)
+    k, lab, ign, snr, harmonic = _visible_spots(
+        image, lattice_counts, layers, illum, (py, px), rs, dose_scale=dose_scale
+    )
     return SyntheticExample(
         window=image.astype(np.float32),
         pixel_size_nm=(py, px),
@@ -503,8 +394,212 @@ def synthetic_example(
         ignore_offsets=k[ign],
         spot_snr=snr[lab],
         harmonic=harmonic[lab],
-        params=params | {"p_mean_nm": p_mean},
+        params=params | {"p_mean_nm": 0.5 * (py + px)},
     )
+
+
+def _draw_geometry(
+    rng: np.random.Generator,
+    rs: SyntheticRanges,
+    *,
+    window_px: int | None,
+    pixel_size_nm: tuple[float, float] | None,
+) -> tuple[int, tuple[float, float]]:
+    """Window side w [px] and pixel size ``(p_y, p_x)`` [nm/px], drawn where not given."""
+    if window_px is None:
+        window_px = int(rng.choice(rs.window_px, p=np.asarray(rs.window_prob)))
+    if pixel_size_nm is None:
+        p = _log_uniform(rng, *rs.pixel_size_nm)
+        aniso = rng.uniform(-rs.max_anisotropy, rs.max_anisotropy)
+        if rng.random() < rs.p_anisotropic:
+            pixel_size_nm = (p, p * (1.0 + aniso))
+        else:
+            pixel_size_nm = (p, p)
+    py, px = (float(v) for v in pixel_size_nm)
+    return int(window_px), (py, px)
+
+
+def _draw_drift(rng: np.random.Generator, rs: SyntheticRanges) -> np.ndarray:
+    """Linear drift ``(dy, dx)`` [px] during the exposure (zero unless drawn)."""
+    if rng.random() < rs.p_drift:
+        length = rng.uniform(0.5, rs.max_drift_px)
+        phi = rng.uniform(0.0, 2 * math.pi)
+        return length * np.array([math.sin(phi), math.cos(phi)])
+    return np.zeros(2)
+
+
+def _record(
+    rng: np.random.Generator,
+    rs: SyntheticRanges,
+    clean: np.ndarray,
+    lattice_part: np.ndarray,
+    *,
+    dose_e_per_px: float,
+    artefacts: bool,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Counts (Poisson at the dose; ``inf``: noise-free), the lattice's share in counts, and
+    whether scan-line offsets were added. Arrays (w, w), float64."""
+    w = clean.shape[0]
+    if math.isinf(dose_e_per_px):
+        image = clean.copy()
+        lattice_counts = lattice_part
+    else:
+        image = rng.poisson(clean * dose_e_per_px).astype(np.float64)
+        lattice_counts = lattice_part * dose_e_per_px
+    scan_lines = bool(artefacts and rng.random() < rs.p_scan_lines)
+    if scan_lines:
+        level = float(image.mean())
+        image += rng.normal(0.0, rng.uniform(0.005, 0.05) * level, (w, 1))
+    return image, lattice_counts, scan_lines
+
+
+def _amorphous_background(
+    rng: np.random.Generator,
+    rs: SyntheticRanges,
+    w: int,
+    pixel_size_nm: tuple[float, float],
+    drift: np.ndarray,
+    *,
+    amorphous_rms: float,
+    params: dict,
+) -> np.ndarray:
+    """CTF-filtered white noise of RMS ``amorphous_rms``, shape (w, w); records its optics."""
+    # Frequencies of the full FFT grid [cycles/px], unshifted, rfft layout.
+    fy = np.fft.fftfreq(w)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    py, px = pixel_size_nm
+    voltage_kv = float(rng.choice(rs.voltage_kv))
+    df = rng.uniform(*rs.defocus_nm)
+    cs_mm = rng.uniform(*rs.cs_mm)
+    q2 = (fy / py) ** 2 + (fx / px) ** 2  # [1/nm^2]
+    chi = chi_rad(np.sqrt(q2), defocus_nm=df, voltage_kv=voltage_kv, cs_mm=cs_mm)
+    q_env = rng.uniform(2.0, 10.0)  # [1/nm]
+    filt = np.abs(np.sin(chi) + _AMPLITUDE_CONTRAST * np.cos(chi)) * np.exp(-q2 / q_env**2)
+    filt *= _drift_transfer(fy, fx, drift)
+    noise = rng.standard_normal((w, w))
+    bg = scipy.fft.irfft2(scipy.fft.rfft2(noise) * filt, s=(w, w))
+    bg_rms = float(bg.std())
+    params.update(defocus_nm=float(df), cs_mm=float(cs_mm), q_env=q_env)
+    if bg_rms > 0:
+        return bg * (amorphous_rms / bg_rms)
+    return np.zeros((w, w))
+
+
+class _Lattices:
+    """The crystal lattices of one window: their summed contrast and every spot's origin."""
+
+    def __init__(self, w: int) -> None:
+        self.w = w
+        self.image = np.zeros((w, w), dtype=np.float64)
+        self.g: list[np.ndarray] = []  # (m, 2) [1/nm] per lattice
+        self.hk: list[np.ndarray] = []
+        self.regions: list[np.ndarray] = []
+        self.coef: list[np.ndarray] = []
+
+    def add(
+        self,
+        rng: np.random.Generator,
+        rs: SyntheticRanges,
+        pixel_size_nm: tuple[float, float],
+        drift: np.ndarray,
+        *,
+        one_dimensional: bool | None,
+        full_cover: bool | None,
+        amplitude: float | None,
+        spacing_nm: float | None = None,
+        angle_deg: float | None = None,
+    ) -> dict:
+        """Draw one lattice and its region, add it to :attr:`image`; its parameters."""
+        w = self.w
+        py, px = pixel_size_nm
+        one_d = (
+            one_dimensional
+            if one_dimensional is not None
+            else bool(rng.random() < rs.p_one_dimensional)
+        )
+        amp0 = amplitude if amplitude is not None else _log_uniform(rng, *rs.amplitude)
+        g, amps, phases, hk, basis = _lattice_points(
+            rng,
+            window_px=w,
+            pixel_size_nm=(py, px),
+            spacing_range=(
+                max(rs.spacing_nm[0], 2.2 * max(py, px)),
+                min(rs.spacing_nm[1], w * min(py, px) / 4.0),
+            ),
+            amplitude=amp0,
+            one_dimensional=one_d,
+            spacing_nm=spacing_nm,
+            angle_deg=angle_deg,
+        )
+        full = full_cover if full_cover is not None else bool(rng.random() < rs.p_full_cover)
+        region = _region_mask(rng, w, full=full)
+        # Drift attenuates each fringe by the blur transfer at its frequency.
+        att = _drift_transfer(g[:, 0] * py, g[:, 1] * px, drift)
+        coef = amps * att * np.exp(1j * phases)
+        ey = np.exp(2j * math.pi * np.outer(np.arange(w) * py, g[:, 0]))  # (w, m)
+        ex = np.exp(2j * math.pi * np.outer(np.arange(w) * px, g[:, 1]))  # (w, m)
+        self.image += region * ((ey * coef) @ ex.T).real
+        self.regions.append(region)
+        self.coef.append(coef)
+        self.g.append(g)
+        self.hk.append(hk)
+        return {
+            "amplitude": float(amp0),
+            "one_dimensional": one_d,
+            "full_cover": full,
+            "coverage": float(region.mean()),
+            "basis_spacing_nm": basis,
+            "g_nm_inv": g.tolist(),
+        }
+
+
+def _illumination(rng: np.random.Generator, rs: SyntheticRanges, w: int) -> np.ndarray:
+    """Uneven illumination (a gradient and a broad bump), shape (w, w), at least 0.05."""
+    yy = (np.arange(w)[:, None] + 0.5) / w - 0.5
+    xx = (np.arange(w)[None, :] + 0.5) / w - 0.5
+    gy_, gx_ = rng.uniform(-rs.max_gradient, rs.max_gradient, 2) / 2
+    bump = rng.uniform(-0.2, 0.2)
+    by, bx = rng.uniform(-0.5, 0.5, 2)
+    sig = rng.uniform(0.3, 1.0)
+    illum = 1.0 + gy_ * yy + gx_ * xx + bump * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / sig**2)
+    return np.maximum(illum, 0.05)
+
+
+def _visible_spots(
+    image: np.ndarray,
+    lattice_counts: np.ndarray,
+    layers: _Lattices,
+    illum: np.ndarray,
+    pixel_size_nm: tuple[float, float],
+    rs: SyntheticRanges,
+    *,
+    dose_scale: float,
+) -> tuple[np.ndarray, ...]:
+    """Every spot and its Friedel mate: FFT offsets ``k`` (n, 2) [FFT px], labelled, ignored,
+    SNR and harmonic flags (n,). ``illum`` (w, w) and ``dose_scale`` [e/px] weight the spots."""
+    w = layers.w
+    py, px = pixel_size_nm
+    geometry = band_geometry(w, (py, px), d_min_nm=rs.d_min_nm)
+    g_cat = np.concatenate(layers.g) if layers.g else np.zeros((0, 2))
+    hk_cat = np.concatenate(layers.hk) if layers.hk else np.zeros((0, 2), dtype=int)
+    lat_cat = (
+        np.concatenate([np.full(len(g), i) for i, g in enumerate(layers.g)])
+        if layers.g
+        else np.zeros(0, dtype=int)
+    )
+    k = np.stack([g_cat[:, 0] * w * py, g_cat[:, 1] * w * px], axis=1)
+    k = np.concatenate([k, -k])
+    hk_cat = np.concatenate([hk_cat, -hk_cat])
+    lat_cat = np.concatenate([lat_cat, lat_cat])
+    # Each spot's own peak (without its neighbours), on the FFT grid.
+    hann = hann_2d(w).astype(np.float64)
+    own = np.zeros(len(g_cat))
+    for i, (region, coef) in enumerate(zip(layers.regions, layers.coef, strict=True)):
+        sel = np.flatnonzero(lat_cat[: len(g_cat)] == i)
+        own[sel] = spot_peaks(k[sel], coef, hann * illum * region * dose_scale, geometry)
+    own = np.concatenate([own, own])
+    lab, ign, snr = _classify_spots(image, lattice_counts, k, own, geometry, rs)
+    return k, lab, ign, snr, _harmonic_flags(hk_cat, lat_cat, lab | ign)
 
 
 def _harmonic_flags(hk: np.ndarray, lattice: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -808,7 +903,6 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticExample",
     "SyntheticRanges",
-    "electron_wavelength_nm",
     "example_arrays",
     "label_mask",
     "make_dataset",

@@ -19,7 +19,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+from hrtem_core._files import atomic_write, write_text
 from hrtem_core.synthetic import (
     GENERATOR_VERSION,
     SyntheticDataset,
@@ -85,10 +85,7 @@ def _dataset(
                 return SyntheticDataset(**{k: z[k] for k in z.files})
     ds = make_dataset(n, seed=seed, ranges=ranges, radius_px=radius, workers=workers)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **ds.__dict__)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, **ds.__dict__))
     return ds
 
 
@@ -181,49 +178,43 @@ def evaluate(module: torch.nn.Module, ds: SyntheticDataset, device: torch.device
     return res
 
 
-def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
-    """Run one training; returns the settings written beside the weights."""
-    torch.set_num_threads(max(1, args.threads))
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    device = torch.device(args.device)
-    ranges = SyntheticRanges()
-    cache = args.cache_dir  # None when --cache-dir '' was given
+def _datasets(
+    args: argparse.Namespace, ranges: SyntheticRanges
+) -> tuple[SyntheticDataset, SyntheticDataset, float]:
+    """Training (seed ``seed``) and validation (seed ``seed + 1``) sets; seconds taken."""
     t0 = time.perf_counter()
-    train_ds = _dataset(
-        args.n_train,
-        seed=args.seed,
-        ranges=ranges,
-        radius=args.label_radius,
-        workers=args.workers,
-        cache=cache,
-    )
-    val_ds = _dataset(
-        args.n_val,
-        seed=args.seed + 1,
-        ranges=ranges,
-        radius=args.label_radius,
-        workers=args.workers,
-        cache=cache,
-    )
+    kw = {"ranges": ranges, "radius": args.label_radius, "workers": args.workers}
+    train_ds = _dataset(args.n_train, seed=args.seed, cache=args.cache_dir, **kw)
+    val_ds = _dataset(args.n_val, seed=args.seed + 1, cache=args.cache_dir, **kw)
     t_data = time.perf_counter() - t0
     print(
         f"data: {args.n_train} train + {args.n_val} val in {t_data:.0f} s; "
         f"spot pixels {train_ds.masks.mean():.4f}",
         flush=True,
     )
+    return train_ds, val_ds, t_data
 
-    module = UNet(base_channels=args.base_channels, depth=args.depth).to(device)
+
+def _learning_rate(args: argparse.Namespace, step: int, total: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at step ``total``."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    frac = (step - args.warmup_steps) / max(total - args.warmup_steps, 1)
+    return args.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def _fit(
+    module: torch.nn.Module,
+    train_ds: SyntheticDataset,
+    val_ds: SyntheticDataset,
+    args: argparse.Namespace,
+    *,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> list[dict]:
+    """Train ``module`` in place for ``args.epochs`` epochs; the per-epoch history."""
     opt = torch.optim.Adam(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(args.n_train / args.batch_size)
-    total = steps_per_epoch * args.epochs
-
-    def lr_at(step: int) -> float:
-        if step < args.warmup_steps:
-            return args.lr * (step + 1) / args.warmup_steps
-        frac = (step - args.warmup_steps) / max(total - args.warmup_steps, 1)
-        return args.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-
+    total = math.ceil(args.n_train / args.batch_size) * args.epochs
     x_all = torch.from_numpy(train_ds.bands)
     y_all = torch.from_numpy(train_ds.masks.astype(np.float32))
     v_all = torch.from_numpy((~train_ds.ignore).astype(np.float32))
@@ -237,11 +228,9 @@ def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
         for s in range(0, args.n_train, args.batch_size):
             idx = torch.from_numpy(order[s : s + args.batch_size])
             code = int(rng.integers(8))
-            xb = _augment(x_all[idx, None], code).to(device)
-            yb = _augment(y_all[idx, None], code).to(device)
-            vb = _augment(v_all[idx, None], code).to(device)
+            xb, yb, vb = (_augment(t[idx, None], code).to(device) for t in (x_all, y_all, v_all))
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = _learning_rate(args, step, total)
             opt.zero_grad(set_to_none=True)
             loss = spot_loss(
                 module(xb), yb, vb, pos_weight=args.pos_weight, dice_weight=args.dice_weight
@@ -251,12 +240,13 @@ def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
             losses.append(float(loss.detach()))
             step += 1
         val = evaluate(module, val_ds, device)
+        seconds = time.perf_counter() - t1
         history.append(
             {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
                 "val_f1": val["all"]["f1"],
-                "seconds": time.perf_counter() - t1,
+                "seconds": seconds,
             }
         )
         print(
@@ -264,18 +254,25 @@ def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
             f"val P {val['all']['precision']:.3f} R {val['all']['recall']:.3f} "
             f"F1 {val['all']['f1']:.3f} (low {val['dose_low']['f1']:.3f}, "
             f"moderate {val['dose_moderate']['f1']:.3f}, high {val['dose_high']['f1']:.3f}) "
-            f"[{time.perf_counter() - t1:.0f} s]",
+            f"[{seconds:.0f} s]",
             flush=True,
         )
-    t_train = time.perf_counter() - t1
+    return history
 
-    module = module.cpu().float().eval()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(module.state_dict(), tmp)
-    os.replace(tmp, out)
-    settings = {
+
+def _settings(
+    module: UNet,
+    args: argparse.Namespace,
+    *,
+    ranges: SyntheticRanges,
+    validation: dict,
+    history: list[dict],
+    seconds: tuple[float, float],
+    argv: list[str] | None,
+) -> dict:
+    """The settings JSON written beside the weights (``seconds``: data, training)."""
+    t_data, t_train = seconds
+    return {
         "format": "hrtem-core spot U-Net v1",
         "architecture": {
             "name": "UNet",
@@ -300,7 +297,7 @@ def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
             "val_seed": args.seed + 1,
             "ranges": ranges.to_dict(),
         },
-        "validation": evaluate(module, val_ds, torch.device("cpu")),
+        "validation": validation,
         "history": history,
         "timing": {
             "data_generation_s": round(t_data, 1),
@@ -316,10 +313,34 @@ def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
         "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python -m hrtem_core.train " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    js = settings_path(out)
-    tmp_js = js.with_suffix(".tmp.json")
-    tmp_js.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_js, js)
+
+
+def train(args: argparse.Namespace, *, argv: list[str] | None = None) -> dict:
+    """Run one training; returns the settings written beside the weights."""
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    device = torch.device(args.device)
+    ranges = SyntheticRanges()
+    train_ds, val_ds, t_data = _datasets(args, ranges)
+    module = UNet(base_channels=args.base_channels, depth=args.depth).to(device)
+    t1 = time.perf_counter()
+    history = _fit(module, train_ds, val_ds, args, rng=rng, device=device)
+    t_train = time.perf_counter() - t1
+
+    module = module.cpu().float().eval()
+    out = Path(args.out)
+    atomic_write(out, lambda tmp: torch.save(module.state_dict(), tmp))
+    settings = _settings(
+        module,
+        args,
+        ranges=ranges,
+        validation=evaluate(module, val_ds, torch.device("cpu")),
+        history=history,
+        seconds=(t_data, t_train),
+        argv=argv,
+    )
+    js = write_text(settings_path(out), json.dumps(settings, indent=2) + "\n")
     print(f"wrote {out} and {js} (training {t_train:.0f} s)", flush=True)
     return settings
 

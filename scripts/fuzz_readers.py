@@ -193,13 +193,13 @@ def write_berkeley(path: Path, image: np.ndarray) -> Path:
 
 def seed_files(folder: Path, fixtures: Path | None = None) -> dict[str, list[Path]]:
     """Small valid files per reader family (written into ``folder``)."""
-    import imageio.v3 as iio
     import tifffile
+    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     image = _image()
     grey8 = np.clip(image, 0, 255).astype(np.uint8)
-    seeds: dict[str, list[Path]] = {k: [] for k in ("tiff", "imageio", "emd", "mrc", "dm", "ser")}
+    seeds: dict[str, list[Path]] = {k: [] for k in ("tiff", "pillow", "emd", "mrc", "dm", "ser")}
     tifffile.imwrite(
         folder / "s.tif", image, imagej=True, resolution=(50.0, 50.0), metadata={"unit": "nm"}
     )
@@ -212,8 +212,8 @@ def seed_files(folder: Path, fixtures: Path | None = None) -> dict[str, list[Pat
     )
     seeds["tiff"] += [folder / "s.tif", folder / "stack.tif"]
     for suffix in (".png", ".jpg", ".bmp", ".gif"):
-        iio.imwrite(folder / f"s{suffix}", grey8)
-        seeds["imageio"].append(folder / f"s{suffix}")
+        Image.fromarray(grey8).save(folder / f"s{suffix}")
+        seeds["pillow"].append(folder / f"s{suffix}")
     seeds["emd"] += [write_berkeley(folder / "b.emd", image), write_velox(folder / "v.emd", image)]
     seeds["mrc"].append(write_mrc(folder / "s.mrc", image))
     seeds["dm"] += [write_dm(folder / "s.dm3", image), write_dm(folder / "s.dm4", image, version=4)]
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "--format",
         action="append",
         dest="formats",
-        choices=["tiff", "imageio", "emd", "mrc", "dm", "ser"],
+        choices=["tiff", "pillow", "emd", "mrc", "dm", "ser"],
     )
     parser.add_argument("--budget", type=float, default=10.0, help="read budget per input (s)")
     parser.add_argument("--isolate", action="store_true", help="each read in a child process")

@@ -37,6 +37,20 @@ def _can_appear(pt: ix.PhaseTable, m: int, z: tuple[int, int, int], include_forb
     return False, 0.0
 
 
+def _effective_intensity(pt: ix.PhaseTable, f: int, z: tuple[int, int, int]) -> float:
+    """Kinematic intensity of family ``f`` in zone ``z``; for a forbidden family, the best that
+    double diffraction gives any of its members in the zone (0 if none)."""
+    if not pt.family_forbidden[f]:
+        return float(pt.family_intensity[f])
+    best = 0.0
+    for mm in range(len(pt.member_hkl)):
+        if int(pt.member_family[mm]) == f and int(np.dot(pt.member_hkl[mm], z)) == 0:
+            dd = ix._dd_intensity(pt, pt.member_hkl[mm], z)
+            if dd is not None:
+                best = max(best, dd)
+    return best
+
+
 def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tuple | None:
     """The best hypothesis of one phase for one window: ``(log10 odds, n_explained, zone,
     {plane: member row})``, or None."""
@@ -113,6 +127,13 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                     if not rows:
                         continue
                     js = sorted(rows)
+                    # The basis plane (first not parallel to the reference, else the first)
+                    # pays the card's family density; the others, fixed by the zone's lattice,
+                    # the uniform density 1 / (2 H).
+                    nonpar = [j for j in js if np.any(np.cross(h_a, pt.member_hkl[rows[j][1]]))]
+                    jb = nonpar[0] if nonpar else js[0]
+                    ln_u = -math.log(2.0 * math.log1p(tol))
+                    ln_dens_rows = ln_rho[jb] + ln_u * (len(js) - 1)
                     total = pen_a
                     r_all = [ra] + [rows[j][3] for j in js]
                     s_all = [sr[i]] + [sr[j] for j in js]
@@ -125,7 +146,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                             np.array([(w * r_all * r_all).sum()]),
                             np.array([float(np.sum(np.log(np.square(s_all))))]),
                             np.array([len(js) + 1]),
-                            np.array([ln_rho[i] + sum(ln_rho[j] for j in js)]),
+                            np.array([ln_rho[i] + ln_dens_rows]),
                         )[0]
                     )
                     for t, j in enumerate(js):
@@ -159,7 +180,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         fams = [fa] + [rows[j][2] for j in js]
                         fd = pt.family_d_nm
                         if pt.intensity_known:
-                            eff = [math.inf if pt.family_forbidden[f] else inten[f] for f in fams]
+                            eff = [_effective_intensity(pt, f, z) for f in fams]
                             if max(eff) < ix.WEAK_FRACTION * zmax:
                                 continue
                             weak_log = sum(

@@ -13,7 +13,6 @@ import math
 import re
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -21,7 +20,7 @@ import tifffile
 from hrtem_core.cli import main
 from hrtem_core.errors import CalibrationError, HRTEMError, ReadError
 from hrtem_core.io import load_image
-from tests.test_io import lattice, write_berkeley_emd, write_imagej_tiff
+from tests.test_io import imwrite, lattice, write_berkeley_emd, write_imagej_tiff
 
 # ------------------------------------------------------------------------------------------
 # Helpers
@@ -293,7 +292,7 @@ def test_nan_and_inf_pixels(tmp_path: Path, capsys) -> None:
 
 def test_constant_image(tmp_path: Path, capsys) -> None:
     path = tmp_path / "flat.png"
-    iio.imwrite(path, np.full((64, 64), 128, np.uint8))
+    imwrite(path, np.full((64, 64), 128, np.uint8))
     m = load_image(path, pixel_size_nm=0.02)
     assert np.all(m.data == 128)
     out = cli_ok(capsys, str(path), "--pixel-size-nm", "0.02")
@@ -309,7 +308,7 @@ def test_constant_image(tmp_path: Path, capsys) -> None:
 def test_8bit_16bit_float_images(tmp_path: Path, capsys, dtype, suffix: str) -> None:
     data = lattice(dtype=dtype)
     path = tmp_path / f"img{suffix}"
-    (iio.imwrite if suffix == ".png" else tifffile.imwrite)(path, data)
+    (imwrite if suffix == ".png" else tifffile.imwrite)(path, data)
     m = load_image(path, pixel_size_nm=0.02)
     assert m.data.dtype == np.float32
     np.testing.assert_allclose(m.data, data.astype(np.float64), rtol=1e-6)
@@ -333,7 +332,7 @@ def test_8bit_16bit_float_images(tmp_path: Path, capsys, dtype, suffix: str) -> 
 )
 def test_bad_pixel_size(tmp_path: Path, capsys, text: str, value: float, pattern: str) -> None:
     path = tmp_path / "g.png"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     refused(path, CalibrationError, pattern, pixel_size_nm=value)
     refused(path, CalibrationError, pattern, pixel_size_nm=(0.02, value))
     assert "pixel size" in cli_error(capsys, str(path), "--pixel-size-nm", text)
@@ -342,7 +341,7 @@ def test_bad_pixel_size(tmp_path: Path, capsys, text: str, value: float, pattern
 
 def test_pixel_size_not_a_number_cli(tmp_path: Path, capsys) -> None:
     path = tmp_path / "g.png"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     assert "--pixel-size-nm must be a number in nm/px, got '0,02'" in cli_error(
         capsys, str(path), "--pixel-size-nm", "0,02"
     )
@@ -350,7 +349,7 @@ def test_pixel_size_not_a_number_cli(tmp_path: Path, capsys) -> None:
 
 def test_uncalibrated_without_pixel_size(tmp_path: Path, capsys) -> None:
     path = tmp_path / "g.png"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     message = cli_error(capsys, str(path))
     assert message == (
         "g.png: the file has no pixel size (uncalibrated: no unit or 'pixel'); give the pixel "
@@ -364,7 +363,7 @@ def test_uncalibrated_without_pixel_size(tmp_path: Path, capsys) -> None:
 )
 def test_implausible_pixel_size_warns(tmp_path: Path, capsys, value: float, phrase: str) -> None:
     path = tmp_path / "g.png"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     m = load_image(path, pixel_size_nm=value)
     assert m.pixel_size_nm == (value, value)
     assert sum(phrase in w for w in m.warnings) == 1

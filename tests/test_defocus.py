@@ -164,3 +164,20 @@ def test_series_cli_estimates_a_missing_defocus(tmp_path) -> None:
         assert summ["defocus_estimate_uncertainty_nm"] > 0
         assert (out / stem / "particles.csv").is_file()
     assert (out / "particles_series.csv").is_file()
+
+
+def test_pinned_estimate() -> None:
+    """Known outputs of one seeded image (a refactoring of the estimate must not move them)."""
+    img, p = _amorphous(-55.0)
+    est = D.estimate_defocus(img, p)
+    assert est.defocus_nm == pytest.approx(-55.027019799062586, rel=1e-6)
+    assert est.uncertainty_nm == pytest.approx(0.3527338830273704, rel=1e-6)  # the floor
+    assert est.score == pytest.approx(0.9478197734348452, rel=1e-6)
+    assert est.sign_margin == pytest.approx(0.492728461905443, rel=1e-6)
+    assert est.prominence == pytest.approx(22.754475029474293, rel=1e-6)
+    assert est.n_tiles == 9 and est.warnings == ()
+    # one jackknife group: no spread to measure, 10 x the floor
+    one = D.estimate_defocus(img, p, n_groups=1, tile_px=128)
+    assert one.defocus_nm == pytest.approx(-54.8250720143441, rel=1e-6)
+    assert one.uncertainty_nm == pytest.approx(10 * est.uncertainty_nm, rel=1e-12)
+    assert one.n_tiles == 49

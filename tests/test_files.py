@@ -260,3 +260,16 @@ def test_card_names_inside_are_fine() -> None:
     db = CardDatabase.from_frames(phases, reflections)
     assert db.phases[0].name == "maghemite (γ-Fe2O3) = spinel"
     assert db.phases[1].name == "magnetite"
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:
+    """mkstemp's private 0600 is not kept: the file gets 0666 minus the umask, like open()."""
+    import os
+
+    from hrtem_core import _files
+
+    out = _files.write_bytes(tmp_path / "a.bin", b"x")
+    plain = tmp_path / "b.bin"
+    plain.write_bytes(b"x")
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert os.access(out, os.R_OK)

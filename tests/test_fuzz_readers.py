@@ -28,14 +28,14 @@ ADDRESS_SPACE = 3 * 1024**3
 
 def test_every_seed_is_a_valid_image(tmp_path: Path) -> None:
     seeds = fuzz_readers.seed_files(tmp_path)  # the generated ones only
-    assert sorted(seeds) == ["dm", "emd", "imageio", "mrc", "tiff"]
+    assert sorted(seeds) == ["dm", "emd", "mrc", "pillow", "tiff"]
     for family, paths in seeds.items():
         for path in paths:
-            pixel = 0.02 if family == "imageio" else None
+            pixel = 0.02 if family == "pillow" else None
             m = load_image(path, pixel_size_nm=pixel)
             assert m.shape == (32, 32), path.name
             assert m.pixel_size_nm == pytest.approx((0.02, 0.02), rel=1e-6), path.name
-            if family != "imageio":  # lossy or 8-bit there
+            if family != "pillow":  # lossy or 8-bit there
                 np.testing.assert_allclose(m.data, fuzz_readers._image(), rtol=1e-6)
 
 

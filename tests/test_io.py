@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 import h5py
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from hrtem_core import io as hio
 from hrtem_core.errors import CalibrationError, ReadError
@@ -92,6 +92,15 @@ def lattice(shape=(96, 80), period_px=(8.0, 5.0), seed=0, dtype=np.float32) -> n
 # ------------------------------------------------------------------------------------------
 # TIFF
 # ------------------------------------------------------------------------------------------
+
+
+def imwrite(path: Path, data: np.ndarray) -> None:
+    """Write a PNG/JPEG/BMP/GIF with Pillow (a stack of 2-D frames: an animated GIF)."""
+    if data.ndim == 3 and data.shape[-1] not in (3, 4):
+        frames = [Image.fromarray(f) for f in data]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+    else:
+        Image.fromarray(data).save(path)
 
 
 def test_imagej_tiff_pixel_size_known_answer(tmp_path: Path) -> None:
@@ -290,20 +299,20 @@ def test_mrc_angstrom_voxels(tmp_path: Path) -> None:
 def test_png_needs_a_user_pixel_size(tmp_path: Path) -> None:
     data = lattice(dtype=np.uint8)
     path = tmp_path / "grab.png"
-    iio.imwrite(path, data)
+    imwrite(path, data)
     with pytest.raises(
         CalibrationError, match=r"grab\.png: the file has no pixel size .*--pixel-size-nm"
     ):
         load_image(path)
     m = load_image(path, pixel_size_nm=0.04)
-    assert m.reader == "imageio"
+    assert m.reader == "pillow"
     assert m.pixel_size_nm == (0.04, 0.04) and m.pixel_size_source == "user"
     np.testing.assert_array_equal(m.data, data.astype(np.float32))
 
 
 def test_png_user_pixel_size_per_axis(tmp_path: Path) -> None:
     path = tmp_path / "g.png"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     m = load_image(path, pixel_size_nm=(0.041, 0.04))
     assert m.pixel_size_nm == (0.041, 0.04)
     assert any("not square" in w for w in m.warnings)
@@ -313,13 +322,13 @@ def test_rgb_converted_to_grey(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
     path = tmp_path / "rgb.png"
-    iio.imwrite(path, rgb)
+    imwrite(path, rgb)
     m = load_image(path, pixel_size_nm=0.02)
     expected = rgb.astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
     np.testing.assert_allclose(m.data, expected, rtol=1e-5)
     assert any("colour image converted to grey" in w for w in m.warnings)
     grey3 = np.repeat(lattice(shape=(32, 40), dtype=np.uint8)[..., None], 3, axis=2)
-    iio.imwrite(tmp_path / "grey3.png", grey3)
+    imwrite(tmp_path / "grey3.png", grey3)
     g = load_image(tmp_path / "grey3.png", pixel_size_nm=0.02)
     np.testing.assert_array_equal(g.data, grey3[..., 0].astype(np.float32))
     assert not any("colour" in w for w in g.warnings)
@@ -430,7 +439,7 @@ def test_size_limits_apply_to_every_reader(tmp_path: Path, monkeypatch) -> None:
     tif = write_imagej_tiff(tmp_path / "big.tif", lattice(), pixel_yx=(0.02, 0.02))
     with pytest.raises(ReadError, match=r"big\.tif: image of 96x80 pixels is larger than"):
         load_image(tif)
-    iio.imwrite(tmp_path / "big.png", lattice(dtype=np.uint8))
+    imwrite(tmp_path / "big.png", lattice(dtype=np.uint8))
     with pytest.raises(ReadError, match=r"big\.png: image of 96x80 pixels"):
         load_image(tmp_path / "big.png", pixel_size_nm=0.02)
     monkeypatch.setattr(hio, "MAX_IMAGE_PIXELS", 8192 * 8192)
@@ -477,7 +486,13 @@ def test_metadata_is_json_serialisable(tmp_path: Path) -> None:
 
     path = write_berkeley_emd(tmp_path / "j.emd", lattice(), steps=(0.02, 0.02), units=("nm", "nm"))
     m = load_image(path)
-    json.dumps(m.metadata)  # raises on numpy scalars or arrays
+    # strict JSON (no numpy scalars or arrays, no NaN) that reads back as the same metadata
+    text = json.dumps(m.metadata, allow_nan=False)
+    assert json.loads(text) == m.metadata
+    assert m.metadata["original_units"] == ["nm", "nm"]
+    assert m.metadata["original_pixel_size"] == [0.02, 0.02]
+    assert m.metadata["original_shape"] == [96, 80] and m.metadata["n_frames"] == 1
+    assert m.metadata["format"] == "emd" and m.metadata["defocus_nm"] is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -702,11 +717,11 @@ def test_velox_tiff_xml_pixel_size_and_defocus(tmp_path: Path) -> None:
 
 def test_jpeg_needs_a_user_pixel_size(tmp_path: Path) -> None:
     path = tmp_path / "photo.jpg"
-    iio.imwrite(path, lattice(dtype=np.uint8))
+    imwrite(path, lattice(dtype=np.uint8))
     with pytest.raises(CalibrationError, match=r"photo\.jpg: the file has no pixel size"):
         load_image(path)
     m = load_image(path, pixel_size_nm=0.05)
-    assert m.shape == (96, 80) and m.reader == "imageio"
+    assert m.shape == (96, 80) and m.reader == "pillow"
 
 
 def test_imagej_pixel_unit_is_uncalibrated(tmp_path: Path) -> None:
@@ -733,11 +748,11 @@ def test_imagej_hyperstack_frames_flattened(tmp_path: Path) -> None:
 def test_animated_gif_and_rgba(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
-    iio.imwrite(tmp_path / "anim.gif", frames)
+    imwrite(tmp_path / "anim.gif", frames)
     m = load_image(tmp_path / "anim.gif", pixel_size_nm=0.02, frame=2)
     assert m.metadata["n_frames"] == 3 and m.shape == (16, 16)
     rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
-    iio.imwrite(tmp_path / "rgba.png", rgba)
+    imwrite(tmp_path / "rgba.png", rgba)
     m = load_image(tmp_path / "rgba.png", pixel_size_nm=0.02)
     assert "alpha channel ignored" in m.warnings
     expected = rgba[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])

@@ -17,14 +17,17 @@ from hrtem_core.cards import load_cards
 from hrtem_core.errors import AnalysisParameterError
 from hrtem_core.io import Micrograph
 from hrtem_core.particles import (
+    NO_CARD_DECADES,
     PARTICLE_COLUMNS,
     STATUS_POLY,
     ParticleParams,
+    WindowCandidate,
     corrected_radius_nm,
     delocalisation_nm,
     particle_series,
     particles_for_result,
     particles_summary,
+    pooled_phase,
 )
 from hrtem_core.simulate import Particle, simulate_particles
 
@@ -323,3 +326,161 @@ def test_bragg_amplitude_demodulation_matches_the_direct_filter() -> None:
     # The envelope peaks on the lattice patch, at half its amplitude (one of two cosine terms).
     assert np.unravel_index(got.argmax(), got.shape) == (128, 100)
     assert got.max() == pytest.approx(0.5, abs=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# The particle's phase: pooled odds of its windows (issue 22)
+# --------------------------------------------------------------------------------------------
+
+
+def _match_of(card: str, name: str, chance: float, zone=(0, 0, 1)):
+    from hrtem_core.indexing import PhaseMatch
+
+    return PhaseMatch(
+        card_id=card,
+        phase_name=name,
+        hkl=(),
+        families=(),
+        d_ref_nm=(),
+        rel_residuals=(),
+        forbidden=(),
+        zone_axis=zone,
+        angle_residuals_deg=(),
+        score=1.0 / (1.0 + chance),
+        n_explained=2,
+        angle_confirmed=True,
+        chance=chance,
+    )
+
+
+def _window(*matches, status="indexed"):
+    from hrtem_core.indexing import WindowIndex
+
+    return WindowIndex(
+        planes=(), angles_deg=(), best=matches[0], alternatives=matches[1:], status=status
+    )
+
+
+@pytest.fixture(scope="module")
+def one_particle(cards):
+    """A real one-particle analysis and the windows of its particle."""
+    sim, res, pr = _scene(cards, [("33-0664", (0, 0, 1), 8.0, 20.0, (256.0, 256.0))], seed=1)
+    members = [int(i) for i in np.flatnonzero(pr.window_particle == 1)]
+    assert len(members) >= 10
+    return res, sim.image, members
+
+
+def _with_index(res, members, window_of):
+    """``res`` whose particle windows carry the synthetic indexing ``window_of(k)``."""
+    import dataclasses
+
+    from hrtem_core.indexing import WindowIndex
+
+    empty = WindowIndex(planes=(), angles_deg=(), best=None, alternatives=(), status="no-spots")
+    index = [empty] * res.grid.n_windows
+    for k, i in enumerate(members):
+        index[i] = window_of(k)
+    return dataclasses.replace(res, index=tuple(index))
+
+
+def test_pooled_phase_overrules_the_majority_of_first_names(one_particle) -> None:
+    res, image, members = one_particle
+    n_b = len(members) * 2 // 5  # 40 % of the windows name B, 60 % name A first
+    weak_a = _match_of("A-1", "alpha", 1e-2)  # E = 2 decades
+    strong_b = _match_of("B-2", "beta", 1e-9, zone=(1, 1, 0))  # E = 9 decades
+    res2 = _with_index(res, members, lambda k: _window(strong_b if k < n_b else weak_a))
+    t = particles_for_result(res2, image).table
+    assert len(t) == 1
+    row = t.iloc[0]
+    # Pooled: beta 9 n_b + 0 (its no-card value in the alpha windows: min(0, 2 - 1)),
+    # alpha 2 (n - n_b) + 0: beta wins although alpha is the majority of first names.
+    n = len(members)
+    assert (row.phase_name, row.phase_card, row.phase_status) == ("beta", "B-2", "indexed")
+    assert row.zone_axis == "1 1 0"
+    assert row.phase_share == pytest.approx(n_b / n, abs=1e-3)
+    assert row.phase_candidates == f"beta (B-2) {9.0 * n_b:.1f}"
+    assert row.phase_margin_decades == pytest.approx(9.0 * n_b - 2.0 * (n - n_b), abs=0.01)
+    # The old rule (majority of first names) would have said alpha.
+    assert n - n_b > n_b
+
+
+def test_near_twin_cells_come_out_ambiguous(one_particle) -> None:
+    res, image, members = one_particle
+    # Every window lists both (the indexing always lists near-twin cells together); magnetite
+    # leads each by 0.4 decades: summed over 10+ windows that would exceed the margin, but the
+    # difference is common to every window (calibration, card density): not resolved.
+    mt = _match_of("19-0629", "magnetite", 1e-5)
+    mh = _match_of("39-1346", "maghemite", 10**-4.6)
+    res2 = _with_index(res, members, lambda k: _window(mt, mh, status="ambiguous"))
+    row = particles_for_result(res2, image).table.iloc[0]
+    assert row.phase_name == "maghemite / magnetite"
+    assert row.phase_card == "39-1346 / 19-0629"
+    assert row.phase_status == "ambiguous"
+    n = len(members)
+    assert row.phase_candidates == (
+        f"magnetite (19-0629) {5.0 * n:.1f}; maghemite (39-1346) {4.6 * n:.1f}"
+    )
+    assert row.phase_share == 1.0
+    assert row.status != "mixed-phase"  # near-twins in two grains are not two phases
+
+
+def test_pooled_phase_rules() -> None:
+    def cand(name, ev):
+        return WindowCandidate(ev, name)
+
+    # Twins resolved: both listed in every window, magnetite ahead by 1.5 decades on average.
+    dec = pooled_phase(
+        [{"mt": cand("magnetite", 6.0), "mh": cand("maghemite", 4.5)} for _ in range(5)]
+    )
+    assert (dec.name, dec.status) == ("magnetite", "indexed")
+    assert dec.margin_decades == pytest.approx(7.5)
+    # Unrelated phases: a coincidence in one window of ten does not make them twins.
+    wins = [{"g": cand("goethite", 5.0)} for _ in range(9)]
+    wins.append({"g": cand("goethite", 2.0), "h": cand("hematite", 1.6)})
+    dec = pooled_phase(wins)
+    assert (dec.name, dec.status) == ("goethite", "indexed")
+    # hematite: 1.6 + 9 x min(NO_CARD_DECADES, 5 - 1) = 1.6 (NO_CARD_DECADES is 0)
+    assert NO_CARD_DECADES == 0.0
+    assert dec.margin_decades == pytest.approx(47.0 - 1.6)
+    # Within the margin after pooling: ambiguous, listed by name.
+    dec = pooled_phase([{"b": cand("beta", 3.0)}, {"a": cand("alpha", 3.5)}])
+    assert (dec.name, dec.status, dec.card) == ("alpha / beta", "ambiguous", "a / b")
+    # No named window: no phase.
+    dec = pooled_phase([{}, {}])
+    assert (dec.name, dec.status, dec.candidates) == ("", "", ())
+    # A wider margin lists more.
+    dec = pooled_phase([{"a": 5.0, "b": 2.0}], ambiguity_decades=4.0)
+    assert dec.status == "ambiguous"
+
+
+def test_window_candidates_from_the_windows_table(one_particle) -> None:
+    """Without ``result.index``: the windows table's card, evidence and alternatives."""
+    import dataclasses
+
+    from hrtem_core.indexing import format_match
+    from hrtem_core.particles import window_candidates
+
+    res, image, members = one_particle
+    mt = _match_of("19-0629", "magnetite", 1e-5, zone=(1, 1, 0))
+    mh = _match_of("39-1346", "maghemite", 10**-4.6)
+    win = res.windows.copy()
+    for i in members:
+        win.loc[i, ["status", "phase_card", "phase_name", "zone_axis"]] = [
+            "ambiguous",
+            "19-0629",
+            "magnetite",
+            "1 1 0",
+        ]
+        win.loc[i, "evidence"] = 5.0
+        win.loc[i, "alternatives"] = format_match(mh)
+    res2 = dataclasses.replace(res, index=(), windows=win)
+    cands = window_candidates(res2)
+    c = cands[members[0]]
+    assert set(c) == {"19-0629", "39-1346"}
+    assert c["19-0629"] == WindowCandidate(5.0, "magnetite", "1 1 0")
+    assert c["39-1346"].evidence == pytest.approx(4.6, abs=0.01)
+    assert c["39-1346"].phase_name == "maghemite"
+    assert all(not cands[i] for i in range(res.grid.n_windows) if i not in set(members))
+    row = particles_for_result(res2, image).table.iloc[0]
+    assert row.phase_name == "maghemite / magnetite" and row.zone_axis == "1 1 0"
+    del mt

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from hrtem_core.optics import wavelength_nm
 from hrtem_core.synthetic import (
+    GENERATOR_VERSION,
     SyntheticRanges,
-    electron_wavelength_nm,
     example_arrays,
     label_mask,
     make_dataset,
@@ -186,8 +187,9 @@ def test_make_dataset_shapes_and_reproducible():
 
 
 def test_electron_wavelength():
-    assert electron_wavelength_nm(300.0) == pytest.approx(0.0019687, rel=1e-3)
-    assert electron_wavelength_nm(200.0) == pytest.approx(0.0025079, rel=1e-3)
+    # the generator's CTF uses the project's one wavelength (hrtem_core.optics)
+    assert wavelength_nm(300.0) == pytest.approx(0.0019687, rel=1e-3)
+    assert wavelength_nm(200.0) == pytest.approx(0.0025079, rel=1e-3)
 
 
 def test_spot_peaks_are_each_spots_own_fft_peak_without_its_neighbour():
@@ -218,3 +220,44 @@ def test_spot_peaks_are_each_spots_own_fft_peak_without_its_neighbour():
     assert f[iy - 4 : iy + 5, ix - 4 : ix + 5].max() > 10 * peaks[0]
     outside = spot_peaks(np.array([[0.0, geom.radius_x + 3.0]]), coef[:1], weight, geom)
     assert outside[0] == 0.0
+
+
+def test_pinned_examples():
+    """Known outputs of two seeded draws: any change of the generator shows here (and then
+    GENERATOR_VERSION must change too)."""
+    ex = synthetic_example(
+        np.random.default_rng(7),
+        window_px=64,
+        pixel_size_nm=(0.05, 0.05),
+        dose_e_per_px=math.inf,
+        amorphous_rms=0.0,
+        artefacts=False,
+        crystal=True,
+        n_lattices=1,
+    )
+    assert GENERATOR_VERSION == "2.1"
+    assert float(ex.window.astype(np.float64).sum()) == pytest.approx(4095.7766436338425, rel=1e-9)
+    assert float(ex.window.std()) == pytest.approx(0.15251334011554718, rel=1e-6)
+    assert ex.params["lattices"][0]["basis_spacing_nm"] == pytest.approx(
+        [0.5126240193768586, 0.1995469816230818], rel=1e-12
+    )
+    assert len(ex.k_offsets) == 16
+    np.testing.assert_allclose(
+        ex.k_offsets[:2],
+        [[-2.334833747641903, -15.865441395761179], [-1.7223642883417627, 20.609553545508692]],
+        rtol=1e-12,
+    )
+    ex = synthetic_example(np.random.default_rng(11), window_px=128)
+    expected = {
+        "pixel_size_nm": (0.01259061847640549, 0.01259061847640549),
+        "dose_e_per_px": 3.268563546467171,
+        "amorphous_rms": 0.24699653815108535,
+        "drift_px": (-0.24228694603630216, 0.7198680756567583),
+        "defocus_nm": -152.4027505080836,
+        "cs_mm": 0.7670850327048939,
+        "q_env": 7.302743620134394,
+    }
+    for key, value in expected.items():
+        assert ex.params[key] == pytest.approx(value, rel=1e-12), key
+    assert ex.params["crystal"] is False and len(ex.k_offsets) == 0
+    assert float(ex.window.sum()) == 57409.0

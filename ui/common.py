@@ -115,7 +115,7 @@ def page_guard() -> None:
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
-#: Reader texts (h5py, Pillow/imageio, tifffile, rsciio) and what they mean to a microscopist.
+#: Reader texts (h5py, Pillow, tifffile, rsciio) and what they mean to a microscopist.
 _READER_TEXTS: tuple[tuple[str, str], ...] = (
     (
         r"file signature not found|not an hdf5|unable to (synchronously )?open file",

@@ -196,6 +196,12 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
         c3.metric("Twinned/polycrystalline", int((table["status"] != "single-crystal").sum()))
         st.plotly_chart(outline_figure(extras, micrograph.data), key=f"{key}_particle_map")
         st.dataframe(table, hide_index=True, width="stretch")
+        if (table["phase_status"] == "ambiguous").any():
+            st.caption(
+                "A phase written 'a / b' is ambiguous: the particle's windows, pooled, do not tell "
+                "these phases apart (near-twin cells or projection twins, within the calibration "
+                "uncertainty); phase_candidates gives each one's pooled evidence (-log10 K)."
+            )
         st.plotly_chart(size_histogram(table), key=f"{key}_particle_sizes")
         st.caption(
             "Sizes are corrected for the delocalisation halo R = |lambda df g + Cs lambda^3 g^3| "

@@ -10,7 +10,7 @@ One module per format family (in the style of rosettasciio), each with ``SUFFIXE
   (:mod:`~hrtem_core.io.emd_berkeley`);
 * :mod:`~hrtem_core.io.mrc`: MRC ``.mrc`` / ``.rec`` / ``.st`` / ``.ali`` (ncempy; Å);
 * :mod:`~hrtem_core.io.tiff`: TIFF (tifffile) with FEI, DigitalMicrograph or ImageJ calibration;
-* :mod:`~hrtem_core.io.pil`: PNG / JPEG / BMP / GIF (imageio): never calibrated.
+* :mod:`~hrtem_core.io.pil`: PNG / JPEG / BMP / GIF (Pillow): never calibrated.
 
 Every reader passes the guard (:mod:`hrtem_core.io._guard`): the declared size is checked from
 the header before any decode, against the limits below (module attributes, so they can be set per

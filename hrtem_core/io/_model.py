@@ -41,7 +41,7 @@ class Micrograph:
     pixel_size_nm : tuple[float, float]
         (y, x) pixel size in nm/px; each axis keeps its own scale.
     reader : str
-        Which reader produced it, e.g. ``"ncempy-dm"``, ``"tifffile-imagej"``, ``"imageio"``.
+        Which reader produced it, e.g. ``"ncempy-dm"``, ``"tifffile-imagej"``, ``"pillow"``.
     metadata : dict
         JSON-friendly: ``voltage_kv``, ``magnification``, ``microscope``, ``acquisition_time``,
         ``defocus_nm``, ``original_units``, ``original_pixel_size``, ``original_shape``,
@@ -368,6 +368,33 @@ def finalise(
     pixel_size_nm: Any,
     frame: FrameChoice,
 ) -> Micrograph:
+    original_shape, original_dtype = _check_image_data(raw, name)
+    warns = list(raw.warnings)
+    image, frame_info = _finalise_pixels(raw, frame, name, original_shape, warns)
+    metadata = dict(raw.metadata)
+    metadata.update(frame_info)
+    metadata["original_shape"] = original_shape
+    metadata["original_dtype"] = original_dtype
+    metadata["format"] = family
+    (py, px), source = _finalise_pixel_size(raw, name, pixel_size_nm, metadata, warns)
+    defocus = _finalise_defocus(raw, name, metadata)
+    return Micrograph(
+        data=image,
+        pixel_size_nm=(float(py), float(px)),
+        reader=raw.reader,
+        metadata=meta_jsonable(metadata),
+        warnings=tuple(" ".join(w.split()) for w in warns),
+        name=name,
+        defocus_nm=defocus,
+        pixel_size_source=source,
+    )
+
+
+def _check_image_data(raw: RawImage, name: str) -> tuple[list[int], str]:
+    """Refuse data that is not one numeric 2-D image (or a stack/RGB of them).
+
+    Returns ``(original_shape, original_dtype)``.
+    """
     data = raw.data
     original_shape = [int(s) for s in np.shape(raw.data)]
     original_dtype = str(data.dtype)
@@ -396,7 +423,16 @@ def finalise(
             f"{name}: not an image: {image_ndim + (1 if raw.frame_axis is not None else 0)}-D "
             f"data of shape {tuple(original_shape)} (a 4D-STEM scan or spectrum image?)"
         )
-    warns = list(raw.warnings)
+    return original_shape, original_dtype
+
+
+def _finalise_pixels(
+    raw: RawImage, frame: FrameChoice, name: str, original_shape: list[int], warns: list[str]
+) -> tuple[np.ndarray, dict]:
+    """The chosen frame as a contiguous float32 2-D image (RGB to grey, NaN to the median).
+
+    Appends its warnings to ``warns``; returns ``(image, frame_info)``.
+    """
     image, frame_info, frame_warns = select_frame(raw, frame, name)
     warns.extend(frame_warns)
     if raw.rgb:
@@ -425,14 +461,17 @@ def finalise(
             f"every pixel has the same value ({low_value:g}): the image has no contrast, "
             "so no lattice fringes can be found"
         )
+    return image, frame_info
 
-    metadata = dict(raw.metadata)
-    metadata.update(frame_info)
-    metadata["original_shape"] = original_shape
-    metadata["original_dtype"] = original_dtype
-    metadata["format"] = family
 
-    # Calibration: the user's value always wins; metadata otherwise; else ask.
+def _finalise_pixel_size(
+    raw: RawImage, name: str, pixel_size_nm: Any, metadata: dict, warns: list[str]
+) -> tuple[tuple[float, float], str]:
+    """Calibration: the user's value always wins; metadata otherwise; else ask.
+
+    Returns ``((py, px) [nm/px], source)``; appends warnings to ``warns`` and the file's own
+    calibration (when a user value overrides it) to ``metadata``.
+    """
     if pixel_size_nm is not None:
         size, size_warns = validate_pixel_size(pixel_size_nm)
         source = "user"
@@ -474,7 +513,11 @@ def finalise(
             f"pixels are not square: y {py:.6g} nm, x {px:.6g} nm "
             f"({100 * abs(py - px) / min(py, px):.2f} % apart); each axis keeps its own scale"
         )
+    return (py, px), source
 
+
+def _finalise_defocus(raw: RawImage, name: str, metadata: dict) -> float | None:
+    """The defocus [nm]: the file's metadata, else the file name, else None (noted in metadata)."""
     defocus = raw.defocus_nm
     if defocus is not None and math.isfinite(defocus):
         defocus = float(defocus)
@@ -484,13 +527,4 @@ def finalise(
         if defocus is not None:
             metadata["defocus_source"] = "file name"
     metadata["defocus_nm"] = defocus
-    return Micrograph(
-        data=image,
-        pixel_size_nm=(float(py), float(px)),
-        reader=raw.reader,
-        metadata=meta_jsonable(metadata),
-        warnings=tuple(" ".join(w.split()) for w in warns),
-        name=name,
-        defocus_nm=defocus,
-        pixel_size_source=source,
-    )
+    return defocus

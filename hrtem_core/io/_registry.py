@@ -18,7 +18,7 @@ class Reader:
     Attributes
     ----------
     family : str
-        Short id (``"dm"``, ``"ser"``, ``"emd"``, ``"mrc"``, ``"tiff"``, ``"imageio"``).
+        Short id (``"dm"``, ``"ser"``, ``"emd"``, ``"mrc"``, ``"tiff"``, ``"pillow"``).
     label : str
         How a message names the format (``"a TIFF file"``).
     suffixes : tuple[str, ...]
@@ -44,7 +44,7 @@ READERS: tuple[Reader, ...] = tuple(
         ("emd", emd),
         ("mrc", mrc),
         ("tiff", tiff),
-        ("imageio", pil),
+        ("pillow", pil),
     )
 )
 

@@ -48,115 +48,133 @@ def scan_tags(path: Path, name: str) -> int:
         More than ``MAX_TAGS`` tags, groups nested deeper than ``MAX_DEPTH``, or a tag tree that
         cannot be followed (damaged: never handed to the unbounded parser).
     """
-    lim = _guard.limits()
     with open(path, "rb") as fh:
         try:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # empty file
             return -1
     with mm:
-        size = len(mm)
-        if size < 16:
+        if len(mm) < 16:
             return -1
         version = struct.unpack_from(">I", mm, 0)[0]
         if version not in (3, 4):
             return -1
-        width = 4 if version == 3 else 8
-        code = ">I" if version == 3 else ">Q"
-        count = 0
-
-        def num(pos: int) -> int:
-            if pos + width > size:
-                raise _Unparsed
-            return struct.unpack_from(code, mm, pos)[0]
-
-        def skip_types(pos: int) -> tuple[int, int]:
-            """(position after the type info, item size in bytes) of one encoded type."""
-            enc = num(pos)
-            pos += width
-            if enc in _DM_SIZES:
-                return pos, _DM_SIZES[enc]
-            if enc == 15:  # struct: name length, field count, (name length, type) per field
-                n_fields = num(pos + width)
-                if n_fields > 100:
-                    raise _Unparsed
-                pos += 2 * width
-                item = 0
-                for _ in range(n_fields):
-                    field_type = num(pos + width)
-                    if field_type not in _DM_SIZES:
-                        raise _Unparsed
-                    item += _DM_SIZES[field_type]
-                    pos += 2 * width
-                return pos, item
-            if enc == 20:  # array: element type(s), then the element count
-                pos, item = skip_types(pos)
-                n_items = num(pos)
-                return pos + width, n_items * item
-            raise _Unparsed
-
-        def skip_data(pos: int) -> int:
-            if mm[pos : pos + 4] != b"%%%%":
-                raise _Unparsed
-            pos += 4 + width  # the info count
-            enc = num(pos)
-            if enc == 18:  # string: 4-byte length, then the characters
-                if pos + width + 4 > size:
-                    raise _Unparsed
-                return pos + width + 4 + struct.unpack_from(">I", mm, pos + width)[0]
-            pos, nbytes = skip_types(pos)
-            return pos + nbytes
-
-        def group(pos: int, depth: int) -> int:
-            nonlocal count
-            if depth > lim.depth:
-                raise ReadError(
-                    f"{name}: DigitalMicrograph tag groups nested deeper than {lim.depth} levels: "
-                    "refused"
-                )
-            n_tags = num(pos + 2)
-            pos += 2 + width
-            if n_tags > (size - pos) // 3:  # each tag takes at least 3 bytes: not a tag count
-                raise _Unparsed
-            if n_tags > lim.tags:
-                raise ReadError(
-                    f"{name}: the DigitalMicrograph file declares {n_tags:,} tags in one group, "
-                    f"more than the limit of {lim.tags:,}: refused"
-                )
-            for _ in range(n_tags):
-                count += 1
-                if count > lim.tags:
-                    raise ReadError(
-                        f"{name}: the DigitalMicrograph file holds more than {lim.tags:,} tags: "
-                        "refused"
-                    )
-                if count % 1024 == 0:
-                    _guard.tick("scanning the DigitalMicrograph tags")
-                if pos + 3 > size:
-                    raise _Unparsed
-                kind = mm[pos]
-                label = struct.unpack_from(">H", mm, pos + 1)[0]
-                pos += 3 + label
-                if version == 4:
-                    pos += 8
-                if kind == 20:
-                    pos = group(pos, depth + 1)
-                elif kind == 21:
-                    pos = skip_data(pos)
-                else:
-                    raise _Unparsed
-                if pos > size:
-                    raise _Unparsed
-            return pos
-
+        scanner = _TagScanner(mm, version, name)
         try:
-            group(4 + width + 4, 1)
+            scanner.group(4 + scanner.width + 4, 1)
         except (_Unparsed, IndexError, struct.error):
             raise ReadError(
                 f"{name}: cannot be read as {LABEL} (corrupt, truncated or not this format): "
                 "the tag tree is damaged"
             ) from None
-        return count
+        return scanner.count
+
+
+class _TagScanner:
+    """Walks a DM3/DM4 tag tree (``mm``, the whole file) counting tags, decoding no value."""
+
+    def __init__(self, mm: mmap.mmap, version: int, name: str) -> None:
+        self.mm = mm
+        self.size = len(mm)
+        self.version = version
+        self.name = name
+        self.width = 4 if version == 3 else 8
+        self.code = ">I" if version == 3 else ">Q"
+        self.lim = _guard.limits()
+        self.count = 0
+
+    def num(self, pos: int) -> int:
+        """The header integer (4 bytes in DM3, 8 in DM4) at ``pos``."""
+        if pos + self.width > self.size:
+            raise _Unparsed
+        return struct.unpack_from(self.code, self.mm, pos)[0]
+
+    def skip_types(self, pos: int) -> tuple[int, int]:
+        """(position after the type info, item size in bytes) of one encoded type."""
+        width = self.width
+        enc = self.num(pos)
+        pos += width
+        if enc in _DM_SIZES:
+            return pos, _DM_SIZES[enc]
+        if enc == 15:  # struct: name length, field count, (name length, type) per field
+            n_fields = self.num(pos + width)
+            if n_fields > 100:
+                raise _Unparsed
+            pos += 2 * width
+            item = 0
+            for _ in range(n_fields):
+                field_type = self.num(pos + width)
+                if field_type not in _DM_SIZES:
+                    raise _Unparsed
+                item += _DM_SIZES[field_type]
+                pos += 2 * width
+            return pos, item
+        if enc == 20:  # array: element type(s), then the element count
+            pos, item = self.skip_types(pos)
+            n_items = self.num(pos)
+            return pos + width, n_items * item
+        raise _Unparsed
+
+    def skip_data(self, pos: int) -> int:
+        """Position after one data tag starting at ``pos`` (its ``%%%%`` marker)."""
+        if self.mm[pos : pos + 4] != b"%%%%":
+            raise _Unparsed
+        pos += 4 + self.width  # the info count
+        enc = self.num(pos)
+        if enc == 18:  # string: 4-byte length, then the characters
+            if pos + self.width + 4 > self.size:
+                raise _Unparsed
+            return pos + self.width + 4 + struct.unpack_from(">I", self.mm, pos + self.width)[0]
+        pos, nbytes = self.skip_types(pos)
+        return pos + nbytes
+
+    def group(self, pos: int, depth: int) -> int:
+        """Position after the tag group at ``pos``, nested ``depth`` levels deep."""
+        lim, name = self.lim, self.name
+        if depth > lim.depth:
+            raise ReadError(
+                f"{name}: DigitalMicrograph tag groups nested deeper than {lim.depth} levels: "
+                "refused"
+            )
+        n_tags = self.num(pos + 2)
+        pos += 2 + self.width
+        if n_tags > (self.size - pos) // 3:  # each tag takes at least 3 bytes: not a tag count
+            raise _Unparsed
+        if n_tags > lim.tags:
+            raise ReadError(
+                f"{name}: the DigitalMicrograph file declares {n_tags:,} tags in one group, "
+                f"more than the limit of {lim.tags:,}: refused"
+            )
+        for _ in range(n_tags):
+            pos = self._tag(pos, depth)
+        return pos
+
+    def _tag(self, pos: int, depth: int) -> int:
+        """Position after the tag entry at ``pos`` (a group or a data tag)."""
+        self.count += 1
+        if self.count > self.lim.tags:
+            raise ReadError(
+                f"{self.name}: the DigitalMicrograph file holds more than {self.lim.tags:,} tags: "
+                "refused"
+            )
+        if self.count % 1024 == 0:
+            _guard.tick("scanning the DigitalMicrograph tags")
+        if pos + 3 > self.size:
+            raise _Unparsed
+        kind = self.mm[pos]
+        label = struct.unpack_from(">H", self.mm, pos + 1)[0]
+        pos += 3 + label
+        if self.version == 4:
+            pos += 8
+        if kind == 20:
+            pos = self.group(pos, depth + 1)
+        elif kind == 21:
+            pos = self.skip_data(pos)
+        else:
+            raise _Unparsed
+        if pos > self.size:
+            raise _Unparsed
+        return pos
 
 
 #: DigitalMicrograph data types holding complex numbers (3, 13) or a packed complex FFT (27).
