@@ -410,12 +410,14 @@ def rss_child(img: np.ndarray) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def dashboard_first_view() -> dict:
+def dashboard_first_view(*, precomputed: bool = True) -> dict:
     """Seconds from a fresh Python process to the dashboard's first view of the bundled example.
 
     Streamlit's ``AppTest`` runs ``app.py`` once (as a first page view does: the example is
-    loaded and analysed, or taken from the cache where the app has one); measured from the
-    process start (imports included) and from ``AppTest.run`` alone.
+    loaded and taken from ``data/example_cache`` when its key matches, see
+    ``ui/example_cache.py``; ``precomputed=False`` switches that off and analyses it); measured
+    from the process start (imports included) and from ``AppTest.run`` alone. ``precomputed``
+    in the answer says whether the page showed the stored result.
     """
     code = (
         "import time, json, sys\n"
@@ -427,11 +429,16 @@ def dashboard_first_view() -> dict:
         "at.run()\n"
         "t2 = time.perf_counter()\n"
         "print(json.dumps({'run_s': t2 - t1, 'imports_s': t1 - t0,"
-        " 'errors': [str(e.value) for e in at.exception]}))\n"
+        " 'errors': [str(e.value) for e in at.exception],"
+        " 'precomputed': any(c.value.startswith('Precomputed') for c in at.caption),"
+        " 'torch_imported': 'torch' in sys.modules}))\n"
     )
+    env = {k: v for k, v in os.environ.items() if k != "HRTEM_CARDS_PATH"}
+    if not precomputed:
+        env["HRTEM_EXAMPLE_CACHE"] = "0"
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=env
     )
     wall = time.perf_counter() - t0
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -634,116 +634,17 @@ def plane_map_figure(
 
     grid = result.grid
     ny, nx = grid.image_shape
-    fig = go.Figure()
-    if image is not None:
-        small, f = display_image(image, max_display_px=max_display_px)
-        fig.add_trace(
-            go.Image(
-                source=_png_data_uri(small),
-                x0=(f - 1) / 2.0,
-                dx=f,
-                y0=(f - 1) / 2.0,
-                dy=f,
-                hoverinfo="skip",
-                name="image",
-            )
-        )
+    traces = [] if image is None else [_map_image_trace(image, max_display_px=max_display_px)]
     info = _categories(result, colors=colors, cards=cards, card_ids=card_ids)
-    labels, cols = info["labels"], info["colors"]
     hexa = info["hexa"]
     rows = list(result.windows.itertuples(index=False))
     maker = _hover_compact if hover == "compact" else _hover_full
     text = np.asarray([maker(r, _text(r.phase_card) in hexa) for r in rows], dtype=object).reshape(
         grid.n_rows, grid.n_cols
     )
-    centers = grid.centers
-    geometry = {
-        "x0": float(centers[0, 1]),
-        "dx": grid.stride_px,
-        "y0": float(centers[0, 0]),
-        "dy": grid.stride_px,
-    }
-    empty_keys = info["empty_keys"]
-    if empty_keys:
-        fig.add_trace(
-            go.Heatmap(
-                z=info["empty"],
-                **geometry,
-                colorscale=_discrete_scale(
-                    [_rgba(STATUS_COLORS[k], EMPTY_TILE_ALPHA) for k in empty_keys]
-                ),
-                zmin=-0.5,
-                zmax=len(empty_keys) - 0.5,
-                showscale=False,
-                hoverinfo="skip",
-                hoverongaps=False,
-                name="empty windows",
-            )
-        )
-    k = max(len(labels), 1)
-    fig.add_trace(
-        go.Heatmap(
-            z=info["codes"],
-            **geometry,
-            text=text,
-            hovertemplate="%{text}<extra></extra>",
-            colorscale=_discrete_scale([_rgba(c, TILE_ALPHA) for c in cols] or ["#000000"]),
-            zmin=-0.5,
-            zmax=k - 0.5,
-            showscale=False,
-            hoverongaps=False,
-            name="windows",
-        )
-    )
-    # Hover and click layer over all windows (those without spots too).
-    fig.add_trace(
-        go.Scatter(
-            x=centers[:, 1],
-            y=centers[:, 0],
-            mode="markers",
-            marker={"size": 5, "color": "rgba(255,255,255,0.35)"},
-            text=text.ravel(),
-            customdata=np.arange(grid.n_windows),
-            hovertemplate="%{text}<extra></extra>",
-            showlegend=False,
-            name="window centres",
-        )
-    )
-    names = info["names"]
-    seen_groups: set[str] = set()
-    for (group, _key), lab, col in zip(info["keys"], labels, cols, strict=True):
-        title = "not indexed" if group == STATUS_GROUP else f"{names.get(group, group)} ({group})"
-        first = group not in seen_groups
-        seen_groups.add(group)
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                marker={"size": 12, "color": col, "symbol": "square"},
-                name=lab,
-                legendgroup=group,
-                legendgrouptitle={"text": title} if first else None,
-                showlegend=True,
-            )
-        )
-    for key in empty_keys:
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                marker={
-                    "size": 12,
-                    "color": STATUS_COLORS[key],
-                    "symbol": "square-open" if key == "non-crystalline" else "square",
-                },
-                name=key,
-                legendgroup="empty",
-                legendgrouptitle={"text": "no lattice"},
-                showlegend=True,
-            )
-        )
+    traces += _map_window_traces(grid, info, text)
+    traces += _map_legend_traces(info)
+    fig = go.Figure(traces)
     if scale_bar:
         add_scale_bar(fig, width_px=nx, height_px=ny, pixel_size_nm=float(result.pixel_size_nm[1]))
     s = result.summary
@@ -765,6 +666,131 @@ def plane_map_figure(
         height=800,
     )
     return fig
+
+
+def _map_image_trace(image: np.ndarray, *, max_display_px: int) -> Any:
+    """The image in grey under the map (block-averaged to at most ``max_display_px``)."""
+    import plotly.graph_objects as go
+
+    small, f = display_image(image, max_display_px=max_display_px)
+    return go.Image(
+        source=_png_data_uri(small),
+        x0=(f - 1) / 2.0,
+        dx=f,
+        y0=(f - 1) / 2.0,
+        dy=f,
+        hoverinfo="skip",
+        name="image",
+    )
+
+
+def _map_window_traces(grid: Any, info: dict, text: np.ndarray) -> list[Any]:
+    """Windows without spots (faint), the category heatmap and the hover/click layer.
+
+    ``info``: :func:`_categories`; ``text``: hover text per window, shape (n_rows, n_cols).
+    """
+    import plotly.graph_objects as go
+
+    centers = grid.centers
+    geometry = {
+        "x0": float(centers[0, 1]),
+        "dx": grid.stride_px,
+        "y0": float(centers[0, 0]),
+        "dy": grid.stride_px,
+    }
+    traces = []
+    empty_keys = info["empty_keys"]
+    if empty_keys:
+        traces.append(
+            go.Heatmap(
+                z=info["empty"],
+                **geometry,
+                colorscale=_discrete_scale(
+                    [_rgba(STATUS_COLORS[k], EMPTY_TILE_ALPHA) for k in empty_keys]
+                ),
+                zmin=-0.5,
+                zmax=len(empty_keys) - 0.5,
+                showscale=False,
+                hoverinfo="skip",
+                hoverongaps=False,
+                name="empty windows",
+            )
+        )
+    k = max(len(info["labels"]), 1)
+    traces.append(
+        go.Heatmap(
+            z=info["codes"],
+            **geometry,
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=_discrete_scale(
+                [_rgba(c, TILE_ALPHA) for c in info["colors"]] or ["#000000"]
+            ),
+            zmin=-0.5,
+            zmax=k - 0.5,
+            showscale=False,
+            hoverongaps=False,
+            name="windows",
+        )
+    )
+    # Hover and click layer over all windows (those without spots too).
+    traces.append(
+        go.Scatter(
+            x=centers[:, 1],
+            y=centers[:, 0],
+            mode="markers",
+            marker={"size": 5, "color": "rgba(255,255,255,0.35)"},
+            text=text.ravel(),
+            customdata=np.arange(grid.n_windows),
+            hovertemplate="%{text}<extra></extra>",
+            showlegend=False,
+            name="window centres",
+        )
+    )
+    return traces
+
+
+def _map_legend_traces(info: dict) -> list[Any]:
+    """One legend entry per category, grouped by phase, then the windows without a lattice."""
+    import plotly.graph_objects as go
+
+    names = info["names"]
+    seen_groups: set[str] = set()
+    traces = []
+    for (group, _key), lab, col in zip(info["keys"], info["labels"], info["colors"], strict=True):
+        title = "not indexed" if group == STATUS_GROUP else f"{names.get(group, group)} ({group})"
+        first = group not in seen_groups
+        seen_groups.add(group)
+        traces.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"size": 12, "color": col, "symbol": "square"},
+                name=lab,
+                legendgroup=group,
+                legendgrouptitle={"text": title} if first else None,
+                showlegend=True,
+            )
+        )
+    for key in info["empty_keys"]:
+        traces.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={
+                    "size": 12,
+                    "color": STATUS_COLORS[key],
+                    "symbol": "square-open" if key == "non-crystalline" else "square",
+                },
+                name=key,
+                legendgroup="empty",
+                legendgrouptitle={"text": "no lattice"},
+                showlegend=True,
+            )
+        )
+    return traces
 
 
 def _discrete_scale(colors: Sequence[str]) -> list[list[Any]]:
@@ -919,7 +945,7 @@ def fft_figure(
     import plotly.graph_objects as go
 
     gy, gx, z = _fft_crop(spectrum, pixel_size_nm, g_max_nm_inv)
-    fig = go.Figure(
+    traces = [
         go.Heatmap(
             z=z,
             x=gx,
@@ -929,41 +955,85 @@ def fft_figure(
             hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm<extra></extra>",
             name="spectrum",
         )
-    )
+    ]
     if clickable:
-        yy, xx = np.meshgrid(gy, gx, indexing="ij")
-        fig.add_trace(
-            go.Scattergl(
-                x=xx.ravel(),
-                y=yy.ravel(),
-                mode="markers",
-                marker={"size": 6, "color": "rgba(0,0,0,0)"},
-                customdata=np.stack([yy.ravel(), xx.ravel()], axis=1),
-                hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm · d = %{text}<extra></extra>",
-                text=[
-                    f"{1 / r:.4f} nm" if r > 0 else "-" for r in np.hypot(yy.ravel(), xx.ravel())
-                ],
-                showlegend=False,
-                name="pick",
-            )
-        )
+        traces.append(_fft_pick_trace(gy, gx))
+    shapes, ring_traces = _fft_rings(rings, g_max_nm_inv, ring_color)
+    traces += ring_traces
+    traces += _fft_marker_traces(spots, predicted, color, ring_color)
+    # Data units per screen pixel: the square plot is as large as the smaller of the figure's
+    # height and the page column (assumed at least ``plot_px``).
+    unit = 2.0 * g_max_nm_inv / max(min(height - 90, plot_px), 100)
+    annotations = _fft_label_annotations(spots, predicted, color, ring_color, unit=unit)
+    if points:
+        shapes += [
+            {
+                "type": "line",
+                "x0": 0,
+                "y0": 0,
+                "x1": gx_,
+                "y1": gy_,
+                "line": {"color": "#00e5ff", "width": 1.5},
+            }
+            for gy_, gx_ in points
+        ]
+        traces.append(_fft_points_trace(points))
+    # One figure from lists: adding shapes and annotations one by one re-validates the
+    # whole layout each time (quadratic; 1 s for the first view's spectrum).
+    fig = go.Figure(traces)
+    if shapes:
+        fig.update_layout(shapes=shapes)
+    if annotations:
+        fig.update_layout(annotations=annotations)
+    _fft_layout(fig, title=title, height=height, g_max_nm_inv=g_max_nm_inv)
+    return fig
+
+
+def _fft_pick_trace(gy: np.ndarray, gx: np.ndarray) -> Any:
+    """An invisible point per spectrum pixel (``customdata = (gy, gx)``, d on hover)."""
+    import plotly.graph_objects as go
+
+    yy, xx = np.meshgrid(gy, gx, indexing="ij")
+    return go.Scattergl(
+        x=xx.ravel(),
+        y=yy.ravel(),
+        mode="markers",
+        marker={"size": 6, "color": "rgba(0,0,0,0)"},
+        customdata=np.stack([yy.ravel(), xx.ravel()], axis=1),
+        hovertemplate="g = (%{x:.2f}, %{y:.2f}) 1/nm · d = %{text}<extra></extra>",
+        text=[f"{1 / r:.4f} nm" if r > 0 else "-" for r in np.hypot(yy.ravel(), xx.ravel())],
+        showlegend=False,
+        name="pick",
+    )
+
+
+def _fft_rings(
+    rings: Sequence[tuple[str, float]], g_max_nm_inv: float, ring_color: str
+) -> tuple[list[dict], list[Any]]:
+    """Card spacings as dotted circles of radius 1/d, and a hover line along each."""
+    import plotly.graph_objects as go
+
+    shapes: list[dict] = []
+    traces: list[Any] = []
+    t = np.linspace(0, 2 * np.pi, 73)
     for label, d in rings:
         r = 1.0 / float(d)
         if r > g_max_nm_inv * 1.42:
             continue
-        fig.add_shape(
-            type="circle",
-            x0=-r,
-            x1=r,
-            y0=-r,
-            y1=r,
-            line={"color": ring_color, "width": 1, "dash": "dot"},
-            layer="above",
+        shapes.append(
+            {
+                "type": "circle",
+                "x0": -r,
+                "x1": r,
+                "y0": -r,
+                "y1": r,
+                "line": {"color": ring_color, "width": 1, "dash": "dot"},
+                "layer": "above",
+            }
         )
         # Its label on hover (a stack of ring labels would cover the spots): a thin line of
         # points along the circle.
-        t = np.linspace(0, 2 * np.pi, 73)
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=r * np.cos(t),
                 y=r * np.sin(t),
@@ -974,20 +1044,21 @@ def fft_figure(
                 name=f"ring {label}",
             )
         )
-    # Data units per screen pixel: the square plot is as large as the smaller of the figure's
-    # height and the page column (assumed at least ``plot_px``).
-    unit = 2.0 * g_max_nm_inv / max(min(height - 90, plot_px), 100)
-    char_w, line_h = 7.0 * unit, 15.0 * unit
-    near = 8.0 * unit
+    return shapes, traces
 
-    def covered(y: float, x: float) -> bool:  # a detected spot already names this position
-        return any(math.hypot(y - sy, x - sx) < near for _t, sy, sx in spots)
 
-    all_labels = [(t, y, x, color) for t, y, x in spots if t] + [
-        (t, y, x, ring_color) for t, y, x in predicted if t and not covered(y, x)
-    ]
+def _fft_marker_traces(
+    spots: Sequence[tuple[str, float, float]],
+    predicted: Sequence[tuple[str, float, float]],
+    color: str,
+    ring_color: str,
+) -> list[Any]:
+    """Detected spots (open circles) and the card's zone-axis pattern (open diamonds)."""
+    import plotly.graph_objects as go
+
+    traces = []
     if spots:
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=[s[2] for s in spots],
                 y=[s[1] for s in spots],
@@ -999,7 +1070,7 @@ def fft_figure(
             )
         )
     if predicted:
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=[p[2] for p in predicted],
                 y=[p[1] for p in predicted],
@@ -1017,41 +1088,71 @@ def fft_figure(
                 name="card pattern",
             )
         )
-    if all_labels:
-        anchors = np.array([[x, y] for _t, y, x, _c in all_labels])
-        marks = np.array([[s[2], s[1]] for s in spots] + [[p[2], p[1]] for p in predicted])
-        pos = place_labels(
-            anchors, [t for t, *_ in all_labels], char_w=char_w, line_h=line_h, avoid=marks
-        )
-        for (t, _y, _x, c), (px_, py_) in zip(all_labels, pos, strict=True):
-            fig.add_annotation(
-                x=px_,
-                y=py_,
-                text=html.escape(t),
-                showarrow=False,
-                font={"color": c, "size": 11},
-                bgcolor="rgba(0,0,0,0.55)",
-            )
-    if points:
-        for gy_, gx_ in points:
-            fig.add_shape(
-                type="line", x0=0, y0=0, x1=gx_, y1=gy_, line={"color": "#00e5ff", "width": 1.5}
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[p[1] for p in points],
-                y=[p[0] for p in points],
-                mode="markers",
-                marker={
-                    "size": 12,
-                    "symbol": "x-thin-open",
-                    "color": "#00e5ff",
-                    "line": {"width": 2},
-                },
-                name="measured",
-                hoverinfo="skip",
-            )
-        )
+    return traces
+
+
+def _fft_label_annotations(
+    spots: Sequence[tuple[str, float, float]],
+    predicted: Sequence[tuple[str, float, float]],
+    color: str,
+    ring_color: str,
+    *,
+    unit: float,
+) -> list[dict]:
+    """Labels of the spots and of the predicted reflections no spot names, placed apart.
+
+    ``unit``: data units per screen pixel (labels are 7 px per character, 15 px high).
+    """
+    char_w, line_h = 7.0 * unit, 15.0 * unit
+    near = 8.0 * unit
+
+    def covered(y: float, x: float) -> bool:  # a detected spot already names this position
+        return any(math.hypot(y - sy, x - sx) < near for _t, sy, sx in spots)
+
+    all_labels = [(t, y, x, color) for t, y, x in spots if t] + [
+        (t, y, x, ring_color) for t, y, x in predicted if t and not covered(y, x)
+    ]
+    if not all_labels:
+        return []
+    anchors = np.array([[x, y] for _t, y, x, _c in all_labels])
+    marks = np.array([[s[2], s[1]] for s in spots] + [[p[2], p[1]] for p in predicted])
+    pos = place_labels(
+        anchors, [t for t, *_ in all_labels], char_w=char_w, line_h=line_h, avoid=marks
+    )
+    return [
+        {
+            "x": px_,
+            "y": py_,
+            "text": html.escape(t),
+            "showarrow": False,
+            "font": {"color": c, "size": 11},
+            "bgcolor": "rgba(0,0,0,0.55)",
+        }
+        for (t, _y, _x, c), (px_, py_) in zip(all_labels, pos, strict=True)
+    ]
+
+
+def _fft_points_trace(points: Sequence[tuple[float, float]]) -> Any:
+    """The points picked for a measurement (crosses)."""
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=[p[1] for p in points],
+        y=[p[0] for p in points],
+        mode="markers",
+        marker={
+            "size": 12,
+            "symbol": "x-thin-open",
+            "color": "#00e5ff",
+            "line": {"width": 2},
+        },
+        name="measured",
+        hoverinfo="skip",
+    )
+
+
+def _fft_layout(fig: Any, *, title: str, height: int, g_max_nm_inv: float) -> None:
+    """Title, size, black background, square axes in 1/nm (g_y downward)."""
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},
         height=height,
@@ -1070,7 +1171,6 @@ def fft_figure(
         constrain="domain",
         zeroline=False,
     )
-    return fig
 
 
 def image_figure(
@@ -1444,6 +1544,21 @@ def profile_figure(series: Any):
             row=2,
             col=1,
         )
+    _add_focus_marks(fig, series, prof)
+    fig.update_layout(
+        title="Crystallinity vs defocus",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.18},
+    )
+    fig.update_yaxes(title="fraction", range=[0, 1.05])
+    fig.update_xaxes(title="defocus [nm] (negative = underfocus)", row=2 if has_area else 1)
+    return fig
+
+
+def _add_focus_marks(fig: Any, series: Any, prof: pd.DataFrame) -> None:
+    """The best focus (dashed line on every panel, named in the legend) and the tied maxima."""
+    import plotly.graph_objects as go
+
     ties = focus_ties(prof)
     if series.best_focus_nm is not None:
         note = f" (of {len(ties)} tied)" if len(ties) > 1 else ""
@@ -1473,14 +1588,6 @@ def profile_figure(series: Any):
             row=1,
             col=1,
         )
-    fig.update_layout(
-        title="Crystallinity vs defocus",
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.18},
-    )
-    fig.update_yaxes(title="fraction", range=[0, 1.05])
-    fig.update_xaxes(title="defocus [nm] (negative = underfocus)", row=2 if has_area else 1)
-    return fig
 
 
 def phase_fraction_figure(series: Any, *, card_ids: Iterable[str] | None = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import analyze_ui, particles_ui, results_ui, run_state
+from ui import analyze_ui, example_cache, particles_ui, results_ui, run_state
 from ui.common import (
     EXAMPLE_IMAGE,
     analyze_cached,
@@ -20,6 +20,15 @@ from ui.common import (
 
 page_guard()
 st.title("Analyze an image")
+
+#: Session flag: this session asked for the bundled example to be analysed again (no stored view).
+RECOMPUTE = "analyze_recompute"
+
+
+def _recompute() -> None:
+    st.session_state[RECOMPUTE] = True
+    st.session_state["analyze_force_run"] = True
+
 
 db = None
 try:
@@ -72,9 +81,8 @@ if calibrated is not None and params is not None and db is not None:
     st.caption(analyze_ui.describe(micrograph))
     img_key = image_key(upload, micrograph)
     request = result_key(img_key, params, db)
-    plan = run_state.plan(
-        "analyze", img_key, request, run_clicked=analyze_ui.run_clicked("analyze")
-    )
+    clicked = analyze_ui.run_clicked("analyze") or st.session_state.pop("analyze_force_run", 0)
+    plan = run_state.plan("analyze", img_key, request, run_clicked=bool(clicked))
     if plan.run:
         cancel = st.empty()
         cancel.button(
@@ -93,6 +101,7 @@ if calibrated is not None and params is not None and db is not None:
                     cards=db,
                     label=f"{micrograph.name}: analysing ...",
                     cancelled=lambda: run_state.cancel_requested("analyze"),
+                    precomputed=not st.session_state.get(RECOMPUTE, False),
                 )
                 run_state.completed("analyze", img_key, request, result, params)
             except run_state.AnalysisCancelled:
@@ -115,6 +124,15 @@ elif params is None:
     st.info("Fix the analysis parameters in the sidebar to analyse.")
 
 if result is not None:
+    stored = example_cache.precomputed_for(result)
+    if stored is not None:
+        note, again = st.columns([5, 1], vertical_alignment="center")
+        note.caption(
+            "Precomputed for the bundled example with exactly these inputs (image, parameters, "
+            "U-Net, cards, code; key " + stored.key[:12] + "); **Re-run** analyses it again."
+        )
+        again.button("Re-run", key="analyze_rerun", on_click=_recompute)
+        particles_ui.remember_particles(result, calibrated.micrograph, stored.particles)
     with guard():
         results_ui.show_result(result, calibrated.micrograph, key="analyze", cards=db, stale=stale)
     with guard():  # issue 22: particles and the defocus from the Thon rings

@@ -441,3 +441,219 @@ def test_12_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert "CPU" in top and "../shared" in top
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert run_tests in ci
+
+
+# ------------------------------------------------------- issue 18.6: precomputed first view
+def _example_inputs(params):
+    from hrtem_core.cards import load_cards
+    from hrtem_core.io import load_image
+    from ui import example_cache
+
+    upload = common.upload_from_path(example_cache.EXAMPLE_IMAGE)
+    micrograph = load_image(upload.data, name=upload.name)
+    cards = load_cards(example_cache.CARDS_XLSX)
+    key = common.image_key(upload, micrograph)
+    return micrograph, cards, key, example_cache.result_inputs(key, params, cards.digest)
+
+
+@pytest.fixture(scope="module")
+def stored_example():
+    import pickle
+    import zlib
+
+    from ui import example_cache
+
+    if not example_cache.RESULT_FILE.is_file():
+        pytest.fail("data/example_cache is missing: run scripts/build_example_cache.py")
+    return pickle.loads(zlib.decompress(example_cache.RESULT_FILE.read_bytes()))
+
+
+def test_example_cache_is_current(stored_example):
+    """The stored key is that of today's inputs (image, params, U-Net, cards, code, versions)."""
+    from ui import example_cache
+
+    keys = example_cache.stored_keys()
+    _m, _c, _k, inputs = _example_inputs(stored_example["result"].params)
+    stale = sorted(k for k, v in inputs.items() if keys["result"]["inputs"].get(k) != v)
+    assert example_cache.key_of(inputs) == keys["result"]["key"] == stored_example["key"], (
+        f"the precomputed example is stale ({', '.join(stale)} changed): "
+        "run scripts/build_example_cache.py"
+    )
+    data = example_cache.CARDS_XLSX.read_bytes()
+    assert (
+        example_cache.key_of(example_cache.cards_inputs(data, "pdf_cards.xlsx"))
+        == (keys["cards"]["key"])
+    ), "the stored card database is stale: run scripts/build_example_cache.py"
+
+
+def test_example_cache_equals_a_fresh_analysis(stored_example):
+    """Analysed again now, the example gives exactly the stored result, particles and masks."""
+    from hrtem_core.analysis import analyze_image
+    from hrtem_core.particles import image_particles
+    from hrtem_core.unet.load import load_model
+    from ui import window_view
+
+    stored = stored_example["result"]
+    micrograph, cards, _k, _i = _example_inputs(stored.params)
+    model = load_model()
+    fresh = analyze_image(micrograph, params=stored.params, cards=cards, model=model)
+    hint = "differs from a fresh analysis: run scripts/build_example_cache.py"
+    pd.testing.assert_frame_equal(fresh.windows, stored.windows, obj=f"windows table {hint}")
+    pd.testing.assert_frame_equal(fresh.phases, stored.phases, obj="phases")
+    pd.testing.assert_frame_equal(fresh.families, stored.families, obj="families")
+    assert fresh.pairs == stored.pairs, hint
+    assert fresh.index == stored.index, hint
+    assert (fresh.grid, fresh.pixel_size_nm, fresh.defocus_nm) == (
+        stored.grid,
+        stored.pixel_size_nm,
+        stored.defocus_nm,
+    )
+    skip = {"elapsed_s", "cards_path"}
+    assert {k: v for k, v in fresh.summary.items() if k not in skip} == {
+        k: v for k, v in stored.summary.items() if k not in skip
+    }
+    shape = stored_example["masks_shape"]
+    masks = np.unpackbits(stored_example["masks_packed"], count=int(np.prod(shape)))
+    masks = masks.reshape(shape).astype(bool)
+    for i in range(fresh.grid.n_windows):
+        detail = window_view.window_detail(fresh, micrograph.data, i, model=model)
+        assert np.array_equal(detail.mask, masks[i]), f"U-Net mask of window {i} {hint}"
+    extras = image_particles(fresh, micrograph.data, metadata=micrograph.metadata)
+    kept = stored_example["particles"]
+    pd.testing.assert_frame_equal(extras.table, kept.table, obj=f"particle table {hint}")
+    assert np.array_equal(extras.particles.labels, kept.particles.labels)
+    assert extras.defocus.defocus_nm == kept.defocus.defocus_nm
+    assert np.array_equal(extras.defocus.profile, kept.defocus.profile)
+    assert (extras.warnings, extras.disagreement, extras.defocus_source) == (
+        kept.warnings,
+        kept.disagreement,
+        kept.defocus_source,
+    )
+
+
+def test_example_cache_answers_only_its_exact_inputs(stored_example, monkeypatch):
+    from dataclasses import replace
+
+    from ui import example_cache
+
+    params = stored_example["result"].params
+    _m, cards, key, _i = _example_inputs(params)
+    hit = example_cache.precomputed_result(key, params, cards.digest, cards_path="x.xlsx")
+    assert hit is not None and hit.result.summary["cards_path"] == "x.xlsx"
+    assert example_cache.precomputed_for(hit.result) is hit
+    assert example_cache.precomputed_for(replace(hit.result)) is None  # identity, not equality
+    # Any other input: no stored result.
+    assert (
+        example_cache.precomputed_result(key, replace(params, stride_px=64), cards.digest) is None
+    )
+    assert example_cache.precomputed_result(key, params, "other-cards") is None
+    other_image = ("0" * 64, *key[1:])
+    assert example_cache.precomputed_result(other_image, params, cards.digest) is None
+    monkeypatch.setattr(example_cache, "unet_arithmetic", lambda: "cpu-float16")
+    assert example_cache.precomputed_result(key, params, cards.digest) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(example_cache, "library_versions", lambda: {"numpy": "0"})
+    assert example_cache.precomputed_result(key, params, cards.digest) is None
+    monkeypatch.undo()
+    monkeypatch.setenv(example_cache.DISABLE_ENV, "0")
+    assert example_cache.precomputed_result(key, params, cards.digest) is None
+
+
+def test_example_cache_code_fingerprint_follows_the_analysis_sources(tmp_path):
+    from ui import example_cache
+
+    root = tmp_path / "hrtem_core"
+    (root / "commands").mkdir(parents=True)
+    (root / "indexing.py").write_text("A = 1\n")
+    (root / "figures.py").write_text("B = 1\n")
+    (root / "commands" / "x.py").write_text("C = 1\n")
+    first = example_cache.code_fingerprint(root)
+    (root / "figures.py").write_text("B = 2\n")  # presentation only: same key
+    (root / "commands" / "x.py").write_text("C = 2\n")
+    assert example_cache.code_fingerprint(root) == first
+    (root / "indexing.py").write_text("A = 2\n")
+    assert example_cache.code_fingerprint(root) != first
+    (root / "indexing.py").write_text("A = 1\n")
+    (root / "new_module.py").write_text("")
+    assert example_cache.code_fingerprint(root) != first
+
+
+def test_stored_cards_equal_the_workbook_and_only_for_its_bytes(tmp_path):
+    from hrtem_core.cards import load_cards
+    from ui import example_cache
+
+    fresh = load_cards(example_cache.CARDS_XLSX)
+    stored = example_cache.cached_cards(example_cache.CARDS_XLSX)
+    assert stored is not None, "the stored card database is stale: run the build script"
+    assert stored == fresh and stored.warnings == fresh.warnings
+    assert (stored.path, stored.digest) == (fresh.path, fresh.digest)
+    copy = tmp_path / "pdf_cards.xlsx"
+    copy.write_bytes(example_cache.CARDS_XLSX.read_bytes() + b"\0")  # other bytes
+    assert example_cache.cached_cards(copy) is None
+    assert example_cache.cached_cards(tmp_path / "missing.xlsx") is None
+
+
+def test_weights_path_and_arithmetic_agree_with_the_unet_module():
+    from hrtem_core.unet import load as unet_load
+    from ui import example_cache
+
+    assert common.MODEL_WEIGHTS == unet_load.DEFAULT_WEIGHTS == example_cache.UNET_WEIGHTS
+    expected = "cpu-bfloat16" if unet_load.cpu_has_native_bfloat16() else "cpu-float32"
+    if example_cache.unet_arithmetic() != "unknown":
+        assert example_cache.unet_arithmetic() == expected
+
+
+def test_first_view_is_precomputed_without_torch_or_the_workbook_parse():
+    """A fresh process: the first view shows the stored result, labelled, importing no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=180).run()\n"
+        "print(json.dumps({'exc': [str(e.value) for e in at.exception],"
+        " 'errors': [e.value for e in at.error],"
+        " 'captions': [c.value for c in at.caption],"
+        " 'buttons': [b.label for b in at.button],"
+        " 'modules': [m for m in ('torch', 'openpyxl') if m in sys.modules]}))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HRTEM_CARDS_PATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not got["exc"] and not got["errors"], got
+    assert any(c.startswith("Precomputed for the bundled example") for c in got["captions"]), (
+        "the first view was computed: the stored example is stale, "
+        "run scripts/build_example_cache.py"
+    )
+    assert "Re-run" in got["buttons"]
+    assert got["modules"] == [], f"imported on the first view: {got['modules']}"
+
+
+def test_rerun_analyses_the_example_again_with_the_same_tables():
+    from ui import example_cache
+
+    at = _app().run()
+    assert not at.exception
+    shown = at.session_state["analyze_last"]["result"]
+    assert example_cache.precomputed_for(shown) is not None
+    at.button(key="analyze_rerun").click().run()
+    assert not at.exception and not _errors(at)
+    again = at.session_state["analyze_last"]["result"]
+    assert again is not shown and example_cache.precomputed_for(again) is None
+    assert not any(c.value.startswith("Precomputed") for c in at.caption)
+    pd.testing.assert_frame_equal(again.windows, shown.windows)
+    # The session keeps computing from now on, even for the same inputs.
+    _set(at, "analyze_stride", 256)
+    _analyze(at)
+    _set(at, "analyze_stride", 128)
+    _analyze(at)
+    assert example_cache.precomputed_for(at.session_state["analyze_last"]["result"]) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -293,3 +294,96 @@ def test_family_shades_fixed_by_the_card_are_the_same_whatever_is_shown():
     assert len(set(every.values())) == 9  # the card's first nine families: nine shades
     for fam in first:
         assert figures.family_shades("39-1346", [fam], order=order)[fam] == every[fam]
+
+
+# ------------------------------------------------------------------ pins (issue 20 refactor)
+#: Plotly JSON of figures built from fixed inputs, written before the long figure functions were
+#: split into helpers (issue 20): the split must not change one value.
+PIN_DIR = Path(__file__).resolve().parent / "data" / "figure_pins"
+
+
+def _canonical(value):
+    """Plotly JSON with arrays as lists and floats to 12 significant digits."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist())
+    if isinstance(value, np.generic):
+        return _canonical(value.item())
+    if isinstance(value, float):
+        return float(f"{value:.12g}") if math.isfinite(value) else str(value)
+    return value
+
+
+def _pin_spectrum():
+    rng = np.random.default_rng(7)
+    spec = rng.random((48, 48)) + 1.0
+    spec[24 - 6, 24 + 3] = 80.0
+    spec[24 + 6, 24 - 3] = 80.0
+    return spec
+
+
+def _pin_fft_full():
+    w, p = 48, (0.02, 0.02)
+    g = 1 / (w * 0.02)
+    return figures.fft_figure(
+        _pin_spectrum(),
+        pixel_size_nm=p,
+        g_max_nm_inv=12.0,
+        spots=[("(1 1 1)", -6 * g, 3 * g), ("", 6 * g, -3 * g), ("(2 0 0)", 2 * g, 7 * g)],
+        rings=[("{1 1 1}", 0.25), ("{2 0 0}", 0.21), ("far", 0.01)],
+        predicted=[("(1 1 1)", -6 * g, 3 * g), ("(0 2 2)", -4 * g, -5 * g), ("", 1.0, 1.0)],
+        points=[(1.5, 2.5), (-3.0, 1.0)],
+        title="pinned <spectrum>",
+    )
+
+
+def _pin_fft_plain():
+    return figures.fft_figure(
+        _pin_spectrum(), pixel_size_nm=(0.03, 0.025), g_max_nm_inv=8.0, clickable=False
+    )
+
+
+def _pin_map_compact():
+    image = np.random.default_rng(3).random((96, 96))
+    return figures.plane_map_figure(_result(ROWS), image, hover="compact")
+
+
+def _pin_map_full():
+    return figures.plane_map_figure(_result(ROWS), None, card_ids=CARD_IDS)
+
+
+def _pin_profile():
+    return figures.profile_figure(_series([0.2, 0.9, 0.9, 0.9, 0.1]))
+
+
+PINS = {
+    "fft_full": _pin_fft_full,
+    "fft_plain": _pin_fft_plain,
+    "map_compact": _pin_map_compact,
+    "map_full": _pin_map_full,
+    "profile": _pin_profile,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINS))
+def test_figures_are_unchanged_by_the_refactor(name, monkeypatch):
+    import plotly.io as pio
+
+    # The pins were written with plotly's own default template; importing streamlit (another
+    # test in this process) makes its own template the default.
+    monkeypatch.setattr(pio.templates, "default", "plotly")
+    pinned = json.loads((PIN_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    assert _canonical(PINS[name]().to_plotly_json()) == pinned
+
+
+def write_pins() -> None:  # run once by hand before a refactor: python -c "..."
+    import plotly.io as pio
+
+    pio.templates.default = "plotly"
+    PIN_DIR.mkdir(parents=True, exist_ok=True)
+    for name, make in PINS.items():
+        text = json.dumps(_canonical(make().to_plotly_json()), sort_keys=True, indent=0)
+        (PIN_DIR / f"{name}.json").write_text(text + "\n", encoding="utf-8")

@@ -25,12 +25,15 @@ DEFAULT_STRIDE_PX = 128
 
 
 def model_available() -> bool:
-    """Whether trained U-Net weights are installed (models/unet_spots.pt)."""
-    try:
-        from hrtem_core.unet.load import DEFAULT_WEIGHTS
-    except Exception:
-        return False
-    return DEFAULT_WEIGHTS.is_file()
+    """Whether trained U-Net weights are installed (models/unet_spots.pt) and torch is there.
+
+    Looked up without importing torch (1 s) or the U-Net module.
+    """
+    from importlib.util import find_spec
+
+    from ui.common import MODEL_WEIGHTS
+
+    return MODEL_WEIGHTS.is_file() and find_spec("torch") is not None
 
 
 def run_clicked(prefix: str) -> bool:
@@ -95,10 +98,41 @@ def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = DEFAULT_STRI
         help="U-Net (trained model) or the classical peak detector (baseline).",
     )
     bar.markdown("Phases to consider")
-    chosen = []
-    for p in enabled:
-        if bar.checkbox(phase_label(p), value=True, key=f"{prefix}_phase_{p.card_id}"):
-            chosen.append(p.card_id)
+    chosen = [
+        p.card_id
+        for p in enabled
+        if bar.checkbox(phase_label(p), value=True, key=f"{prefix}_phase_{p.card_id}")
+    ]
+    spacing_tol, angle_tol, forbidden = _tolerance_widgets(bar, prefix=prefix)
+    bar.button(
+        "Analyze",
+        type="primary",
+        key=f"{prefix}_run",
+        on_click=run_state.clear_cancel,
+        args=(prefix,),
+        width="stretch",
+    )
+    problems = _param_problems(int(window), int(stride), bool(enabled), bool(chosen))
+    for problem in problems:
+        bar.error(problem)
+    if problems:
+        return None
+    if detector == "U-Net" and not model_available():
+        bar.warning("No trained U-Net is installed: using the classical detector.")
+        detector = "Classical"
+    return AnalysisParams(
+        window_px=int(window),
+        stride_px=int(stride),
+        detector=DETECTORS[detector],
+        spacing_tol=float(spacing_tol) / 100.0,
+        angle_tol_deg=float(angle_tol),
+        phases=tuple(chosen) if len(chosen) != len(enabled) or not enabled else None,
+        include_forbidden=bool(forbidden),
+    )
+
+
+def _tolerance_widgets(bar: Any, *, prefix: str) -> tuple[float, float, bool]:
+    """Spacing tolerance [%], angle tolerance [deg] and the forbidden-reflections box."""
     spacing_tol = bar.number_input(
         "Spacing tolerance (%)",
         min_value=0.1,
@@ -123,37 +157,19 @@ def sidebar_params(db: Any | None, *, prefix: str, stride_px: int = DEFAULT_STRI
         help="Also match kinematically forbidden reflections (they can appear through "
         "double diffraction).",
     )
-    bar.button(
-        "Analyze",
-        type="primary",
-        key=f"{prefix}_run",
-        on_click=run_state.clear_cancel,
-        args=(prefix,),
-        width="stretch",
-    )
+    return spacing_tol, angle_tol, forbidden
+
+
+def _param_problems(window: int, stride: int, any_enabled: bool, any_chosen: bool) -> list[str]:
+    """What makes the sidebar's values unusable (one message each; empty: none)."""
     problems = []
-    if int(stride) < 1:
+    if stride < 1:
         problems.append("Stride must be at least 1 px (the step between windows).")
-    if int(window) < 32:
+    if window < 32:
         problems.append("Window size must be at least 32 px.")
-    if enabled and not chosen:
+    if any_enabled and not any_chosen:
         problems.append("Tick at least one phase to consider.")
-    for problem in problems:
-        bar.error(problem)
-    if problems:
-        return None
-    if detector == "U-Net" and not model_available():
-        bar.warning("No trained U-Net is installed: using the classical detector.")
-        detector = "Classical"
-    return AnalysisParams(
-        window_px=int(window),
-        stride_px=int(stride),
-        detector=DETECTORS[detector],
-        spacing_tol=float(spacing_tol) / 100.0,
-        angle_tol_deg=float(angle_tol),
-        phases=tuple(chosen) if len(chosen) != len(enabled) or not enabled else None,
-        include_forbidden=bool(forbidden),
-    )
+    return problems
 
 
 def received_files(uploaded: Any) -> list[tuple[str, bytes]]:

@@ -7,7 +7,10 @@ is :func:`hrtem_core.analysis.analyze_image` / ``analyze_series``.
 Caching
 -------
 * The U-Net loads once per process (:func:`get_model`, ``st.cache_resource``).
-* The card database is re-read only when its file changes (key: path, mtime, size).
+* The card database is re-read only when its file changes (key: path, mtime, size); the
+  shipped workbook comes parsed from ``data/example_cache/`` (:mod:`ui.example_cache`).
+* The Analyze page's first view of the bundled example comes from ``data/example_cache/`` when
+  every input matches the stored key (:func:`analyze_cached` with ``precomputed=True``).
 * Decoded images are kept by upload digest (sha256 of the bytes) + pixel-size override + frame
   in a bounded LRU shared by the sessions of the process (:data:`MAX_IMAGES` entries). It hands
   out the same :class:`~hrtem_core.io.Micrograph` object on every rerun, where ``st.cache_data``
@@ -48,6 +51,9 @@ EXAMPLE_IMAGE = EXAMPLES_DIR / "maghemite_particle.tif"
 #: The bundled focal series the Defocus-series page offers.
 FOCAL_SERIES_DIR = EXAMPLES_DIR / "focal_series"
 MODEL_SETTINGS = REPO / "models" / "unet_spots.json"
+#: The U-Net weights (:data:`hrtem_core.unet.load.DEFAULT_WEIGHTS`, not imported: that would
+#: import torch).
+MODEL_WEIGHTS = REPO / "models" / "unet_spots.pt"
 #: The detectors' held-out evaluation, written by ``benchmarks/eval_detectors.py``: the one
 #: source of the accuracy figures on the About page and in the README.
 DETECTOR_EVAL = REPO / "benchmarks" / "results" / "eval_detectors.json"
@@ -198,6 +204,11 @@ def cards_path() -> Path:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_cards_cached(path: str, mtime_ns: int, size: int) -> Any:
+    from ui import example_cache
+
+    stored = example_cache.cached_cards(Path(path))  # the shipped workbook, parsed beforehand
+    if stored is not None:
+        return stored
     from hrtem_core.cards import load_cards
 
     return load_cards(path)
@@ -621,6 +632,7 @@ def analyze_cached(
     cards: Any,
     label: str = "Analysing ...",
     cancelled: Callable[[], bool] | None = None,
+    precomputed: bool = False,
 ) -> Any:
     """:func:`hrtem_core.analysis.analyze_image`, cached by image key + params + cards digest.
 
@@ -643,6 +655,9 @@ def analyze_cached(
     cancelled : callable, optional, keyword-only
         Polled at every progress update; when true the analysis stops with
         :class:`ui.run_state.AnalysisCancelled`.
+    precomputed : bool, keyword-only
+        Return the stored result of the bundled example (:mod:`ui.example_cache`) when the key
+        of exactly these inputs matches its key (nothing is loaded or computed then).
 
     Raises
     ------
@@ -652,6 +667,17 @@ def analyze_cached(
     shape = getattr(getattr(micrograph, "data", None), "shape", None)
     if shape is not None and len(shape) == 2:
         params = fine_blocks(params, shape)
+    if precomputed:
+        from ui import example_cache
+
+        hit = example_cache.precomputed_result(
+            key,
+            params,
+            getattr(cards, "digest", None),
+            cards_path=getattr(cards, "path", None),
+        )
+        if hit is not None:
+            return hit.result
     model = get_model() if params.detector == "unet" else None
     return _analysis(
         result_key(key, params, cards), micrograph, params, cards, model, label, cancelled

@@ -35,6 +35,12 @@ def _cached_particles(result: Any, micrograph: Any) -> Any:
     return extras
 
 
+def remember_particles(result: Any, micrograph: Any, extras: Any) -> None:
+    """Put particles computed beforehand (the precomputed bundled example) in the session cache."""
+    cache = st.session_state.setdefault(_CACHE_KEY, {})
+    cache[(id(result), id(micrograph.data), result.name)] = (result, extras)
+
+
 def _phase_colors(names: list[str]) -> dict[str, str]:
     import plotly.express as px
 

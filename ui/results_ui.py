@@ -174,9 +174,32 @@ def show_result(
     ``stale``: the result was computed with other settings than the ones shown (the page shows
     the banner; here the downloads are marked).
     """
-    from hrtem_core import export, figures
+    _metrics(result.summary)
+    card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
+    map_col, detail_col = st.columns([3, 2], gap="medium")
+    with map_col:
+        event = _plane_map(result, micrograph, key=key, cards=cards, card_ids=card_ids)
+    _follow_click(event, result, key=key)
+    with detail_col:
+        index, row, phase, hexagonal = _window_panel(result, key=key, cards=cards)
+    detail = window_detail(result, micrograph.data, index)
+    window_view.show_tools(
+        result,
+        micrograph,
+        detail,
+        row,
+        key=key,
+        cards=cards,
+        phase=phase,
+        hexagonal=hexagonal,
+        stale=stale,
+    )
+    _tables(result, key=key)
+    _downloads(result, micrograph.data, key=key, cards=cards, card_ids=card_ids, stale=stale)
 
-    s = result.summary
+
+def _metrics(s: dict) -> None:
+    """The summary in five numbers (windows, crystallinity, area, indexed, time)."""
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Windows", f"{s['n_windows']} ({s['n_rows']} x {s['n_cols']})")
     m2.metric(
@@ -194,38 +217,43 @@ def show_result(
     )
     m5.metric("Time", f"{s['elapsed_s']:.1f} s", help=f"detector: {s['detector']}")
 
-    card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
-    map_col, detail_col = st.columns([3, 2], gap="medium")
-    with map_col:
-        st.subheader("Crystal-plane map")
-        fig = figures.plane_map_figure(
-            result,
-            micrograph.data,
-            max_display_px=MAP_DISPLAY_PX,
-            hover="compact",
-            cards=cards,
-            card_ids=card_ids,
-        )
-        fig.update_layout(
-            height=MAP_HEIGHT_PX,
-            margin={"l": 10, "r": 10, "t": 60, "b": 10},
-            title={"font": {"size": 13}, "y": 0.98, "yanchor": "top"},
-            legend={"font": {"size": 11}, "tracegroupgap": 6},
-        )
-        event = st.plotly_chart(
-            fig,
-            key=f"{key}_map",
-            on_select="rerun",
-            selection_mode=("points",),
-            config={"displaylogo": False},
-        )
-        st.caption(
-            "Hover a window for its phase, (hkl), d and score; click it for everything else. "
-            "Colours: one hue per phase (from its card id), its plane families in shades; greys "
-            "for windows without a phase."
-        )
 
-    # A new click on the map moves the window selector (applied before the selector is drawn).
+def _plane_map(result: Any, micrograph: Any, *, key: str, cards: Any, card_ids: Any) -> Any:
+    """The crystal-plane map (clickable); returns its selection event."""
+    from hrtem_core import figures
+
+    st.subheader("Crystal-plane map")
+    fig = figures.plane_map_figure(
+        result,
+        micrograph.data,
+        max_display_px=MAP_DISPLAY_PX,
+        hover="compact",
+        cards=cards,
+        card_ids=card_ids,
+    )
+    fig.update_layout(
+        height=MAP_HEIGHT_PX,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        title={"font": {"size": 13}, "y": 0.98, "yanchor": "top"},
+        legend={"font": {"size": 11}, "tracegroupgap": 6},
+    )
+    event = st.plotly_chart(
+        fig,
+        key=f"{key}_map",
+        on_select="rerun",
+        selection_mode=("points",),
+        config={"displaylogo": False},
+    )
+    st.caption(
+        "Hover a window for its phase, (hkl), d and score; click it for everything else. "
+        "Colours: one hue per phase (from its card id), its plane families in shades; greys "
+        "for windows without a phase."
+    )
+    return event
+
+
+def _follow_click(event: Any, result: Any, *, key: str) -> None:
+    """A new click on the map moves the window selector (applied before it is drawn)."""
     sel_key = f"{key}_selected_window"
     clicked = _selected_from_event(event, result)
     last_key = f"{key}_last_click"
@@ -236,6 +264,18 @@ def show_result(
     if not isinstance(current, int) or not 0 <= current < result.grid.n_windows:
         st.session_state[sel_key] = default_window(result)
 
+
+def _window_panel(result: Any, *, key: str, cards: Any) -> tuple[int, Any, Any, bool]:
+    """The window selector and the facts of the chosen window.
+
+    Returns
+    -------
+    (index, row, phase, hexagonal)
+        Window index, its windows-table row, its card phase (or None), whether hexagonal.
+    """
+    from hrtem_core import figures
+
+    sel_key = f"{key}_selected_window"
     windows = result.windows
     labels = [
         f"#{int(r['window'])} (row {int(r['row'])}, col {int(r['col'])})"
@@ -243,57 +283,46 @@ def show_result(
         + ("" if int(r["n_pairs"]) else " · no spots")
         for r in windows.to_dict("records")
     ]
-    index = None
-    with detail_col:
-        st.subheader("The clicked window")
-        index = int(
-            st.selectbox(
-                "Window",
-                list(range(result.grid.n_windows)),
-                format_func=lambda i: labels[i],
-                key=sel_key,
-            )
+    st.subheader("The clicked window")
+    index = int(
+        st.selectbox(
+            "Window",
+            list(range(result.grid.n_windows)),
+            format_func=lambda i: labels[i],
+            key=sel_key,
         )
-        row = windows.iloc[index]
-        phase = _phase_of(cards, _cell(row, "phase_card"))
-        hexagonal = phase is not None and figures.is_hexagonal(phase)
-        if _cell(row, "phase_name"):
-            zone = _cell(row, "zone_axis")
-            zone_txt = (
-                f", zone axis [{figures.relabel(zone, four_index=hexagonal, direction=True)}]"
-                if zone
-                else ""
-            )
-            st.markdown(
-                f"**{row['phase_name']}** ({row['phase_card']}){zone_txt}, "
-                f"score {float(row['score']):.2f}, status *{row['status']}*"
-            )
-        else:
-            st.markdown(f"Status *{row['status']}* (no phase named)")
-        facts = window_facts(row, four_index=hexagonal)
-        if len(facts):
-            st.dataframe(facts, hide_index=True, width="stretch")
-        if _cell(row, "angles_deg"):
-            st.caption(f"Angles between the planes: {row['angles_deg'].replace(';', ', ')} °")
-        if _cell(row, "alternatives"):
-            st.caption("Alternatives / candidates: " + _cell(row, "alternatives"))
-        with st.expander("All columns of this window"):
-            st.json({c: _jsonable(row[c]) for c in windows.columns}, expanded=True)
-
-    model = get_model() if result.params.detector == "unet" else None
-    detail = window_view.window_detail(result, micrograph.data, index, model=model)
-    window_view.show_tools(
-        result,
-        micrograph,
-        detail,
-        row,
-        key=key,
-        cards=cards,
-        phase=phase,
-        hexagonal=hexagonal,
-        stale=stale,
     )
+    row = windows.iloc[index]
+    phase = _phase_of(cards, _cell(row, "phase_card"))
+    hexagonal = phase is not None and figures.is_hexagonal(phase)
+    if _cell(row, "phase_name"):
+        zone = _cell(row, "zone_axis")
+        zone_txt = (
+            f", zone axis [{figures.relabel(zone, four_index=hexagonal, direction=True)}]"
+            if zone
+            else ""
+        )
+        st.markdown(
+            f"**{row['phase_name']}** ({row['phase_card']}){zone_txt}, "
+            f"score {float(row['score']):.2f}, status *{row['status']}*"
+        )
+    else:
+        st.markdown(f"Status *{row['status']}* (no phase named)")
+    facts = window_facts(row, four_index=hexagonal)
+    if len(facts):
+        st.dataframe(facts, hide_index=True, width="stretch")
+    if _cell(row, "angles_deg"):
+        st.caption(f"Angles between the planes: {row['angles_deg'].replace(';', ', ')} °")
+    if _cell(row, "alternatives"):
+        st.caption("Alternatives / candidates: " + _cell(row, "alternatives"))
+    with st.expander("All columns of this window"):
+        st.json({c: _jsonable(row[c]) for c in windows.columns}, expanded=True)
 
+    return index, row, phase, hexagonal
+
+
+def _tables(result: Any, *, key: str) -> None:
+    """The phases, plane families and windows tables."""
     st.subheader("Phases")
     if result.phases is not None and len(result.phases):
         st.dataframe(
@@ -310,10 +339,16 @@ def show_result(
             )
 
     st.subheader("Windows")
-    st.dataframe(windows, hide_index=True, width="stretch", height=300, key=f"{key}_table")
+    st.dataframe(result.windows, hide_index=True, width="stretch", height=300, key=f"{key}_table")
+
+
+def _downloads(
+    result: Any, image: Any, *, key: str, cards: Any, card_ids: Any, stale: bool
+) -> None:
+    """Deferred downloads: windows CSV, all tables XLSX, summary JSON, the map (HTML/PNG/SVG)."""
+    from hrtem_core import export, figures
 
     stem = Path(result.name).stem or "result"
-    image = micrograph.data
     mark = " (stale)" if stale else ""
     if stale:
         st.caption("The downloads are the results of the previous settings (marked stale).")
@@ -375,6 +410,26 @@ def show_result(
         on_click="ignore",
         key=f"{key}_dl_svg",
     )
+
+
+def window_detail(result: Any, image: np.ndarray, index: int) -> Any:
+    """:func:`ui.window_view.window_detail` of one window, with the U-Net where it is needed.
+
+    For the precomputed result of the bundled example (:mod:`ui.example_cache`) the window's
+    U-Net mask is the stored one (computed by the same U-Net on the same band): neither torch
+    nor the model is loaded for the first view.
+    """
+    from dataclasses import replace
+
+    from ui import example_cache
+
+    unet = result.params.detector == "unet"
+    stored = example_cache.precomputed_for(result) if unet else None
+    if stored is not None and 0 <= int(index) < len(stored.masks):
+        detail = window_view.window_detail(result, image, index, model=None)
+        return replace(detail, mask=np.asarray(stored.masks[int(index)], dtype=bool))
+    model = get_model() if unet else None
+    return window_view.window_detail(result, image, index, model=model)
 
 
 def _jsonable(value: Any) -> Any:
