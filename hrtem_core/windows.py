@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from scipy.signal.windows import hann
 
 from hrtem_core.errors import AnalysisParameterError
 
@@ -241,6 +240,9 @@ def iter_window_batches(
 
 def _hann_1d(window_px: int) -> np.ndarray:
     """Periodic 1-D Hann window, shape (w,) float32, peak 1."""
+    # scipy.signal takes ~0.7 s to import: only when a window is apodised (not on a cached view)
+    from scipy.signal.windows import hann
+
     return hann(int(window_px), sym=False).astype(np.float32)
 
 
