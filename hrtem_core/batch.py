@@ -68,7 +68,7 @@ from hrtem_core.errors import CalibrationError, HRTEMError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, LocalCluster
 
-    from hrtem_core.analysis import AnalysisParams
+    from hrtem_core.analysis.params import AnalysisParams
 
 #: Version of the on-disk layout and of the parameter digest; bump it to invalidate old results.
 BATCH_FORMAT = 1
@@ -201,7 +201,7 @@ def make_settings(
         :class:`~hrtem_core.errors.CardDatabaseError` for a broken database or unknown phases.
     """
     if params is None:
-        from hrtem_core.analysis import AnalysisParams
+        from hrtem_core.analysis.params import AnalysisParams
 
         params = AnalysisParams()
     if hasattr(params, "validate"):
@@ -491,7 +491,7 @@ def analyze_file(path: str, settings: BatchSettings) -> tuple[pd.DataFrame, dict
     defocus_nm : float or None
         Defocus [nm] from the file's metadata or name.
     """
-    from hrtem_core.analysis import analyze_image
+    from hrtem_core.analysis.image import analyze_image
     from hrtem_core.io import load_image
 
     micrograph = load_image(path, pixel_size_nm=settings.pixel_size_nm, frame=settings.frame)
@@ -537,7 +537,7 @@ def _cached_tables(path: str | None, digest: str, params: Any) -> Any:
     cards = _cached_cards(path, digest)
     if cards is None:
         return None
-    from hrtem_core.analysis import make_tables
+    from hrtem_core.analysis.image import make_tables
 
     return make_tables(cards, params)
 
@@ -1033,7 +1033,7 @@ class BatchResult:
         """
         if self.profile is None:
             return None
-        from hrtem_core.analysis import SeriesResult, fraction_column
+        from hrtem_core.analysis.series import SeriesResult, fraction_column
 
         ok = self.files[self.files["status"] == "ok"]
         phases = tuple(
@@ -1224,7 +1224,7 @@ def run_batch(
         profile = _write_profile(out, table, warnings)
         best = None
         if profile is not None:
-            from hrtem_core.analysis import best_focus_nm
+            from hrtem_core.analysis.series import best_focus_nm
 
             best = best_focus_nm(profile)
         return BatchResult(
@@ -1393,7 +1393,7 @@ def profile_from_tables(files: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFr
     pandas.DataFrame
         One row per file, sorted by defocus [nm].
     """
-    from hrtem_core.analysis import series_profile
+    from hrtem_core.analysis.series import series_profile
 
     frame = files.copy()
     frame["defocus_nm"] = pd.to_numeric(frame["defocus_nm"], errors="coerce")

@@ -184,7 +184,7 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
 
 def params_from_args(args: argparse.Namespace) -> Any:
     """:class:`~hrtem_core.analysis.AnalysisParams` from the parsed options (validated)."""
-    from hrtem_core.analysis import AnalysisParams
+    from hrtem_core.analysis.params import AnalysisParams
 
     params = AnalysisParams(
         window_px=int(args.window),

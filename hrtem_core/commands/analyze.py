@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``analyze``; return the exit code."""
-    from hrtem_core.analysis import analyze_image, load_spot_model
+    from hrtem_core.analysis.image import analyze_image, load_spot_model
     from hrtem_core.export import export_analysis
     from hrtem_core.io import load_image
 
