@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,36 @@ from hrtem_core.analysis.image import (
     make_tables,
 )
 from hrtem_core.analysis.params import AnalysisParams, ProgressCallback
-from hrtem_core.errors import AnalysisParameterError
+from hrtem_core.errors import AnalysisParameterError, HRTEMError
 from hrtem_core.indexing import IndexingTables
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hrtem_core.cards import CardDatabase
     from hrtem_core.io import Micrograph
+    from hrtem_core.particles import ImageParticles
     from hrtem_core.unet.load import SpotModel
+
+#: Where an image's defocus came from (:attr:`SeriesImage.defocus_source`).
+SOURCE_GIVEN = "given"
+SOURCE_METADATA = "metadata"
+SOURCE_NAME = "file name"
+SOURCE_ESTIMATED = "estimated"
+SOURCE_UNKNOWN = "unknown"
+
+#: What one image of a series may fail with; with ``keep_going`` the other images still run.
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (HRTEMError, OSError, ValueError, MemoryError)
+
+#: ``analyze(micrograph, progress) -> AnalysisResult``: the per-image analysis the engine calls
+#: (default :func:`~hrtem_core.analysis.image.analyze_image`; the dashboard passes its cached run).
+AnalyzeFn = Callable[[Any, "ProgressCallback | None"], AnalysisResult]
+
+
+class DefocusUnknownError(AnalysisParameterError):
+    """An image has no defocus: none given, none in its metadata or name, no clear estimate."""
+
+
+class SeriesCancelled(Exception):
+    """The ``cancelled()`` callback of :func:`run_series` asked the engine to stop."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +194,7 @@ def series_from_results(
     fixed = []
     for r, df in zip(results, defocus_nm, strict=True):
         if df is None or not math.isfinite(float(df)):
-            raise AnalysisParameterError(
-                f"{r.name}: the defocus is unknown; give it with --defocus-nm"
-            )
+            raise DefocusUnknownError(f"{r.name}: the defocus is unknown: give it in nm")
         if r.defocus_nm != float(df):
             summary = dict(r.summary, defocus_nm=float(df))
             r = dataclasses.replace(r, defocus_nm=float(df), summary=summary)
@@ -219,13 +240,22 @@ def _unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve_defocus(micrograph: Micrograph, given: float | None = None) -> float:
-    """Defocus of an image [nm]: ``given``, else its metadata, else its file name.
+# --------------------------------------------------------------------------------------------
+# The engine: defocus of each image, the per-image step, the whole series
+# --------------------------------------------------------------------------------------------
+
+
+def defocus_of(micrograph: Micrograph, given: float | None = None) -> tuple[float | None, str]:
+    """The defocus of an image before any estimate [nm] and where it came from.
+
+    ``given`` (the user's value), else the micrograph's own value (its metadata, or its file name
+    as the reader parsed it), else the defocus in its file name; ``(None, SOURCE_UNKNOWN)`` when
+    none of them gives one.
 
     Raises
     ------
     AnalysisParameterError
-        When none of them gives a defocus.
+        ``given`` is not a finite number.
     """
     if given is not None:
         v = float(given)
@@ -233,18 +263,395 @@ def resolve_defocus(micrograph: Micrograph, given: float | None = None) -> float
             raise AnalysisParameterError(
                 f"{micrograph.name}: defocus must be a finite number of nm"
             )
-        return v
+        return v, SOURCE_GIVEN
     if micrograph.defocus_nm is not None:
-        return float(micrograph.defocus_nm)
+        meta = getattr(micrograph, "metadata", None) or {}
+        named = meta.get("defocus_source") == SOURCE_NAME
+        return float(micrograph.defocus_nm), SOURCE_NAME if named else SOURCE_METADATA
     from hrtem_core.io import defocus_from_name
 
     v = defocus_from_name(micrograph.name)
+    return (None, SOURCE_UNKNOWN) if v is None else (float(v), SOURCE_NAME)
+
+
+def _unknown(name: str, why: str = "") -> DefocusUnknownError:
+    return DefocusUnknownError(
+        f"{name}: the defocus is unknown (not in the metadata or the file name{why}): give it in nm"
+    )
+
+
+def resolve_defocus(micrograph: Micrograph, given: float | None = None) -> float:
+    """Defocus of an image [nm]: ``given``, else its metadata, else its file name.
+
+    Raises
+    ------
+    AnalysisParameterError
+        When none of them gives a defocus (:class:`DefocusUnknownError`), or ``given`` is not
+        finite.
+    """
+    v, _source = defocus_of(micrograph, given)
     if v is None:
-        raise AnalysisParameterError(
-            f"{micrograph.name}: the defocus is unknown (not in the metadata or the file name); "
-            "give it with --defocus-nm"
+        raise _unknown(micrograph.name)
+    return v
+
+
+@dataclass(frozen=True)
+class SeriesImage:
+    """One image of a series as the engine ran it.
+
+    Attributes
+    ----------
+    result : AnalysisResult
+        Its analysis, ``defocus_nm`` filled in (the Thon-ring estimate where none was given).
+    defocus_source : str
+        :data:`SOURCE_GIVEN`, :data:`SOURCE_METADATA`, :data:`SOURCE_NAME` or
+        :data:`SOURCE_ESTIMATED`.
+    particles : ImageParticles or None
+        Particles and the Thon-ring estimate (:func:`hrtem_core.particles.image_particles`);
+        None when the engine ran without estimates.
+    warnings : tuple of str
+        The disagreement between a given defocus and the estimate, when there is one.
+    """
+
+    result: AnalysisResult
+    defocus_source: str
+    particles: ImageParticles | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def _with_defocus(result: AnalysisResult, defocus_nm: float | None) -> AnalysisResult:
+    if result.defocus_nm == defocus_nm:
+        return result
+    summary = dict(result.summary, defocus_nm=defocus_nm)
+    return dataclasses.replace(result, defocus_nm=defocus_nm, summary=summary)
+
+
+def _finish_image(
+    micrograph: Micrograph, result: AnalysisResult, source: str, *, estimate: bool
+) -> SeriesImage:
+    """The defocus estimate, its label and warning for an analysed image (issue 22)."""
+    if not estimate:
+        return SeriesImage(result, source)
+    from hrtem_core.particles import image_particles
+
+    extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    if source == SOURCE_UNKNOWN:
+        if extras.defocus_nm is None:
+            raise _unknown(micrograph.name, "; no clear Thon rings to estimate it")
+        result = extras.with_estimated_defocus(result)
+        source = SOURCE_ESTIMATED
+    return SeriesImage(result, source, extras, tuple(filter(None, [extras.disagreement])))
+
+
+def analyze_series_image(
+    micrograph: Micrograph,
+    *,
+    given_defocus_nm: float | None = None,
+    params: AnalysisParams = AnalysisParams(),
+    tables: IndexingTables | None = None,
+    model: SpotModel | None = None,
+    progress: ProgressCallback | None = None,
+    detector_workers: int = -1,
+    estimate: bool = True,
+    analyze: AnalyzeFn | None = None,
+) -> SeriesImage:
+    """The engine's per-image step: defocus, analysis, Thon-ring estimate and its warning.
+
+    The defocus is ``given_defocus_nm``, else the image's metadata, else its file name
+    (:func:`defocus_of`); where none gives one and ``estimate`` is set, the Thon-ring estimate
+    (:func:`hrtem_core.defocus.defocus_for_result`), labelled :data:`SOURCE_ESTIMATED`. A given
+    defocus that differs from a reliable estimate by more than its uncertainty is a warning.
+
+    Parameters
+    ----------
+    micrograph : Micrograph
+    given_defocus_nm : float or None, keyword-only
+        The user's defocus [nm] (negative = underfocus).
+    params, tables, model, progress, detector_workers : keyword-only
+        As in :func:`~hrtem_core.analysis.image.analyze_image`.
+    estimate : bool, keyword-only
+        Estimate the defocus from the Thon rings (and find the particles); without it an image
+        with no defocus is an error.
+    analyze : callable, optional, keyword-only
+        ``analyze(micrograph, progress)`` instead of ``analyze_image`` (the dashboard's cache).
+
+    Raises
+    ------
+    DefocusUnknownError
+        No defocus, and no estimate (or ``estimate`` is off).
+    """
+    df, source = defocus_of(micrograph, given_defocus_nm)
+    if df is None and not estimate:
+        raise _unknown(micrograph.name)
+    m = micrograph if df is None else dataclasses.replace(micrograph, defocus_nm=df)
+    if analyze is not None:
+        result = analyze(m, progress)
+    else:
+        result = analyze_image(
+            m,
+            params=params,
+            tables=tables,
+            model=model,
+            progress=progress,
+            detector_workers=detector_workers,
         )
-    return float(v)
+    # A cached result may carry the defocus of an earlier run: this run's defocus wins.
+    return _finish_image(m, _with_defocus(result, df), source, estimate=estimate)
+
+
+@dataclass(frozen=True)
+class SeriesRun:
+    """What :func:`run_series` produced.
+
+    Attributes
+    ----------
+    images : tuple of SeriesImage
+        The images that were analysed, in input order.
+    failures : tuple of (str, str)
+        ``(image name, one-line reason)`` of each image that failed.
+    series : SeriesResult or None
+        Profile and best focus over the analysed images (None when none was).
+    particles : pandas.DataFrame or None
+        Per-particle crystallinity across defocus
+        (:func:`hrtem_core.particles.particle_series`, the CLI's ``particles_series.csv``); None
+        without estimates or images.
+    """
+
+    images: tuple[SeriesImage, ...]
+    failures: tuple[tuple[str, str], ...] = ()
+    series: SeriesResult | None = None
+    particles: pd.DataFrame | None = None
+
+    @property
+    def results(self) -> tuple[AnalysisResult, ...]:
+        """The analysis results, in input order."""
+        return tuple(i.result for i in self.images)
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str], ...]:
+        """``(image name, warning)`` of every defocus disagreement."""
+        return tuple((i.result.name, w) for i in self.images for w in i.warnings)
+
+    def defocus_table(self) -> pd.DataFrame:
+        """Per image: ``file, defocus_nm, defocus_source, estimate_nm, uncertainty_nm,
+        reliable, warning`` (what the CLI writes and the dashboard shows)."""
+        rows = []
+        for i in self.images:
+            est = None if i.particles is None else i.particles.defocus
+            rows.append(
+                {
+                    "file": i.result.name,
+                    "defocus_nm": i.result.defocus_nm,
+                    "defocus_source": i.defocus_source,
+                    "estimate_nm": None if est is None else round(float(est.defocus_nm), 2),
+                    "uncertainty_nm": None if est is None else round(float(est.uncertainty_nm), 2),
+                    "reliable": None if est is None else bool(est.reliable),
+                    "warning": "; ".join(i.warnings),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc) if isinstance(exc, HRTEMError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(msg.split())
+
+
+def _check_series_args(n: int, defocus_nm: Sequence[Any] | None, workers: Any) -> None:
+    if not n:
+        raise AnalysisParameterError("a defocus series needs at least one image")
+    if defocus_nm is not None and len(defocus_nm) != n:
+        raise AnalysisParameterError(
+            f"{len(defocus_nm)} defocus values for {n} images: give one per image"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
+        raise AnalysisParameterError(f"workers must be a positive integer, got {workers!r}")
+
+
+def _item_name(item: Any) -> str:
+    name = getattr(item, "name", None)
+    return str(name) if name is not None else str(item)
+
+
+def run_series(
+    images: Sequence[Any],
+    *,
+    defocus_nm: Sequence[float | None] | None = None,
+    load: Callable[[Any], Micrograph] | None = None,
+    params: AnalysisParams = AnalysisParams(),
+    cards: CardDatabase | None = None,
+    model: SpotModel | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    workers: int = 1,
+    estimate: bool = True,
+    keep_going: bool = True,
+    analyze: AnalyzeFn | None = None,
+    on_image: Callable[[Micrograph, SeriesImage], None] | None = None,
+) -> SeriesRun:
+    """THE defocus-series engine: the CLI, the dashboard and :func:`analyze_series` call it.
+
+    Each image goes through :func:`analyze_series_image` (defocus from the user, the metadata,
+    the file name, else the Thon-ring estimate; the disagreement warning); then the profile over
+    defocus, the best focus (:func:`series_from_results`) and the per-particle crystallinity
+    across defocus (:func:`hrtem_core.particles.particle_series`).
+
+    Parameters
+    ----------
+    images : sequence
+        Micrographs, or anything ``load`` turns into one (file paths for the CLI).
+    defocus_nm : sequence of float or None, optional, keyword-only
+        The user's defocus of each image [nm]; None (or a None entry): the image's own.
+    load : callable, optional, keyword-only
+        ``load(item) -> Micrograph``, called just before the image is analysed.
+    params, cards, model : keyword-only
+        As in :func:`~hrtem_core.analysis.image.analyze_image`; cards, tables and the model are
+        loaded once.
+    progress : callable, optional, keyword-only
+        ``progress(fraction_done, message)`` over the whole series.
+    cancelled : callable, optional, keyword-only
+        ``cancelled() -> bool``, asked before each image; True raises :class:`SeriesCancelled`.
+    workers : int, keyword-only
+        Images analysed at once in separate processes (default 1); the result does not depend
+        on it.
+    estimate : bool, keyword-only
+        Estimate the defocus from the Thon rings where none is known, and find the particles.
+    keep_going : bool, keyword-only
+        An image that fails (:data:`IMAGE_ERRORS`) is listed in ``failures`` and the others
+        still run; False: the first failure is raised.
+    analyze : callable, optional, keyword-only
+        ``analyze(micrograph, progress)`` instead of ``analyze_image`` (the dashboard's cache).
+    on_image : callable, optional, keyword-only
+        ``on_image(micrograph, series_image)`` after each image (the CLI writes its outputs);
+        what it raises counts as that image's failure.
+
+    Returns
+    -------
+    SeriesRun
+    """
+    images = list(images)
+    _check_series_args(len(images), defocus_nm, workers)
+    params.validate()
+    tables = None
+    if analyze is None:
+        tables = make_tables(cards if cards is not None else _load_default_cards(), params)
+    step: dict[str, Any] = {
+        "params": params,
+        "tables": tables,
+        "estimate": estimate,
+        "analyze": analyze,
+    }
+    collect = _Collector(keep_going=keep_going, on_image=on_image)
+    givens = list(defocus_nm) if defocus_nm is not None else [None] * len(images)
+    if workers > 1 and len(images) > 1 and analyze is None:
+        _run_pool(images, givens, load, step, model, progress, int(workers), collect)
+    else:
+        step["model"] = load_spot_model(model, params.detector) if analyze is None else model
+        _run_here(images, givens, load, step, progress, cancelled, collect)
+    return collect.assemble(estimate=estimate)
+
+
+class _Collector:
+    """The images done and failed so far; calls ``on_image``; raises unless ``keep_going``."""
+
+    def __init__(
+        self, *, keep_going: bool, on_image: Callable[[Any, SeriesImage], None] | None
+    ) -> None:
+        self.keep_going = keep_going
+        self.on_image = on_image
+        self.done: list[SeriesImage] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def ok(self, micrograph: Micrograph, image: SeriesImage) -> None:
+        if self.on_image is not None:
+            self.on_image(micrograph, image)
+        self.done.append(image)
+
+    def fail(self, name: str, exc: BaseException) -> None:
+        if not self.keep_going:
+            raise exc
+        self.failed.append((name, _one_line(exc)))
+
+    def assemble(self, *, estimate: bool) -> SeriesRun:
+        images = tuple(self.done)
+        results = [i.result for i in images]
+        series = series_from_results(results) if images else None
+        particles = None
+        if estimate and images:
+            from hrtem_core.particles import particle_series
+
+            particles = particle_series(results, [i.particles.particles for i in images])
+        return SeriesRun(images, tuple(self.failed), series, particles)
+
+
+def _run_here(
+    images: list[Any],
+    givens: list[float | None],
+    load: Callable[[Any], Micrograph] | None,
+    step: dict[str, Any],
+    progress: ProgressCallback | None,
+    cancelled: Callable[[], bool] | None,
+    collect: _Collector,
+) -> None:
+    """The images one after the other in this process (the progress runs within each image)."""
+    n = len(images)
+    for i, item in enumerate(images):
+        if cancelled is not None and cancelled():
+            raise SeriesCancelled("the series was cancelled")
+
+        def sub(frac: float, msg: str, i: int = i) -> None:
+            if progress is not None:
+                progress((i + frac) / n, msg)
+
+        try:
+            m = load(item) if load is not None else item
+            collect.ok(m, analyze_series_image(m, given_defocus_nm=givens[i], progress=sub, **step))
+        except IMAGE_ERRORS as exc:
+            collect.fail(_item_name(item), exc)
+        if progress is not None:
+            progress((i + 1) / n, _item_name(item))
+
+
+def _run_pool(
+    images: list[Any],
+    givens: list[float | None],
+    load: Callable[[Any], Micrograph] | None,
+    step: dict[str, Any],
+    model: SpotModel | None,
+    progress: ProgressCallback | None,
+    workers: int,
+    collect: _Collector,
+) -> None:
+    """The analyses in ``workers`` processes; defocus and estimates in this process."""
+    todo: list[tuple[Any, float | None, str]] = []
+    for item, given in zip(images, givens, strict=True):
+        try:
+            m = load(item) if load is not None else item
+            df, source = defocus_of(m, given)
+            if df is None and not step["estimate"]:
+                raise _unknown(m.name)
+            todo.append((m if df is None else dataclasses.replace(m, defocus_nm=df), df, source))
+        except IMAGE_ERRORS as exc:
+            collect.fail(_item_name(item), exc)
+    if not todo:
+        return
+    found = _analyze_parallel(
+        [m for m, _, _ in todo],
+        params=step["params"],
+        tables=step["tables"],
+        model=model,
+        progress=progress,
+        workers=min(workers, len(todo)),
+    )
+    for (m, df, source), res in zip(todo, found, strict=True):
+        try:
+            if isinstance(res, BaseException):
+                raise res
+            collect.ok(
+                m, _finish_image(m, _with_defocus(res, df), source, estimate=step["estimate"])
+            )
+        except IMAGE_ERRORS as exc:
+            collect.fail(m.name, exc)
 
 
 def analyze_series(
@@ -258,6 +665,9 @@ def analyze_series(
     workers: int = 1,
 ) -> SeriesResult:
     """Analyse a defocus series: crystallinity and phase fractions vs defocus, best focus.
+
+    The strict form of :func:`run_series`: every image needs a defocus (given, metadata or
+    file name; no Thon-ring estimate) and the first failure is raised.
 
     Parameters
     ----------
@@ -284,51 +694,24 @@ def analyze_series(
         No image, a defocus count that does not match, or an image whose defocus is unknown.
     """
     micrographs = list(micrographs)
-    if not micrographs:
-        raise AnalysisParameterError("a defocus series needs at least one image")
-    if defocus_nm is not None and len(defocus_nm) != len(micrographs):
-        raise AnalysisParameterError(
-            f"{len(defocus_nm)} defocus values for {len(micrographs)} images: give one per image"
-        )
+    _check_series_args(len(micrographs), defocus_nm, workers)
     dfs = [
         resolve_defocus(m, None if defocus_nm is None else defocus_nm[i])
         for i, m in enumerate(micrographs)
     ]
-    params.validate()
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
-        raise AnalysisParameterError(f"workers must be a positive integer, got {workers!r}")
-    if cards is None:
-        cards = _load_default_cards()
-    tables = make_tables(cards, params)
-    n = len(micrographs)
-    if workers > 1 and n > 1:
-        return series_from_results(
-            _analyze_parallel(
-                [
-                    dataclasses.replace(m, defocus_nm=df)
-                    for m, df in zip(micrographs, dfs, strict=True)
-                ],
-                params=params,
-                tables=tables,
-                model=model,
-                progress=progress,
-                workers=min(int(workers), n),
-            ),
-            dfs,
-        )
-    model = load_spot_model(model, params.detector)
-    results = []
-    for i, (m, df) in enumerate(zip(micrographs, dfs, strict=True)):
-
-        def sub(frac: float, msg: str, i: int = i) -> None:
-            if progress is not None:
-                progress((i + frac) / n, msg)
-
-        m = dataclasses.replace(m, defocus_nm=df)
-        results.append(
-            analyze_image(m, params=params, cards=cards, model=model, progress=sub, tables=tables)
-        )
-    return series_from_results(results, dfs)
+    run = run_series(
+        micrographs,
+        defocus_nm=dfs,
+        params=params,
+        cards=cards,
+        model=model,
+        progress=progress,
+        workers=workers,
+        estimate=False,
+        keep_going=False,
+    )
+    assert run.series is not None  # keep_going=False: every image succeeded
+    return run.series
 
 
 def _worker_init(threads: int) -> None:
@@ -351,8 +734,16 @@ _WORKER_MODEL: dict = {}
 _WORKER_THREADS: dict = {"threads": 1}
 
 
-def _worker_analyze(job: tuple) -> AnalysisResult:
+def _worker_analyze(job: tuple) -> AnalysisResult | BaseException:
+    """One image in a worker process; what it fails with (:data:`IMAGE_ERRORS`) is returned."""
     micrograph, params, tables, model = job
+    try:
+        return _worker_run(micrograph, params, tables, model)
+    except IMAGE_ERRORS as exc:
+        return exc
+
+
+def _worker_run(micrograph: Any, params: AnalysisParams, tables: Any, model: Any) -> AnalysisResult:
     if model is None and params.detector == "unet":
         # Loaded once per worker process, not once per image.
         if "model" not in _WORKER_MODEL:
@@ -379,8 +770,8 @@ def _analyze_parallel(
     model: SpotModel | None,
     progress: ProgressCallback | None,
     workers: int,
-) -> list[AnalysisResult]:
-    """Analyse images in ``workers`` processes; results in input order."""
+) -> list[AnalysisResult | BaseException]:
+    """Analyse images in ``workers`` processes; results (or the image's error) in input order."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -396,7 +787,7 @@ def _analyze_parallel(
     # parent may have run torch's thread pools, which must not be forked: spawn.
     fork_ok = params.detector == "classical" and "fork" in multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
-    out: list[AnalysisResult | None] = [None] * len(micrographs)
+    out: list[AnalysisResult | BaseException | None] = [None] * len(micrographs)
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
     ) as pool:
@@ -415,11 +806,25 @@ def _analyze_parallel(
 
 
 __all__ = [
+    "IMAGE_ERRORS",
+    "SOURCE_ESTIMATED",
+    "SOURCE_GIVEN",
+    "SOURCE_METADATA",
+    "SOURCE_NAME",
+    "SOURCE_UNKNOWN",
+    "AnalyzeFn",
+    "DefocusUnknownError",
+    "SeriesCancelled",
+    "SeriesImage",
     "SeriesResult",
+    "SeriesRun",
     "analyze_series",
+    "analyze_series_image",
     "best_focus_nm",
+    "defocus_of",
     "fraction_column",
     "resolve_defocus",
+    "run_series",
     "series_from_results",
     "series_profile",
 ]

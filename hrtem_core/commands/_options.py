@@ -272,12 +272,6 @@ class ProgressBar:
         self.close()
 
 
-def safe_stem(name: str) -> str:
-    """A folder-safe version of a file's stem (``[A-Za-z0-9._+-]``, others -> ``_``)."""
-    stem = Path(name).stem if Path(name).suffix else Path(name).name
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._") or "image"
-
-
 __all__ = [
     "ProgressBar",
     "add_analysis_options",
@@ -288,5 +282,4 @@ __all__ = [
     "pixel_size_arg",
     "pixel_size_from_args",
     "positive_int",
-    "safe_stem",
 ]
