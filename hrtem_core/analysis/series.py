@@ -48,6 +48,11 @@ IMAGE_ERRORS: tuple[type[BaseException], ...] = (HRTEMError, OSError, ValueError
 AnalyzeFn = Callable[[Any, "ProgressCallback | None"], AnalysisResult]
 
 
+#: ``find_particles(result, micrograph) -> ImageParticles`` (default
+#: :func:`hrtem_core.particles.image_particles`).
+ParticlesFn = Callable[[AnalysisResult, Any], "ImageParticles"]
+
+
 class DefocusUnknownError(AnalysisParameterError):
     """An image has no defocus: none given, none in its metadata or name, no clear estimate."""
 
@@ -327,14 +332,22 @@ def _with_defocus(result: AnalysisResult, defocus_nm: float | None) -> AnalysisR
 
 
 def _finish_image(
-    micrograph: Micrograph, result: AnalysisResult, source: str, *, estimate: bool
+    micrograph: Micrograph,
+    result: AnalysisResult,
+    source: str,
+    *,
+    estimate: bool,
+    find_particles: ParticlesFn | None = None,
 ) -> SeriesImage:
     """The defocus estimate, its label and warning for an analysed image (issue 22)."""
     if not estimate:
         return SeriesImage(result, source)
-    from hrtem_core.particles import image_particles
+    if find_particles is None:
+        from hrtem_core.particles import image_particles
 
-    extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+        extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    else:
+        extras = find_particles(result, micrograph)
     if source == SOURCE_UNKNOWN:
         if extras.defocus_nm is None:
             raise _unknown(micrograph.name, "; no clear Thon rings to estimate it")
@@ -354,6 +367,7 @@ def analyze_series_image(
     detector_workers: int = -1,
     estimate: bool = True,
     analyze: AnalyzeFn | None = None,
+    find_particles: ParticlesFn | None = None,
 ) -> SeriesImage:
     """The engine's per-image step: defocus, analysis, Thon-ring estimate and its warning.
 
@@ -374,6 +388,9 @@ def analyze_series_image(
         with no defocus is an error.
     analyze : callable, optional, keyword-only
         ``analyze(micrograph, progress)`` instead of ``analyze_image`` (the dashboard's cache).
+    find_particles : callable, optional, keyword-only
+        ``find_particles(result, micrograph)`` instead of
+        :func:`hrtem_core.particles.image_particles` (the dashboard's cache).
 
     Raises
     ------
@@ -396,7 +413,9 @@ def analyze_series_image(
             detector_workers=detector_workers,
         )
     # A cached result may carry the defocus of an earlier run: this run's defocus wins.
-    return _finish_image(m, _with_defocus(result, df), source, estimate=estimate)
+    return _finish_image(
+        m, _with_defocus(result, df), source, estimate=estimate, find_particles=find_particles
+    )
 
 
 @dataclass(frozen=True)
@@ -487,6 +506,7 @@ def run_series(
     estimate: bool = True,
     keep_going: bool = True,
     analyze: AnalyzeFn | None = None,
+    find_particles: ParticlesFn | None = None,
     on_image: Callable[[Micrograph, SeriesImage], None] | None = None,
 ) -> SeriesRun:
     """THE defocus-series engine: the CLI, the dashboard and :func:`analyze_series` call it.
@@ -519,8 +539,8 @@ def run_series(
     keep_going : bool, keyword-only
         An image that fails (:data:`IMAGE_ERRORS`) is listed in ``failures`` and the others
         still run; False: the first failure is raised.
-    analyze : callable, optional, keyword-only
-        ``analyze(micrograph, progress)`` instead of ``analyze_image`` (the dashboard's cache).
+    analyze, find_particles : callable, optional, keyword-only
+        As in :func:`analyze_series_image` (the dashboard passes its caches).
     on_image : callable, optional, keyword-only
         ``on_image(micrograph, series_image)`` after each image (the CLI writes its outputs);
         what it raises counts as that image's failure.
@@ -540,6 +560,7 @@ def run_series(
         "tables": tables,
         "estimate": estimate,
         "analyze": analyze,
+        "find_particles": find_particles,
     }
     collect = _Collector(keep_going=keep_going, on_image=on_image)
     givens = list(defocus_nm) if defocus_nm is not None else [None] * len(images)
@@ -647,9 +668,9 @@ def _run_pool(
         try:
             if isinstance(res, BaseException):
                 raise res
-            collect.ok(
-                m, _finish_image(m, _with_defocus(res, df), source, estimate=step["estimate"])
-            )
+            res = _with_defocus(res, df)
+            kw = {"estimate": step["estimate"], "find_particles": step["find_particles"]}
+            collect.ok(m, _finish_image(m, res, source, **kw))
         except IMAGE_ERRORS as exc:
             collect.fail(m.name, exc)
 
@@ -814,6 +835,7 @@ __all__ = [
     "SOURCE_UNKNOWN",
     "AnalyzeFn",
     "DefocusUnknownError",
+    "ParticlesFn",
     "SeriesCancelled",
     "SeriesImage",
     "SeriesResult",
