@@ -366,6 +366,7 @@ def analyze_series_image(
     progress: ProgressCallback | None = None,
     detector_workers: int = -1,
     estimate: bool = True,
+    require_defocus: bool = True,
     analyze: AnalyzeFn | None = None,
     find_particles: ParticlesFn | None = None,
 ) -> SeriesImage:
@@ -385,7 +386,10 @@ def analyze_series_image(
         As in :func:`~hrtem_core.analysis.image.analyze_image`.
     estimate : bool, keyword-only
         Estimate the defocus from the Thon rings (and find the particles); without it an image
-        with no defocus is an error.
+        with no defocus is an error (unless ``require_defocus`` is off).
+    require_defocus : bool, keyword-only
+        Without an estimate, an image with no defocus is an error; False: it is analysed with
+        ``defocus_nm = None`` (source :data:`SOURCE_UNKNOWN`; the batch's choice).
     analyze : callable, optional, keyword-only
         ``analyze(micrograph, progress)`` instead of ``analyze_image`` (the dashboard's cache).
     find_particles : callable, optional, keyword-only
@@ -398,7 +402,7 @@ def analyze_series_image(
         No defocus, and no estimate (or ``estimate`` is off).
     """
     df, source = defocus_of(micrograph, given_defocus_nm)
-    if df is None and not estimate:
+    if df is None and not estimate and require_defocus:
         raise _unknown(micrograph.name)
     m = micrograph if df is None else dataclasses.replace(micrograph, defocus_nm=df)
     if analyze is not None:
