@@ -277,7 +277,9 @@ def _resolve_weights_path(path: str | os.PathLike | None) -> Path | None:
 def supported_extensions() -> tuple[str, ...]:
     """Lower-case file extensions (with the dot) that a folder search picks up: the suffixes of
     the readers registered in :mod:`hrtem_core.io`."""
-    return _files.supported_extensions()
+    from hrtem_core.io import SUPPORTED_EXTENSIONS
+
+    return SUPPORTED_EXTENSIONS
 
 
 def discover_files(
