@@ -34,7 +34,8 @@ import pandas as pd
 
 from hrtem_core.analysis.params import AnalysisParams, ProgressCallback
 from hrtem_core.analysis.tables import _summary, phase_tables, window_label, windows_table
-from hrtem_core.errors import AnalysisParameterError, HRTEMError
+from hrtem_core.detectors import detector_for, load_default_model
+from hrtem_core.errors import AnalysisParameterError
 from hrtem_core.indexing import IndexingTables, WindowIndex, build_tables, index_windows
 from hrtem_core.windows import WindowGrid, window_grid
 
@@ -125,19 +126,7 @@ def load_spot_model(model: SpotModel | None, detector: str) -> SpotModel | None:
     """
     if detector != "unet":
         return None
-    if model is not None:
-        return model
-    from hrtem_core.unet.load import load_model
-
-    try:
-        return load_model()
-    except HRTEMError:
-        raise
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise AnalysisParameterError(
-            f"cannot load the U-Net weights ({type(exc).__name__}: {exc}); "
-            "train them or use the classical detector"
-        ) from None
+    return model if model is not None else load_default_model()
 
 
 def make_tables(cards: CardDatabase, params: AnalysisParams) -> IndexingTables:
@@ -214,9 +203,7 @@ def analyze_image(
         if cards is None:
             cards = _load_default_cards()
         tables = make_tables(cards, params)
-    model = load_spot_model(model, params.detector)
-
-    from hrtem_core.spots import detect_pairs_in_image
+    detector = detector_for(params.detector, model=model)
 
     n = grid.n_windows
     all_pairs: list[tuple[SpotPair, ...]] = [()] * n
@@ -233,13 +220,11 @@ def analyze_image(
     n_blocks = -(-grid.n_rows // max(1, int(params.batch_size) // grid.n_cols))
     bounds = [grid.n_rows * k // n_blocks for k in range(n_blocks + 1)]
     for r0, r1 in itertools.pairwise(bounds):
-        found = detect_pairs_in_image(
+        found = detector.pairs_in_image(
             image32,
             grid,
             rows=(r0, r1),
             pixel_size_nm=(py, px),
-            detector=params.detector,
-            model=model,
             d_min_nm=params.d_min_nm,
             workers=detector_workers,
         )

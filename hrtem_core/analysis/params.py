@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hrtem_core.detectors import DETECTORS, check_detector
 from hrtem_core.errors import AnalysisParameterError
 from hrtem_core.indexing import (
     AMBIGUITY_DECADES,
@@ -20,9 +21,6 @@ from hrtem_core.indexing import (
 
 #: ``progress(fraction_done, message)``: fraction in [0, 1] and a short message.
 ProgressCallback = Callable[[float, str], None]
-
-#: Spot detectors the analysis accepts.
-DETECTORS: tuple[str, ...] = ("unet", "classical")
 
 
 @dataclass(frozen=True)
@@ -80,10 +78,7 @@ class AnalysisParams:
 
     def validate(self) -> None:
         """Raise :class:`AnalysisParameterError` for invalid values (one line naming the parameter)."""
-        if self.detector not in DETECTORS:
-            raise AnalysisParameterError(
-                f"unknown spot detector {self.detector!r}: choose one of {', '.join(DETECTORS)}"
-            )
+        check_detector(self.detector)
         check_tolerances(spacing_tol=self.spacing_tol, angle_tol_deg=self.angle_tol_deg)
         d = self.d_min_nm
         if (
