@@ -291,8 +291,30 @@ def show_series(
     stale: bool = False,
 ) -> None:
     """Profile, phase fractions, small multiples with overlays, table and downloads."""
-    from hrtem_core import export, figures
+    from hrtem_core import figures
 
+    _focus_metrics(series)
+    left, right = st.columns(2)
+    profile_fig = figures.profile_figure(series)
+    with left:
+        st.plotly_chart(profile_fig, key=f"{key}_profile")
+    with right:
+        fractions = figures.phase_fraction_figure(
+            series, card_ids=[p.card_id for p in getattr(cards, "phases", ())] or None
+        )
+        fractions.update_layout(
+            title={"text": "Phase fractions vs defocus (best match per window)"}
+        )
+        st.plotly_chart(fractions, key=f"{key}_fractions")
+    st.subheader("Images side by side")
+    _small_multiples(series, chosen, key=key, cards=cards)
+    st.subheader("Profile")
+    st.dataframe(series.profile, hide_index=True, width="stretch")
+    _downloads(series, profile_fig, key=key, mark=" (stale)" if stale else "")
+
+
+def _focus_metrics(series: Any) -> None:
+    """Number of images, best focus (with the tie note) and the maximum crystallinity."""
     prof = series.profile
     c1, c2, c3 = st.columns(3)
     c1.metric("Images", len(series.results))
@@ -307,20 +329,13 @@ def show_series(
     if note:
         st.info(note, icon=":material/equal:")
 
-    left, right = st.columns(2)
-    profile_fig = figures.profile_figure(series)
-    with left:
-        st.plotly_chart(profile_fig, key=f"{key}_profile")
-    with right:
-        fractions = figures.phase_fraction_figure(
-            series, card_ids=[p.card_id for p in getattr(cards, "phases", ())] or None
-        )
-        fractions.update_layout(
-            title={"text": "Phase fractions vs defocus (best match per window)"}
-        )
-        st.plotly_chart(fractions, key=f"{key}_fractions")
 
-    st.subheader("Images side by side")
+def _small_multiples(
+    series: Any, chosen: list[tuple[Upload, Any]], *, key: str, cards: Any
+) -> None:
+    """One small plane map per image, one colour per phase {family} across the series."""
+    from hrtem_core import figures
+
     results = list(series.results)
     by_name = {m.name: m for _, m in chosen}
     card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
@@ -344,9 +359,12 @@ def show_series(
             _compact(fig, f"{r.defocus_nm:+.1f} nm · {100 * r.summary['crystallinity']:.0f} %")
             col.plotly_chart(fig, key=f"{key}_multiple_{start}_{r.name}")
 
-    st.subheader("Profile")
-    st.dataframe(prof, hide_index=True, width="stretch")
-    mark = " (stale)" if stale else ""
+
+def _downloads(series: Any, profile_fig: Any, *, key: str, mark: str) -> None:
+    """Profile CSV, series XLSX, profile plot as HTML, PNG and SVG."""
+    from hrtem_core import export, figures
+
+    prof = series.profile
     d1, d2, d3, d4, d5 = st.columns(5)
     d1.download_button(
         f"Profile (CSV){mark}",
