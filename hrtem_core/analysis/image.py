@@ -41,7 +41,7 @@ from hrtem_core.windows import WindowGrid, window_grid
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hrtem_core.cards import CardDatabase
-    from hrtem_core.io import Micrograph
+    from hrtem_core.io import Micrograph, PixelSize
     from hrtem_core.spots import SpotPair
     from hrtem_core.unet.load import SpotModel
 
@@ -87,6 +87,15 @@ class AnalysisResult:
     families: pd.DataFrame | None = None
 
     @property
+    def pixel_size(self) -> PixelSize:
+        """:attr:`pixel_size_nm` as a :class:`~hrtem_core.io.PixelSize` (with the micrograph's
+        source, from the summary)."""
+        from hrtem_core.io._model import PixelSize
+
+        source = (self.summary or {}).get("pixel_size_source") or "metadata"
+        return PixelSize(*self.pixel_size_nm, source=str(source))
+
+    @property
     def crystalline_grid(self) -> np.ndarray:
         """Crystalline windows on the window grid, shape (n_rows, n_cols) bool."""
         return (
@@ -127,6 +136,17 @@ def load_spot_model(model: SpotModel | None, detector: str) -> SpotModel | None:
     if detector != "unet":
         return None
     return model if model is not None else load_default_model()
+
+
+def _pixel_size(micrograph: Micrograph) -> PixelSize:
+    """The micrograph's :class:`~hrtem_core.io.PixelSize` (a plain ``pixel_size_nm`` pair for
+    objects that only have that)."""
+    size = getattr(micrograph, "pixel_size", None)
+    if size is not None:
+        return size
+    from hrtem_core.io._model import PixelSize
+
+    return PixelSize.of(micrograph.pixel_size_nm, getattr(micrograph, "pixel_size_source", "user"))
 
 
 def make_tables(cards: CardDatabase, params: AnalysisParams) -> IndexingTables:
@@ -198,7 +218,8 @@ def analyze_image(
             f"{micrograph.name}: expected a 2-D image, got shape {data.shape}"
         )
     grid = window_grid(data.shape, window_px=int(params.window_px), stride_px=params.stride_px)
-    py, px = (float(v) for v in micrograph.pixel_size_nm)
+    pixel = _pixel_size(micrograph)  # validated: finite, > 0 nm/px
+    py, px = pixel
     if tables is None:
         if cards is None:
             cards = _load_default_cards()
