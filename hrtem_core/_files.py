@@ -11,7 +11,9 @@
   (https://owasp.org/www-community/attacks/CSV_Injection): a text cell that starts with
   ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so that a spreadsheet
   shows it as text instead of evaluating it. Numbers are never touched.
-* :func:`supported_extensions`: the suffixes the readers of :mod:`hrtem_core.io` handle.
+
+The supported-extension table is :data:`hrtem_core.io.SUPPORTED_EXTENSIONS` (from the reader
+registry): this module is the bottom layer and imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -240,13 +242,6 @@ def display_name(name: str, *, fallback: str = "upload") -> str:
     return base.lstrip(".") or fallback
 
 
-def supported_extensions() -> tuple[str, ...]:
-    """Lower-case suffixes (with the dot) of every format :func:`hrtem_core.io.load_image` reads."""
-    from hrtem_core.io import SUPPORTED_EXTENSIONS
-
-    return SUPPORTED_EXTENSIONS
-
-
 __all__ = [
     "FORMULA_PREFIXES",
     "atomic_write",
@@ -256,7 +251,6 @@ __all__ = [
     "is_formula_like",
     "jsonable",
     "safe_name",
-    "supported_extensions",
     "write_bytes",
     "write_csv",
     "write_text",

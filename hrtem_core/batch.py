@@ -68,7 +68,7 @@ from hrtem_core.errors import CalibrationError, HRTEMError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, LocalCluster
 
-    from hrtem_core.analysis import AnalysisParams
+    from hrtem_core.analysis.params import AnalysisParams
 
 #: Version of the on-disk layout and of the parameter digest; bump it to invalidate old results.
 BATCH_FORMAT = 1
@@ -201,7 +201,7 @@ def make_settings(
         :class:`~hrtem_core.errors.CardDatabaseError` for a broken database or unknown phases.
     """
     if params is None:
-        from hrtem_core.analysis import AnalysisParams
+        from hrtem_core.analysis.params import AnalysisParams
 
         params = AnalysisParams()
     if hasattr(params, "validate"):
@@ -277,7 +277,9 @@ def _resolve_weights_path(path: str | os.PathLike | None) -> Path | None:
 def supported_extensions() -> tuple[str, ...]:
     """Lower-case file extensions (with the dot) that a folder search picks up: the suffixes of
     the readers registered in :mod:`hrtem_core.io`."""
-    return _files.supported_extensions()
+    from hrtem_core.io import SUPPORTED_EXTENSIONS
+
+    return SUPPORTED_EXTENSIONS
 
 
 def discover_files(
@@ -491,27 +493,28 @@ def analyze_file(path: str, settings: BatchSettings) -> tuple[pd.DataFrame, dict
     defocus_nm : float or None
         Defocus [nm] from the file's metadata or name.
     """
-    from hrtem_core.analysis import analyze_image
+    from hrtem_core.analysis.series import analyze_series_image
     from hrtem_core.io import load_image
 
     micrograph = load_image(path, pixel_size_nm=settings.pixel_size_nm, frame=settings.frame)
-    cards = _cached_cards(settings.cards_path, settings.cards_digest)
     tables = _cached_tables(settings.cards_path, settings.cards_digest, settings.params)
     model = None
     if getattr(settings.params, "detector", "unet") == "unet":
         model = _cached_model(settings.weights_path, settings.weights_digest)
-    # One detector thread: the cluster runs one single-threaded task per process on every core
-    # (detect_pairs' default would start a thread per core in every worker process).
-    result = analyze_image(
+    # The series engine's per-image step (defocus from the metadata or the name; no Thon-ring
+    # estimate: files.csv keeps the files' own defocus). One detector thread: the cluster runs
+    # one single-threaded task per process on every core.
+    image = analyze_series_image(
         micrograph,
         params=settings.params,
-        cards=cards,
         model=model,
         tables=tables,
         detector_workers=WORKER_DETECTOR_THREADS,
+        estimate=False,
+        require_defocus=False,
     )
-    defocus = result.defocus_nm if result.defocus_nm is not None else micrograph.defocus_nm
-    return result.windows, dict(result.summary), defocus
+    result = image.result
+    return result.windows, dict(result.summary), result.defocus_nm
 
 
 @functools.lru_cache(maxsize=4)
@@ -537,7 +540,7 @@ def _cached_tables(path: str | None, digest: str, params: Any) -> Any:
     cards = _cached_cards(path, digest)
     if cards is None:
         return None
-    from hrtem_core.analysis import make_tables
+    from hrtem_core.analysis.image import make_tables
 
     return make_tables(cards, params)
 
@@ -1033,7 +1036,7 @@ class BatchResult:
         """
         if self.profile is None:
             return None
-        from hrtem_core.analysis import SeriesResult, fraction_column
+        from hrtem_core.analysis.series import SeriesResult, fraction_column
 
         ok = self.files[self.files["status"] == "ok"]
         phases = tuple(
@@ -1136,95 +1139,34 @@ def run_batch(
         settings if px is None else dataclasses.replace(settings, pixel_size_nm=px)
         for px in given_pixel
     ]
-    digests = [s.digest for s in file_settings]
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / WINDOWS_DIR).mkdir(exist_ok=True)
     with folder_lock(out):  # one batch at a time writes into a folder
         previous = read_manifest(out)
 
-        rows: dict[str, dict] = {}
-        n_analysed = n_skipped = 0
         n_total = len(files)
-        finished = 0
-
-        def report(name: str, status: str) -> None:
-            if progress is not None:
-                progress(finished / n_total, f"{finished}/{n_total} {name}: {status}")
-
         with dask_client(scheduler, workers=workers) as (client, description):
             n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-            from distributed import as_completed
-
-            futures = {}
-            for path, name, fs, digest in zip(files, names, file_settings, digests, strict=True):
-                rec = previous.get(name)
-                expected = rec["sha256"] if _is_done(rec, digest, out) else None
-                fut = client.submit(
-                    run_file_task,
-                    str(path),
-                    fs,
-                    expected,
-                    analyze_fn,
-                    file_timeout_s,
-                    key=f"hrtem-batch-{name}-{digest[:12]}-{time.time_ns()}",
-                    pure=False,
-                    retries=0,
-                )
-                futures[fut] = (path, name, digest)
+            futures = _submit_files(
+                client, files, names, file_settings, previous, out, analyze_fn, file_timeout_s
+            )
+            rows: dict[str, dict] = {}
             try:
-                for fut in as_completed(list(futures)):
-                    path, name, params_digest = futures.pop(fut)
-                    try:
-                        res: FileOutput = fut.result()
-                    except Exception as exc:  # a killed worker, a lost connection, ...
-                        res = FileOutput(
-                            sha256="", status="error", error=_error_line(exc), retry=True
-                        )
-                    fut.release()
-                    finished += 1
-                    row = _finish_file(out, path, name, res, previous.get(name), params_digest)
-                    rows[name] = row
-                    # n_skipped: not run again (done earlier, also an earlier failure that is
-                    # final); n_failed (below) counts every error row of files.csv.
-                    if res.status == "skipped":
-                        n_skipped += 1
-                    elif res.status == "ok":
-                        n_analysed += 1
-                    report(name, "done earlier" if res.status == "skipped" else res.status)
+                n_analysed, n_skipped = _collect_files(futures, out, previous, rows, progress)
             finally:
                 if futures:  # interrupted: stop what is still queued or running on the cluster
                     with contextlib.suppress(Exception):
                         client.cancel(list(futures))
                 # Written even when interrupted: what finished is in files.csv and the manifest.
-                ordered = []
-                for path, name, df in zip(files, names, given_defocus, strict=True):
-                    row = rows.get(name) or {
-                        "file": name,
-                        "path": str(path),
-                        "status": "pending",
-                        "reused": False,
-                    }
-                    if df is not None:
-                        row = dict(row, defocus_nm=df, defocus_source="given")
-                    elif row.get("defocus_nm") is not None:
-                        row = dict(row, defocus_source="file")
-                    ordered.append(row)
-                table = _files_table(ordered)
+                table = _files_table(_ordered_rows(files, names, given_defocus, rows))
                 _write_csv(table, out / FILES_CSV)
 
-        warnings: list[str] = []
-        failed = table[table["status"] == "error"]
-        for _, r in failed.iterrows():
-            error, path = str(r["error"]), str(r["path"])
-            name = Path(path).name
-            if error.startswith(f"{name}:"):  # the readers' messages start with the file name
-                error = error[len(name) + 1 :].lstrip()
-            warnings.append(f"{path}: {error}")
+        failed, warnings = _failure_warnings(table)
         profile = _write_profile(out, table, warnings)
         best = None
         if profile is not None:
-            from hrtem_core.analysis import best_focus_nm
+            from hrtem_core.analysis.series import best_focus_nm
 
             best = best_focus_nm(profile)
         return BatchResult(
@@ -1241,6 +1183,111 @@ def run_batch(
             warnings=tuple(warnings),
             best_focus_nm=best,
         )
+
+
+def _submit_files(
+    client: Any,
+    files: Sequence[Path],
+    names: Sequence[str],
+    file_settings: Sequence[BatchSettings],
+    previous: Mapping[str, dict],
+    out: Path,
+    analyze_fn: AnalyzeFn | None,
+    file_timeout_s: float | None,
+) -> dict:
+    """One task per file on the cluster: ``{future: (path, name, params digest)}``."""
+    futures = {}
+    for path, name, fs in zip(files, names, file_settings, strict=True):
+        digest = fs.digest
+        rec = previous.get(name)
+        expected = rec["sha256"] if _is_done(rec, digest, out) else None
+        fut = client.submit(
+            run_file_task,
+            str(path),
+            fs,
+            expected,
+            analyze_fn,
+            file_timeout_s,
+            key=f"hrtem-batch-{name}-{digest[:12]}-{time.time_ns()}",
+            pure=False,
+            retries=0,
+        )
+        futures[fut] = (path, name, digest)
+    return futures
+
+
+def _collect_files(
+    futures: dict,
+    out: Path,
+    previous: Mapping[str, dict],
+    rows: dict[str, dict],
+    progress: ProgressCallback | None,
+) -> tuple[int, int]:
+    """Finish each file as its task completes (``rows`` filled in); ``(n_analysed, n_skipped)``.
+
+    ``futures`` loses each finished task, so what is left after an interruption is what to
+    cancel.
+    """
+    from distributed import as_completed
+
+    n_total = len(futures)
+    n_analysed = n_skipped = finished = 0
+    for fut in as_completed(list(futures)):
+        path, name, params_digest = futures.pop(fut)
+        try:
+            res: FileOutput = fut.result()
+        except Exception as exc:  # a killed worker, a lost connection, ...
+            res = FileOutput(sha256="", status="error", error=_error_line(exc), retry=True)
+        fut.release()
+        finished += 1
+        rows[name] = _finish_file(out, path, name, res, previous.get(name), params_digest)
+        # n_skipped: not run again (done earlier, also an earlier failure that is final);
+        # n_failed counts every error row of files.csv.
+        if res.status == "skipped":
+            n_skipped += 1
+        elif res.status == "ok":
+            n_analysed += 1
+        if progress is not None:
+            status = "done earlier" if res.status == "skipped" else res.status
+            progress(finished / n_total, f"{finished}/{n_total} {name}: {status}")
+    return n_analysed, n_skipped
+
+
+def _ordered_rows(
+    files: Sequence[Path],
+    names: Sequence[str],
+    given_defocus: Sequence[float | None],
+    rows: Mapping[str, dict],
+) -> list[dict]:
+    """The rows of ``files.csv`` in input order (``pending`` where no task finished), with the
+    defocus and its source (``given`` or ``file``)."""
+    ordered = []
+    for path, name, df in zip(files, names, given_defocus, strict=True):
+        row = rows.get(name) or {
+            "file": name,
+            "path": str(path),
+            "status": "pending",
+            "reused": False,
+        }
+        if df is not None:
+            row = dict(row, defocus_nm=df, defocus_source="given")
+        elif row.get("defocus_nm") is not None:
+            row = dict(row, defocus_source="file")
+        ordered.append(row)
+    return ordered
+
+
+def _failure_warnings(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The failed rows of ``files.csv`` and one warning line per failed file."""
+    warnings: list[str] = []
+    failed = table[table["status"] == "error"]
+    for _, r in failed.iterrows():
+        error, path = str(r["error"]), str(r["path"])
+        name = Path(path).name
+        if error.startswith(f"{name}:"):  # the readers' messages start with the file name
+            error = error[len(name) + 1 :].lstrip()
+        warnings.append(f"{path}: {error}")
+    return failed, warnings
 
 
 @contextlib.contextmanager
@@ -1264,7 +1311,7 @@ def folder_lock(out_dir: str | os.PathLike) -> Iterator[None]:
     except filelock.Timeout:
         raise HRTEMError(
             f"another batch is writing into {out_dir}: wait for it to finish or choose "
-            "another --out"
+            "another output folder"
         ) from None
     try:
         yield
@@ -1393,7 +1440,7 @@ def profile_from_tables(files: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFr
     pandas.DataFrame
         One row per file, sorted by defocus [nm].
     """
-    from hrtem_core.analysis import series_profile
+    from hrtem_core.analysis.series import series_profile
 
     frame = files.copy()
     frame["defocus_nm"] = pd.to_numeric(frame["defocus_nm"], errors="coerce")

@@ -1605,7 +1605,7 @@ def phase_fraction_figure(series: Any, *, card_ids: Iterable[str] | None = None)
     """
     import plotly.graph_objects as go
 
-    from hrtem_core.analysis import fraction_column
+    from hrtem_core.analysis.series import fraction_column
 
     prof = _profile_frame(series)
     ids = list(card_ids) if card_ids is not None else [c for c, _ in series.phases]

@@ -68,7 +68,7 @@ if items and params is not None and db is not None:
         plan = run_state.plan(
             "series", images, request, run_clicked=analyze_ui.run_clicked("series")
         )
-        results = None
+        run = None
         if plan.run:
             # The overall bar counts the images (each image's own bar is inside the cached call).
             cancel = st.empty()
@@ -81,7 +81,7 @@ if items and params is not None and db is not None:
             )
             bar = st.progress(0.0, text="Analysing the series ...")
             try:
-                results = series_ui.run_series(
+                run = series_ui.run_series(
                     chosen,
                     defocus,
                     params,
@@ -89,7 +89,7 @@ if items and params is not None and db is not None:
                     bar=bar,
                     cancelled=lambda: run_state.cancel_requested("series"),
                 )
-                run_state.completed("series", images, request, results, params)
+                run_state.completed("series", images, request, (params, db), params)
             except run_state.AnalysisCancelled:
                 run_state.mark_cancelled("series", request)
                 plan = run_state.Plan("cancelled", plan.last)
@@ -98,8 +98,11 @@ if items and params is not None and db is not None:
                 cancel.empty()
         if plan.action == "cancelled":
             st.info("Analysis cancelled. Press **Analyze** in the sidebar to run it.")
-        if results is None and plan.last is not None and plan.last["image"] == images:
-            results = plan.last["result"]
+        if run is None and plan.last is not None and plan.last["image"] == images:
+            # The engine again with the parameters of the last run: every image's analysis is
+            # a cache hit, so an edited defocus re-labels the profile at once.
+            last_params, last_db = plan.last["result"]
+            run = series_ui.run_series(chosen, defocus, last_params, cards=last_db)
             stale = plan.last["request"] != request
             if stale:
                 run_state.stale_banner(
@@ -107,10 +110,9 @@ if items and params is not None and db is not None:
                     params,
                     cards_changed=plan.last["request"][-1] != request[-1],
                 )
-        if results is not None:
-            from hrtem_core.analysis import series_from_results
-
-            series = series_from_results(results, defocus)
+        if run is not None:
+            series_ui.show_defocus(run)
+            series = run.series
 elif params is None:
     st.info("Fix the analysis parameters in the sidebar to analyse.")
 

@@ -520,3 +520,105 @@ def test_bundled_example_series_against_its_truth() -> None:
             if h != "-":
                 assert sum(int(a) * b for a, b in zip(h.split(), z, strict=True)) == 0
     assert np.mean(ok) >= 0.9, np.mean(ok)
+
+
+# --------------------------------------------------------------------------------------------
+# The series engine (issue 20: one engine for the CLI, the dashboard and batch)
+# --------------------------------------------------------------------------------------------
+
+
+def test_series_engine_resolves_defocus_and_keeps_going(db) -> None:
+    from hrtem_core.analysis.series import SOURCE_GIVEN, SOURCE_NAME, run_series
+
+    imgs = _series_images(db)  # names -16, +4, -4 nm; no metadata defocus
+    nodf = dataclasses.replace(imgs[0], name="nodefocus.tif")
+
+    def load(item):
+        if item == "missing.tif":
+            raise OSError("missing.tif: no such file")
+        return item
+
+    calls: list[float] = []
+    seen: list[str] = []
+    run = run_series(
+        [*imgs, nodf, "missing.tif"],
+        defocus_nm=[None, -1.5, None, None, None],
+        load=load,
+        params=PARAMS,
+        cards=db,
+        progress=lambda f, m: calls.append(f),
+        on_image=lambda m, img: seen.append(m.name),
+    )
+    # nodefocus.tif: no defocus and no Thon rings (a lattice without CTF): listed, not raised.
+    failed = dict(run.failures)
+    assert set(failed) == {"nodefocus.tif", "missing.tif"}
+    assert "defocus is unknown" in failed["nodefocus.tif"]
+    assert "Thon rings" in failed["nodefocus.tif"]
+    assert failed["missing.tif"] == "OSError: missing.tif: no such file"
+    assert seen == ["img_-16nm.tif", "img_+4nm.tif", "img_-4nm.tif"]
+    table = run.defocus_table()
+    assert list(table["file"]) == seen
+    assert list(table["defocus_nm"]) == [-16.0, -1.5, -4.0]
+    assert list(table["defocus_source"]) == [SOURCE_NAME, SOURCE_GIVEN, SOURCE_NAME]
+    assert list(run.series.profile["defocus_nm"]) == [-16.0, -4.0, -1.5]
+    assert run.series.best_focus_nm == -1.5  # the largest crystal region, now at -1.5 nm
+    assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0)
+    assert run.particles is not None and set(run.particles["file"]) <= set(seen)
+    # The same images through analyze_series (strict): the same profile.
+    strict = analysis.analyze_series(imgs, defocus_nm=[-16.0, -1.5, -4.0], params=PARAMS, cards=db)
+    pd.testing.assert_frame_equal(strict.profile, run.series.profile)
+    with pytest.raises(AnalysisParameterError, match=r"nodefocus\.tif.*Thon rings"):
+        run_series([nodf], params=PARAMS, cards=db, keep_going=False)
+
+
+def test_series_engine_labels_an_estimate_and_warns_on_disagreement(db) -> None:
+    from types import SimpleNamespace
+
+    from hrtem_core.analysis.series import SOURCE_ESTIMATED, SOURCE_GIVEN, run_series
+    from hrtem_core.particles import image_particles
+
+    img = dataclasses.replace(_series_images(db)[1], name="plain.tif")
+    est = SimpleNamespace(defocus_nm=-12.0, uncertainty_nm=1.0, score=0.9, reliable=True)
+
+    def with_estimate(result, m):
+        # The real particles, and a reliable Thon-ring estimate of -12 +- 1 nm.
+        from hrtem_core.defocus import compare_defocus
+
+        real = image_particles(result, m.data)
+        given = result.defocus_nm
+        warn = compare_defocus(given, est) if given is not None else None
+        return dataclasses.replace(
+            real,
+            defocus=est,
+            defocus_given_nm=given,
+            defocus_source="given" if given is not None else "estimated",
+            disagreement=warn,
+        )
+
+    run = run_series([img], params=PARAMS, cards=db, find_particles=with_estimate)
+    (one,) = run.images
+    assert one.defocus_source == SOURCE_ESTIMATED
+    assert one.result.defocus_nm == -12.0
+    assert one.result.summary["defocus_source"] == "estimated"
+    assert run.series.best_focus_nm == -12.0 and not run.warnings
+    # A given value 20 nm away from the estimate (uncertainty 1 nm): a warning, the given
+    # value is kept.
+    run = run_series([img], defocus_nm=[8.0], params=PARAMS, cards=db, find_particles=with_estimate)
+    (one,) = run.images
+    assert one.defocus_source == SOURCE_GIVEN and one.result.defocus_nm == 8.0
+    assert len(run.warnings) == 1 and run.warnings[0][0] == "plain.tif"
+
+
+def test_series_engine_cancels_before_the_next_image(db) -> None:
+    from hrtem_core.analysis.series import SeriesCancelled, run_series
+
+    analysed: list[str] = []
+
+    def analyze(m, progress):
+        analysed.append(m.name)
+        return analysis.analyze_image(m, params=PARAMS, cards=db)
+
+    imgs = _series_images(db)
+    with pytest.raises(SeriesCancelled):
+        run_series(imgs, params=PARAMS, cards=db, analyze=analyze, cancelled=lambda: bool(analysed))
+    assert analysed == ["img_-16nm.tif"]

@@ -484,17 +484,22 @@ def test_series_page_produces_the_profile():
     }
     at.run()
     assert not at.exception and not _errors(at)
+    original = profile
     profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
     assert profile["defocus_nm"].iloc[0] == -99.0
-    # A missing defocus is an error that names the file.
+    # An emptied defocus is the file's own again (its name here), as in the CLI without
+    # --defocus-nm (issue 20: the series engine resolves it: metadata, name, else estimate).
     at.session_state[editor.key] = {
         "edited_rows": {0: {"defocus_nm": None}},
         "added_rows": [],
         "deleted_rows": [],
     }
     at.run()
-    assert not at.exception
-    assert any("defocus is unknown" in e for e in _errors(at)), _errors(at)
+    assert not at.exception and not _errors(at), _errors(at)
+    profile = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    assert list(profile["defocus_nm"]) == list(original["defocus_nm"])
+    sources = next(d.value for d in at.dataframe if "defocus_source" in d.value.columns)
+    assert set(sources["defocus_source"]) <= {"file name", "metadata"}, sources
 
 
 def test_cards_edit_is_validated_and_saved_to_the_copy(cards_copy: Path):

@@ -143,7 +143,7 @@ def test_supported_extensions_come_from_the_reader_registry() -> None:
     from hrtem_core import batch, io
 
     suffixes = sorted(s for reader in io.READERS for s in reader.suffixes)
-    assert list(_files.supported_extensions()) == suffixes == list(io.SUPPORTED_EXTENSIONS)
+    assert list(batch.supported_extensions()) == suffixes == list(io.SUPPORTED_EXTENSIONS)
     assert batch.supported_extensions() == io.SUPPORTED_EXTENSIONS
     assert {".dm3", ".dm4", ".ser", ".emd", ".mrc", ".tif", ".png", ".jpg"} <= set(suffixes)
 

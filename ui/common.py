@@ -42,6 +42,7 @@ import streamlit as st
 
 from hrtem_core import _files
 from hrtem_core.errors import HRTEMError, ReadError
+from hrtem_core.io import SUPPORTED_EXTENSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 APP_SCRIPT = REPO / "app.py"
@@ -63,7 +64,7 @@ CARDS_ENV = "HRTEM_CARDS_PATH"
 
 #: File types the uploaders accept (extension without the dot): every suffix a reader of
 #: :mod:`hrtem_core.io` is registered for, plus ``emi`` (the metadata companion of a ``.ser``).
-IMAGE_TYPES: tuple[str, ...] = (*(e.lstrip(".") for e in _files.supported_extensions()), "emi")
+IMAGE_TYPES: tuple[str, ...] = (*(e.lstrip(".") for e in SUPPORTED_EXTENSIONS), "emi")
 #: Largest upload [MB]; keep equal to server.maxUploadSize in .streamlit/config.toml.
 MAX_UPLOAD_MB = 500
 

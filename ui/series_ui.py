@@ -127,16 +127,20 @@ def defocus_editor(items: list[Item], *, key: str) -> pd.DataFrame:
 
 def selection(
     items: list[Item], table: pd.DataFrame
-) -> tuple[list[tuple[Upload, Any]], list[float]]:
+) -> tuple[list[tuple[Upload, Any]], list[float | None]]:
     """The chosen images (re-read with the user's pixel size where it was changed) and defocus.
+
+    The defocus of an image is the table's value where the user typed one; None where the cell
+    holds the file's own value or is empty: the series engine then takes the metadata, else the
+    file name, else the Thon-ring estimate (labelled "estimated"), as the CLI does.
 
     Raises
     ------
     AnalysisParameterError
-        No image chosen, a chosen image without a defocus or a usable pixel size.
+        No image chosen, a chosen image without a usable pixel size.
     """
     chosen: list[tuple[Upload, Any]] = []
-    defocus: list[float] = []
+    defocus: list[float | None] = []
     for it, row in zip(items, table.to_dict("records"), strict=True):
         if not bool(row.get("use")):
             continue
@@ -149,15 +153,12 @@ def selection(
             raise AnalysisParameterError(
                 f"{name}: give its pixel size in nm/px in the table (the file has none)"
             )
-        if df is None:
-            raise AnalysisParameterError(
-                f"{name}: the defocus is unknown: enter it in the table (nm, negative = underfocus)"
-            )
         m = it.micrograph
+        own = None if m is None or m.defocus_nm is None else float(m.defocus_nm)
         if m is None or not math.isclose(px, float(m.pixel_size_nm[1]), rel_tol=1e-9):
             m = micrograph_from_upload(it.upload, pixel_size_nm=px)
         chosen.append((it.upload, m))
-        defocus.append(df)
+        defocus.append(None if df is None or (own is not None and df == own) else df)
     if not chosen:
         raise AnalysisParameterError("no image chosen: tick 'use' for at least one image")
     return chosen, defocus
@@ -173,36 +174,95 @@ def _number(value: Any) -> float | None:
 
 def run_series(
     chosen: list[tuple[Upload, Any]],
-    defocus: list[float],
+    defocus: list[float | None],
     params: Any,
     *,
     cards: Any,
-    bar: Any,
+    bar: Any = None,
     cancelled: Any = None,
-) -> list[Any]:
-    """Analyse every image (each cached on its own, so editing a defocus is instant).
+) -> Any:
+    """The series engine (:func:`hrtem_core.analysis.series.run_series`) over the chosen images.
 
-    ``bar`` (a ``st.progress`` element of the page) counts the images; each image's analysis
-    shows its own bar below it (windows done / total, time left) while it computes
-    (:func:`ui.common.analyze_cached`). Returns the per-image results, in ``chosen`` order;
-    :func:`hrtem_core.analysis.series_from_results` assembles them with ``defocus``.
+    Each image's analysis is cached on its own (:func:`ui.common.analyze_cached`, with its own
+    bar while it computes) and so is its Thon-ring estimate, so editing a defocus is instant.
+    ``bar`` (a ``st.progress`` element, optional) counts the images. The defocus values,
+    their sources ("given", "metadata", "file name", "estimated"), the warnings and the
+    failures are the engine's, as in the CLI. Returns the :class:`SeriesRun`.
+
+    Raises
+    ------
+    ui.run_state.AnalysisCancelled
+        ``cancelled()`` turned true.
     """
+    from hrtem_core.analysis.series import SeriesCancelled
+    from hrtem_core.analysis.series import run_series as engine
+    from ui.run_state import AnalysisCancelled
+
+    uploads = {m.name: (u, m) for u, m in chosen}
     n = len(chosen)
-    results = []
-    for i, (upload, m) in enumerate(chosen):
-        bar.progress(i / n, text=f"Image {i + 1} of {n}: {upload.name}")
-        results.append(
-            analyze_cached(
-                m,
-                image_key(upload, m),
-                params,
-                cards=cards,
-                label=f"{upload.name}: analysing ...",
-                cancelled=cancelled,
-            )
+    count = iter(range(n))
+
+    def analyze(micrograph: Any, _progress: Any) -> Any:
+        upload, original = uploads[micrograph.name]
+        i = next(count, n - 1)
+        if bar is not None:
+            bar.progress(i / n, text=f"Image {i + 1} of {n}: {upload.name}")
+        key = image_key(upload, original)
+        label = f"{upload.name}: analysing ..."
+        return analyze_cached(
+            micrograph, key, params, cards=cards, label=label, cancelled=cancelled
         )
-    bar.progress(1.0, text=f"{n} images analysed")
-    return results
+
+    try:
+        run = engine(
+            [m for _, m in chosen],
+            defocus_nm=defocus,
+            params=params,
+            cards=cards,
+            cancelled=cancelled,
+            analyze=analyze,
+            find_particles=_cached_particles,
+        )
+    except SeriesCancelled:
+        raise AnalysisCancelled("the series was cancelled") from None
+    if bar is not None:
+        bar.progress(1.0, text=f"{n} images analysed")
+    return run
+
+
+_PARTICLES_KEY = "_series_particles_cache"
+_PARTICLES_MAX = 32
+
+
+def _cached_particles(result: Any, micrograph: Any) -> Any:
+    """:func:`hrtem_core.particles.image_particles`, cached in the session on what it reads:
+    the image, its windows and the defocus it is given."""
+    import hashlib
+
+    from hrtem_core.particles import image_particles
+
+    h = hashlib.sha256(memoryview(micrograph.data.tobytes()))
+    h.update(pd.util.hash_pandas_object(result.windows.astype(str), index=False).values.tobytes())
+    key = (h.hexdigest(), result.name, result.defocus_nm)
+    cache = st.session_state.setdefault(_PARTICLES_KEY, {})
+    if key not in cache:
+        if len(cache) >= _PARTICLES_MAX:
+            cache.pop(next(iter(cache)))
+        cache[key] = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    return cache[key]
+
+
+def show_defocus(run: Any) -> None:
+    """Each image's defocus, where it came from and the estimate; the engine's warnings and
+    failures (the same ones the CLI prints)."""
+    for name, message in run.failures:
+        st.error(f"{name}: {message}")
+    for name, warning in run.warnings:
+        st.warning(f"{name}: {warning}")
+    table = run.defocus_table()
+    if len(table):
+        with st.expander("Defocus of each image (given, metadata, file name or estimated)"):
+            st.dataframe(table, hide_index=True, width="stretch")
 
 
 def focus_note(series: Any) -> str | None:
@@ -231,8 +291,30 @@ def show_series(
     stale: bool = False,
 ) -> None:
     """Profile, phase fractions, small multiples with overlays, table and downloads."""
-    from hrtem_core import export, figures
+    from hrtem_core import figures
 
+    _focus_metrics(series)
+    left, right = st.columns(2)
+    profile_fig = figures.profile_figure(series)
+    with left:
+        st.plotly_chart(profile_fig, key=f"{key}_profile")
+    with right:
+        fractions = figures.phase_fraction_figure(
+            series, card_ids=[p.card_id for p in getattr(cards, "phases", ())] or None
+        )
+        fractions.update_layout(
+            title={"text": "Phase fractions vs defocus (best match per window)"}
+        )
+        st.plotly_chart(fractions, key=f"{key}_fractions")
+    st.subheader("Images side by side")
+    _small_multiples(series, chosen, key=key, cards=cards)
+    st.subheader("Profile")
+    st.dataframe(series.profile, hide_index=True, width="stretch")
+    _downloads(series, profile_fig, key=key, mark=" (stale)" if stale else "")
+
+
+def _focus_metrics(series: Any) -> None:
+    """Number of images, best focus (with the tie note) and the maximum crystallinity."""
     prof = series.profile
     c1, c2, c3 = st.columns(3)
     c1.metric("Images", len(series.results))
@@ -247,20 +329,13 @@ def show_series(
     if note:
         st.info(note, icon=":material/equal:")
 
-    left, right = st.columns(2)
-    profile_fig = figures.profile_figure(series)
-    with left:
-        st.plotly_chart(profile_fig, key=f"{key}_profile")
-    with right:
-        fractions = figures.phase_fraction_figure(
-            series, card_ids=[p.card_id for p in getattr(cards, "phases", ())] or None
-        )
-        fractions.update_layout(
-            title={"text": "Phase fractions vs defocus (best match per window)"}
-        )
-        st.plotly_chart(fractions, key=f"{key}_fractions")
 
-    st.subheader("Images side by side")
+def _small_multiples(
+    series: Any, chosen: list[tuple[Upload, Any]], *, key: str, cards: Any
+) -> None:
+    """One small plane map per image, one colour per phase {family} across the series."""
+    from hrtem_core import figures
+
     results = list(series.results)
     by_name = {m.name: m for _, m in chosen}
     card_ids = [p.card_id for p in getattr(cards, "phases", ())] or None
@@ -284,9 +359,12 @@ def show_series(
             _compact(fig, f"{r.defocus_nm:+.1f} nm · {100 * r.summary['crystallinity']:.0f} %")
             col.plotly_chart(fig, key=f"{key}_multiple_{start}_{r.name}")
 
-    st.subheader("Profile")
-    st.dataframe(prof, hide_index=True, width="stretch")
-    mark = " (stale)" if stale else ""
+
+def _downloads(series: Any, profile_fig: Any, *, key: str, mark: str) -> None:
+    """Profile CSV, series XLSX, profile plot as HTML, PNG and SVG."""
+    from hrtem_core import export, figures
+
+    prof = series.profile
     d1, d2, d3, d4, d5 = st.columns(5)
     d1.download_button(
         f"Profile (CSV){mark}",

@@ -9,7 +9,6 @@ labels from the windows table (columns found by name). The numbers come from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,99 +16,24 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from hrtem_core.analysis.window_detail import (
+    WindowDetail,
+    g_max_nm_inv,
+    nearest_window,
+    pairs_table,
+    spot_labels,
+    window_detail,
+)
 
-@dataclass(frozen=True)
-class WindowDetail:
-    """What the detail panel shows for window ``index``.
-
-    Attributes
-    ----------
-    index, row, col : int
-        Row-major window index and grid position.
-    origin : (int, int)
-        Top-left ``[row, col]`` of the window in the image [px].
-    window : ndarray, shape (w, w) float32
-        The real-space window.
-    spectrum : ndarray, shape (w, w) float32
-        Fftshifted ``|F|`` (DC at ``(w // 2, w // 2)``).
-    band : ndarray, shape (S, S) float32
-        The detector's input (log band).
-    mask : ndarray, shape (S, S) bool
-        The detector's output on the band grid.
-    geometry : BandGeometry
-    pairs : tuple of SpotPair
-        From the analysis result.
-    """
-
-    index: int
-    row: int
-    col: int
-    origin: tuple[int, int]
-    window: np.ndarray
-    spectrum: np.ndarray
-    band: np.ndarray
-    mask: np.ndarray
-    geometry: Any
-    pairs: tuple
-
-
-def window_detail(result: Any, image: np.ndarray, index: int, *, model: Any = None) -> WindowDetail:
-    """Recompute the FFT and the detector mask of one window of ``result``.
-
-    Parameters
-    ----------
-    result : AnalysisResult
-    image : ndarray, shape (ny, nx)
-        The analysed image (``micrograph.data``).
-    index : int
-        Row-major window index.
-    model : SpotModel, optional
-        The U-Net (needed when ``result.params.detector == "unet"``).
-    """
-    from hrtem_core.spots import classical_masks
-    from hrtem_core.windows import (
-        band_geometry,
-        crop_band,
-        extract_windows,
-        log_band,
-        window_spectra,
-    )
-
-    grid = result.grid
-    index = int(index)
-    if not 0 <= index < grid.n_windows:
-        raise IndexError(f"window {index} is outside 0..{grid.n_windows - 1}")
-    windows = extract_windows(image, grid, indices=np.array([index]))
-    spectra = window_spectra(windows)
-    geometry = band_geometry(
-        grid.window_px, tuple(result.pixel_size_nm), d_min_nm=result.params.d_min_nm
-    )
-    band = log_band(spectra, geometry)
-    if result.params.detector == "unet" and model is not None:
-        from hrtem_core.unet.load import predict_masks
-
-        mask = predict_masks(model, band)
-    else:
-        # As hrtem_core.spots.detect_pairs does: the classical detector on the cropped band.
-        mask = classical_masks(
-            crop_band(spectra, geometry), geometry, pixel_size_nm=tuple(result.pixel_size_nm)
-        )
-        if isinstance(mask, tuple):
-            mask = mask[0]
-    row, col = (int(v) for v in grid.row_col[index])
-    origin = tuple(int(v) for v in grid.origins[index])
-    return WindowDetail(
-        index=index,
-        row=row,
-        col=col,
-        origin=(origin[0], origin[1]),
-        window=windows[0],
-        spectrum=spectra[0],
-        band=band[0],
-        mask=np.asarray(mask[0], dtype=bool),
-        geometry=geometry,
-        pairs=tuple(result.pairs[index]),
-    )
+__all__ = [
+    "WindowDetail",
+    "g_max_nm_inv",
+    "nearest_window",
+    "pairs_table",
+    "show_tools",
+    "spot_labels",
+    "window_detail",
+]
 
 
 def _heatmap_layout(fig: go.Figure, title: str, size: int = 300) -> go.Figure:
@@ -177,17 +101,6 @@ def pair_labels(row: Any, pairs: tuple, *, four_index: bool = False) -> list[str
     return out
 
 
-def spot_labels(detail: WindowDetail, labels: list[str] | None = None) -> list[str]:
-    """Marker labels, one per pair: the (hkl) when indexed, else the spacing in nm."""
-    out = []
-    for i, p in enumerate(detail.pairs):
-        if labels is not None and i < len(labels) and labels[i]:
-            out.append(labels[i])
-        else:
-            out.append(f"{p.spacing_nm:.3f} nm")
-    return out
-
-
 def mask_figure(detail: WindowDetail) -> go.Figure:
     """The detector's input band with its output mask on top (red)."""
     band = detail.band.astype(np.float64)
@@ -205,32 +118,6 @@ def mask_figure(detail: WindowDetail) -> go.Figure:
     return _heatmap_layout(fig, f"Detector input + mask ({int(detail.mask.sum())} px)", 380)
 
 
-def pairs_table(detail: WindowDetail, labels: list[str] | None = None) -> pd.DataFrame:
-    """One row per Friedel pair of the window: label, spacing, frequency, direction, strength."""
-    names = spot_labels(detail, labels)
-    rows = [
-        {
-            "spot": name,
-            "d (nm)": round(float(p.spacing_nm), 5),
-            "|g| (1/nm)": round(float(p.frequency_nm_inv), 4),
-            "direction (°)": round(float(p.angle_deg), 2),
-            "l (FFT px)": round(float(p.l_px), 2),
-            "ky, kx (FFT px)": f"{p.ky:+.2f}, {p.kx:+.2f}",
-            "SNR": round(float(p.snr), 1),
-            "harmonics": ", ".join(str(o) for o in p.harmonic_orders),
-        }
-        for name, p in zip(names, detail.pairs, strict=True)
-    ]
-    return pd.DataFrame(rows)
-
-
-def nearest_window(grid: Any, x: float, y: float) -> int:
-    """Row-major index of the window whose centre is nearest to image point (x, y) [px]."""
-    centers = grid.centers
-    d2 = (centers[:, 0] - float(y)) ** 2 + (centers[:, 1] - float(x)) ** 2
-    return int(np.argmin(d2))
-
-
 # --------------------------------------------------------------------------------------------
 # The tools below the map
 # --------------------------------------------------------------------------------------------
@@ -238,12 +125,6 @@ def nearest_window(grid: Any, x: float, y: float) -> int:
 MAX_RINGS = 10
 #: Predicted spots labelled at most (the lowest orders; the others show their hkl on hover).
 MAX_PREDICTED_LABELS = 10
-
-
-def g_max_nm_inv(result: Any) -> float:
-    """Half-width of the spectrum shown [1/nm]: out to d_min, within Nyquist."""
-    p = max(float(v) for v in result.pixel_size_nm)
-    return min(1.0 / float(result.params.d_min_nm), 1.0 / (2.0 * p))
 
 
 def card_rings(phase: Any, g_max: float) -> list[tuple[str, float]]:
@@ -357,36 +238,16 @@ def _spectrum_tab(
     phase: Any,
     stale: bool,
 ) -> None:
-    from hrtem_core import figures, measure
-    from ui.results_ui import FFT_HEIGHT_PX, fft_points_from_event, figure_downloads
+    from hrtem_core import figures
+    from ui.results_ui import FFT_HEIGHT_PX, fft_points_from_event
 
     g_max = g_max_nm_inv(result)
     phases = list(getattr(cards, "phases", ()))
-    options = ["", *[p.card_id for p in phases]]
     names = {p.card_id: f"{p.name} ({p.card_id})" for p in phases}
     left, right = st.columns([3, 2], gap="medium")
     with right:
-        ring_key = f"{key}_ring_phase"
-        own = _cell(row, "phase_card")
-        if st.session_state.get(f"{key}_ring_for") != detail.index:
-            st.session_state[f"{key}_ring_for"] = detail.index
-            st.session_state[ring_key] = own if own in options else ""
-        ring_id = st.selectbox(
-            "Rings at the card spacings of",
-            options,
-            format_func=lambda c: names.get(c, "no phase"),
-            key=ring_key,
-        )
-        ring_phase = next((p for p in phases if p.card_id == ring_id), None)
-        can_predict = bool(phase is not None and _cell(row, "zone_axis"))
-        show_pred = st.checkbox(
-            "Overlay the card's zone-axis pattern",
-            value=True,
-            disabled=not can_predict,
-            key=f"{key}_predicted",
-            help="Positions and (hkl) of the card's reflections in the window's zone axis, "
-            "turned to the measured planes: judge the match by eye.",
-        )
+        ring_id, can_predict, show_pred = _overlay_controls(detail, row, phases, names, key, phase)
+    ring_phase = next((p for p in phases if p.card_id == ring_id), None)
     rings = card_rings(ring_phase, g_max) if ring_phase is not None else []
     predicted: list[tuple[str, float, float]] = []
     if can_predict and show_pred:
@@ -394,62 +255,25 @@ def _spectrum_tab(
             predicted = predicted_spots(phase, row, g_max, result.params.d_min_nm)
         except Exception as exc:  # a zone/plane the card cannot place: say so, go on
             right.caption(f"No predicted pattern: {exc}")
-    points_key = f"{key}_fft_points"
-    points = [tuple(p) for p in st.session_state.get(points_key, [])]
-    if st.session_state.get(f"{key}_points_for") != detail.index:
-        st.session_state[f"{key}_points_for"] = detail.index
-        points = []
-        st.session_state[points_key] = points
+    points_key, points = _clicked_points(detail, key)
     color = (
         figures.phase_color(ring_id or "x", among=[p.card_id for p in phases])
         if ring_id
         else "#8ecae6"
     )
-    spots = _spots(detail, labels)
-    title = f"Power spectrum of window #{detail.index} (log |F|), axes in 1/nm"
+    overlays = {"spots": _spots(detail, labels), "rings": rings, "predicted": predicted}
     fig = figures.fft_figure(
         detail.spectrum,
         pixel_size_nm=tuple(result.pixel_size_nm),
         g_max_nm_inv=g_max,
-        spots=spots,
-        rings=rings,
-        predicted=predicted,
         points=points,
         ring_color=_light(color),
-        title=title,
+        title=f"Power spectrum of window #{detail.index} (log |F|), axes in 1/nm",
         height=FFT_HEIGHT_PX,
+        **overlays,
     )
     with left:
-        event = st.plotly_chart(
-            fig,
-            key=f"{key}_fft",
-            on_select="rerun",
-            selection_mode=("points",),
-            config={"displaylogo": False, "scrollZoom": True},
-        )
-        if rings:
-            st.caption(
-                f"Rings of {names.get(ring_id, ring_id)} (d in nm): "
-                + ", ".join(f"{lab} {d:.4f}" for lab, d in rings)
-            )
-        st.caption(
-            "Zoom with the mouse wheel or a box; double-click to reset. Click a point to measure "
-            "it (a second click measures the angle between the two)."
-        )
-        figure_downloads(
-            lambda: figures.fft_mpl(
-                detail.spectrum,
-                pixel_size_nm=tuple(result.pixel_size_nm),
-                g_max_nm_inv=g_max,
-                spots=spots,
-                rings=rings,
-                predicted=predicted,
-                title=f"{result.name}, window #{detail.index}",
-            ),
-            f"window{detail.index}_fft",
-            key=f"{key}_fft_dl",
-            stale=stale,
-        )
+        event = _fft_panel(result, detail, fig, overlays, g_max, names, ring_id, key, stale)
     clicked = fft_points_from_event(event)
     seen_key = f"{key}_fft_event"
     if clicked and st.session_state.get(seen_key) != clicked:
@@ -457,48 +281,149 @@ def _spectrum_tab(
         st.session_state[points_key] = (points + clicked)[-2:]
         st.rerun()
     with right:
-        st.markdown("**Measure**")
-        names_spots = [lab for lab in spot_labels(detail, labels)]
-        picked = st.multiselect(
-            "Detected spots (one or two)",
-            list(range(len(detail.pairs))),
-            format_func=lambda i: names_spots[i],
-            max_selections=2,
-            key=f"{key}_measure_spots_{detail.index}",
+        _measure_panel(detail, labels, points, points_key, cards, ring_id, key)
+
+
+def _overlay_controls(
+    detail: WindowDetail, row: Any, phases: list, names: dict, key: str, phase: Any
+) -> tuple[str, bool, bool]:
+    """The ring phase (its card id, '' for none) and the zone-pattern overlay choice."""
+    options = ["", *[p.card_id for p in phases]]
+    ring_key = f"{key}_ring_phase"
+    own = _cell(row, "phase_card")
+    if st.session_state.get(f"{key}_ring_for") != detail.index:
+        st.session_state[f"{key}_ring_for"] = detail.index
+        st.session_state[ring_key] = own if own in options else ""
+    ring_id = st.selectbox(
+        "Rings at the card spacings of",
+        options,
+        format_func=lambda c: names.get(c, "no phase"),
+        key=ring_key,
+    )
+    can_predict = bool(phase is not None and _cell(row, "zone_axis"))
+    show_pred = st.checkbox(
+        "Overlay the card's zone-axis pattern",
+        value=True,
+        disabled=not can_predict,
+        key=f"{key}_predicted",
+        help="Positions and (hkl) of the card's reflections in the window's zone axis, "
+        "turned to the measured planes: judge the match by eye.",
+    )
+    return ring_id, can_predict, show_pred
+
+
+def _clicked_points(detail: WindowDetail, key: str) -> tuple[str, list[tuple]]:
+    """The points clicked on this window's spectrum (forgotten when the window changes)."""
+    points_key = f"{key}_fft_points"
+    points = [tuple(p) for p in st.session_state.get(points_key, [])]
+    if st.session_state.get(f"{key}_points_for") != detail.index:
+        st.session_state[f"{key}_points_for"] = detail.index
+        points = []
+        st.session_state[points_key] = points
+    return points_key, points
+
+
+def _fft_panel(
+    result: Any,
+    detail: WindowDetail,
+    fig: Any,
+    overlays: dict,
+    g_max: float,
+    names: dict,
+    ring_id: str,
+    key: str,
+    stale: bool,
+) -> Any:
+    """The clickable spectrum, its captions and downloads; the chart's selection event."""
+    from hrtem_core import figures
+    from ui.results_ui import figure_downloads
+
+    rings = overlays["rings"]
+    event = st.plotly_chart(
+        fig,
+        key=f"{key}_fft",
+        on_select="rerun",
+        selection_mode=("points",),
+        config={"displaylogo": False, "scrollZoom": True},
+    )
+    if rings:
+        st.caption(
+            f"Rings of {names.get(ring_id, ring_id)} (d in nm): "
+            + ", ".join(f"{lab} {d:.4f}" for lab, d in rings)
         )
-        chosen = [
-            (float(detail.pairs[i].gy_nm_inv), float(detail.pairs[i].gx_nm_inv)) for i in picked
-        ] or points
-        if chosen:
-            m = measure.fft_point_measure(chosen)
-            planes = _all_planes(cards, ring_id or None)
-            rows = []
-            for i, (d, g, a) in enumerate(
-                zip(m.spacings_nm, m.frequencies_nm_inv, m.directions_deg, strict=True)
-            ):
-                near = measure.nearest_planes(d, planes, n=3)
-                rows.append(
-                    {
-                        "point": i + 1,
-                        "d (nm)": round(d, 4),
-                        "|g| (1/nm)": round(g, 3),
-                        "direction (°)": round(a, 1),
-                        "nearest card planes": "; ".join(
-                            f"{lab} {dc:.4f} nm ({100 * r:+.1f} %)" for lab, dc, r in near
-                        ),
-                    }
-                )
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-            if m.angle_deg is not None:
-                st.markdown(
-                    f"Angle between the two: **{m.angle_deg:.1f}°** "
-                    f"(between the planes: {m.acute_angle_deg:.1f}°)"
-                )
-        else:
-            st.caption("Click the spectrum or pick detected spots to measure d and angles.")
-        if points and st.button("Clear the clicked points", key=f"{key}_clear_points"):
-            st.session_state[points_key] = []
-            st.rerun()
+    st.caption(
+        "Zoom with the mouse wheel or a box; double-click to reset. Click a point to measure "
+        "it (a second click measures the angle between the two)."
+    )
+    figure_downloads(
+        lambda: figures.fft_mpl(
+            detail.spectrum,
+            pixel_size_nm=tuple(result.pixel_size_nm),
+            g_max_nm_inv=g_max,
+            title=f"{result.name}, window #{detail.index}",
+            **overlays,
+        ),
+        f"window{detail.index}_fft",
+        key=f"{key}_fft_dl",
+        stale=stale,
+    )
+    return event
+
+
+def _measure_panel(
+    detail: WindowDetail,
+    labels: list[str],
+    points: list[tuple],
+    points_key: str,
+    cards: Any,
+    ring_id: str,
+    key: str,
+) -> None:
+    """Measure d and angles of one or two detected spots or clicked points."""
+    from hrtem_core import measure
+
+    st.markdown("**Measure**")
+    names_spots = [lab for lab in spot_labels(detail, labels)]
+    picked = st.multiselect(
+        "Detected spots (one or two)",
+        list(range(len(detail.pairs))),
+        format_func=lambda i: names_spots[i],
+        max_selections=2,
+        key=f"{key}_measure_spots_{detail.index}",
+    )
+    chosen = [
+        (float(detail.pairs[i].gy_nm_inv), float(detail.pairs[i].gx_nm_inv)) for i in picked
+    ] or points
+    if chosen:
+        m = measure.fft_point_measure(chosen)
+        planes = _all_planes(cards, ring_id or None)
+        rows = []
+        for i, (d, g, a) in enumerate(
+            zip(m.spacings_nm, m.frequencies_nm_inv, m.directions_deg, strict=True)
+        ):
+            near = measure.nearest_planes(d, planes, n=3)
+            rows.append(
+                {
+                    "point": i + 1,
+                    "d (nm)": round(d, 4),
+                    "|g| (1/nm)": round(g, 3),
+                    "direction (°)": round(a, 1),
+                    "nearest card planes": "; ".join(
+                        f"{lab} {dc:.4f} nm ({100 * r:+.1f} %)" for lab, dc, r in near
+                    ),
+                }
+            )
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        if m.angle_deg is not None:
+            st.markdown(
+                f"Angle between the two: **{m.angle_deg:.1f}°** "
+                f"(between the planes: {m.acute_angle_deg:.1f}°)"
+            )
+    else:
+        st.caption("Click the spectrum or pick detected spots to measure d and angles.")
+    if points and st.button("Clear the clicked points", key=f"{key}_clear_points"):
+        st.session_state[points_key] = []
+        st.rerun()
 
 
 def _light(color: str) -> str:
@@ -543,8 +468,6 @@ def _bragg_tab(
     key: str,
     stale: bool,
 ) -> None:
-    from hrtem_core import figures
-    from ui.results_ui import figure_downloads
 
     if not detail.pairs:
         st.info("This window has no spot to filter with: pick a crystalline window.")
@@ -590,15 +513,9 @@ def _bragg_tab(
         return
     g = [(float(detail.pairs[i].gy_nm_inv), float(detail.pairs[i].gx_nm_inv)) for i in picked]
     if region == "This window":
-        area = detail.window
-        origin = detail.origin
+        area, origin = detail.window, detail.origin
     else:
-        cy, cx = (int(v) for v in result.grid.centers[detail.index])
-        half = BRAGG_MAX_PX // 2
-        y0 = 0 if whole else int(np.clip(cy - half, 0, max(ny - BRAGG_MAX_PX, 0)))
-        x0 = 0 if whole else int(np.clip(cx - half, 0, max(nx - BRAGG_MAX_PX, 0)))
-        area = micrograph.data[y0 : y0 + BRAGG_MAX_PX, x0 : x0 + BRAGG_MAX_PX]
-        origin = (y0, x0)
+        area, origin = _bragg_area(result, micrograph, detail, whole=whole)
     filtered, amplitude = _bragg_cached(
         (result.name, tuple(result.pixel_size_nm), detail.index, region, tuple(g), radius),
         np.asarray(area, dtype=np.float32),
@@ -606,8 +523,42 @@ def _bragg_tab(
         tuple(result.pixel_size_nm),
         radius,
     )
-    p = float(result.pixel_size_nm[1])
     what = ", ".join(names[i] for i in picked)
+    _bragg_outputs(result, detail, filtered, amplitude, what, origin, radius, key=key, stale=stale)
+
+
+def _bragg_area(
+    result: Any, micrograph: Any, detail: WindowDetail, *, whole: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The region the Bragg filter transforms and its origin (y, x) [px]: the whole image, or
+    at most :data:`BRAGG_MAX_PX` around the window."""
+    if whole:
+        return micrograph.data, (0, 0)
+    ny, nx = micrograph.data.shape
+    cy, cx = (int(v) for v in result.grid.centers[detail.index])
+    half = BRAGG_MAX_PX // 2
+    y0 = int(np.clip(cy - half, 0, max(ny - BRAGG_MAX_PX, 0)))
+    x0 = int(np.clip(cx - half, 0, max(nx - BRAGG_MAX_PX, 0)))
+    return micrograph.data[y0 : y0 + BRAGG_MAX_PX, x0 : x0 + BRAGG_MAX_PX], (y0, x0)
+
+
+def _bragg_outputs(
+    result: Any,
+    detail: WindowDetail,
+    filtered: np.ndarray,
+    amplitude: np.ndarray,
+    what: str,
+    origin: tuple[int, int],
+    radius: float,
+    *,
+    key: str,
+    stale: bool,
+) -> None:
+    """The filtered image and the fringe amplitude, their caption and downloads."""
+    from hrtem_core import figures
+    from ui.results_ui import figure_downloads
+
+    p = float(result.pixel_size_nm[1])
     a, b = st.columns(2)
     a.plotly_chart(
         figures.image_figure(filtered, pixel_size_nm=p, title=f"Bragg-filtered: {what}"),

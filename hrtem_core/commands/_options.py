@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hrtem_core.detectors import DETECTORS
 from hrtem_core.errors import AnalysisParameterError, CalibrationError
 
 
@@ -89,7 +90,14 @@ def _positive_float(name: str):
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     """Register the options every analysing sub-command shares."""
-    g = parser.add_argument_group("image")
+    _add_image_options(parser.add_argument_group("image"))
+    _add_window_options(parser.add_argument_group("windows and spots"))
+    _add_indexing_options(parser.add_argument_group("indexing"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _add_image_options(g: argparse._ArgumentGroup) -> None:
+    """``--pixel-size-nm`` and ``--frame``."""
     g.add_argument(
         "--pixel-size-nm",
         type=pixel_size_arg,
@@ -104,7 +112,10 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="frame of a stack (0, 1, ...) or 'sum' (default: frame 0, with a warning)",
     )
-    g = parser.add_argument_group("windows and spots")
+
+
+def _add_window_options(g: argparse._ArgumentGroup) -> None:
+    """``--window``, ``--stride``, ``--detector`` and ``--d-min-nm``."""
     g.add_argument(
         "--window",
         type=positive_int("--window"),
@@ -121,7 +132,7 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--detector",
-        choices=("unet", "classical"),
+        choices=DETECTORS,
         default="unet",
         help="spot detector: the trained U-Net (default) or the classical peak finder",
     )
@@ -132,7 +143,10 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help="smallest lattice spacing of interest in nm (default 0.1)",
     )
-    g = parser.add_argument_group("indexing")
+
+
+def _add_indexing_options(g: argparse._ArgumentGroup) -> None:
+    """The card database, the phases, the tolerances and the decision rule."""
     g.add_argument(
         "--cards",
         default=None,
@@ -179,12 +193,11 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="name a phase only when the odds chance:card are at most K (default 0.05)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def params_from_args(args: argparse.Namespace) -> Any:
     """:class:`~hrtem_core.analysis.AnalysisParams` from the parsed options (validated)."""
-    from hrtem_core.analysis import AnalysisParams
+    from hrtem_core.analysis.params import AnalysisParams
 
     params = AnalysisParams(
         window_px=int(args.window),
@@ -272,12 +285,6 @@ class ProgressBar:
         self.close()
 
 
-def safe_stem(name: str) -> str:
-    """A folder-safe version of a file's stem (``[A-Za-z0-9._+-]``, others -> ``_``)."""
-    stem = Path(name).stem if Path(name).suffix else Path(name).name
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._") or "image"
-
-
 __all__ = [
     "ProgressBar",
     "add_analysis_options",
@@ -288,5 +295,4 @@ __all__ = [
     "pixel_size_arg",
     "pixel_size_from_args",
     "positive_int",
-    "safe_stem",
 ]

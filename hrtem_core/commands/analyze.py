@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hrtem_core._files import safe_name
 from hrtem_core.commands._options import (
     ProgressBar,
     add_analysis_options,
@@ -27,7 +28,6 @@ from hrtem_core.commands._options import (
     check_image_path,
     params_from_args,
     pixel_size_from_args,
-    safe_stem,
 )
 
 
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``analyze``; return the exit code."""
-    from hrtem_core.analysis import analyze_image, load_spot_model
+    from hrtem_core.analysis.image import analyze_image, load_spot_model
     from hrtem_core.export import export_analysis
     from hrtem_core.io import load_image
 
@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     for w in micrograph.warnings:
         sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
     model = load_spot_model(None, params.detector)
-    out = Path(args.out) if args.out else Path.cwd() / f"{safe_stem(micrograph.name)}_analysis"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path.cwd() / f"{safe_name(Path(micrograph.name).stem, fallback='image')}_analysis"
+    )
     with ProgressBar(
         total=1.0, desc=micrograph.name, unit="image", enabled=not args.no_progress
     ) as bar:

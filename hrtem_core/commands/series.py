@@ -28,15 +28,15 @@ import re
 import sys
 from pathlib import Path
 
+from hrtem_core._files import safe_name
 from hrtem_core.commands._options import (
     ProgressBar,
     add_analysis_options,
     cards_from_args,
     params_from_args,
     pixel_size_from_args,
-    safe_stem,
 )
-from hrtem_core.errors import AnalysisParameterError, HRTEMError
+from hrtem_core.errors import AnalysisParameterError
 
 _NUM = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 #: What this command reads as a (list of) negative number(s) rather than an option: ``-6``,
@@ -110,17 +110,13 @@ def _unique_folder(out: Path, stem: str, used: set[str]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``series``; return the exit code (2 when any image failed, after writing the rest)."""
-    from hrtem_core.analysis import (
-        analyze_image,
-        load_spot_model,
-        make_tables,
-        resolve_defocus,
-        series_from_results,
-    )
-    from hrtem_core.export import PARTICLES_SERIES_CSV, export_analysis, export_series, write_csv
-    from hrtem_core.io import load_image
-    from hrtem_core.particles import image_particles, particle_series
+    """Run ``series``; return the exit code (2 when any image failed, after writing the rest).
+
+    The images go through the series engine (:func:`hrtem_core.analysis.series.run_series`),
+    which resolves each defocus (given, metadata, name, else the Thon-ring estimate), warns on
+    disagreements and builds the profile; this command reads the files and writes the outputs.
+    """
+    from hrtem_core.analysis.series import run_series
 
     images = list(args.images)
     defocus = _defocus_values(args.defocus_nm)
@@ -130,60 +126,64 @@ def run(args: argparse.Namespace) -> int:
         )
     params = params_from_args(args)
     cards = cards_from_args(args)
-    tables = make_tables(cards, params)
-    pixel = pixel_size_from_args(args)
-    model = load_spot_model(None, params.detector)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    results = []
-    particle_results = []
-    failures: dict[str, str] = {}
-    used: set[str] = set()
-    n = len(images)
     with ProgressBar(
-        total=float(n), desc="series", unit="image", enabled=not args.no_progress
+        total=float(len(images)), desc="series", unit="image", enabled=not args.no_progress
     ) as bar:
-        for i, image in enumerate(images):
+        run_ = run_series(
+            images,
+            defocus_nm=defocus,
+            load=_loader(args),
+            params=params,
+            cards=cards,
+            progress=lambda frac, msg: bar(frac * len(images), msg),
+            on_image=_writer(out),
+        )
+    return _report(run_, out, len(images))
 
-            def sub(frac: float, msg: str, i: int = i) -> None:
-                bar((i + frac) / n, msg)
 
-            try:
-                path = Path(image)
-                if not path.is_file():
-                    raise AnalysisParameterError(f"{image}: no such file")
-                micrograph = load_image(path, pixel_size_nm=pixel, frame=args.frame)
-                try:
-                    df = resolve_defocus(micrograph, None if defocus is None else defocus[i])
-                    micrograph = _with_defocus(micrograph, df)
-                except AnalysisParameterError as exc:  # issue 22: estimate from the Thon rings
-                    df, unknown = None, exc
-                result = analyze_image(
-                    micrograph, params=params, cards=cards, model=model, progress=sub, tables=tables
-                )
-                extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
-                if df is None and extras.defocus_nm is None:
-                    raise AnalysisParameterError(f"{unknown} (no clear Thon rings to estimate it)")
-                result = extras.with_estimated_defocus(result)
-                for w in filter(None, [extras.disagreement]):
-                    sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
-                folder = _unique_folder(out, safe_stem(micrograph.name), used)
-                export_analysis(result, folder, image=micrograph.data, particles=extras)
-                results.append(result)
-                particle_results.append(extras.particles)
-            except (HRTEMError, OSError, ValueError, MemoryError) as exc:
-                msg = str(exc) if isinstance(exc, HRTEMError) else f"{type(exc).__name__}: {exc}"
-                failures[image] = " ".join(msg.split())
-            bar((i + 1) / n, Path(image).name)
+def _loader(args: argparse.Namespace):
+    """``load(image) -> Micrograph`` for the engine: the file, with the command's calibration."""
+    from hrtem_core.io import load_image
 
-    if results:
-        series = series_from_results(results)
-        export_series(series, out, failures=failures)
-        write_csv(particle_series(results, particle_results), out / PARTICLES_SERIES_CSV)
-        best = series.best_focus_nm
+    pixel = pixel_size_from_args(args)
+
+    def load(image: str):
+        path = Path(image)
+        if not path.is_file():
+            raise AnalysisParameterError(f"{image}: no such file")
+        return load_image(path, pixel_size_nm=pixel, frame=args.frame)
+
+    return load
+
+
+def _writer(out: Path):
+    """``on_image(micrograph, series_image)``: each image's outputs in ``out/<stem>/``."""
+    from hrtem_core.export import export_analysis
+
+    used: set[str] = set()
+
+    def write(micrograph, image) -> None:
+        for w in image.warnings:
+            sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
+        folder = _unique_folder(out, safe_name(Path(micrograph.name).stem, fallback="image"), used)
+        export_analysis(image.result, folder, image=micrograph.data, particles=image.particles)
+
+    return write
+
+
+def _report(run_, out: Path, n: int) -> int:
+    """Write the series outputs, print the best focus and the failures; the exit code."""
+    from hrtem_core.export import PARTICLES_SERIES_CSV, export_series, write_csv
+
+    failures = {name: _with_flag(msg) for name, msg in run_.failures}
+    if run_.series is not None:
+        export_series(run_.series, out, failures=failures)
+        write_csv(run_.particles, out / PARTICLES_SERIES_CSV)
+        best = run_.series.best_focus_nm
         sys.stdout.write(
-            f"series of {len(results)} images: best focus "
+            f"series of {len(run_.images)} images: best focus "
             f"{'unknown' if best is None else f'{best:g} nm'} -> {out}\n"
         )
     if failures:
@@ -193,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_defocus(micrograph, defocus_nm: float):
-    import dataclasses
-
-    return dataclasses.replace(micrograph, defocus_nm=float(defocus_nm))
+def _with_flag(message: str) -> str:
+    """The engine speaks of the defocus; the command names its flag."""
+    if "the defocus is unknown" in message:
+        return f"{message} (--defocus-nm)"
+    return message
 
 
 __all__ = ["add_parser", "run"]

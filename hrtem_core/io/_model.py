@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +28,73 @@ USER_OVERRIDE_REL_TOL = 0.01
 PLAUSIBLE_PIXEL_NM = (0.001, 1.0)
 
 FrameChoice = int | Literal["sum"] | None
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The size of one pixel in nm, per axis, with where it came from.
+
+    Attributes
+    ----------
+    y_nm, x_nm : float
+        Pixel size along the rows (y) and the columns (x) [nm/px]; finite and > 0.
+    source : str
+        Where it came from: ``"metadata"`` (the file's calibration), ``"user"`` (typed in, a
+        CLI option), ``"name"`` (a file name), ...
+
+    Iterating gives ``(y_nm, x_nm)``, so ``py, px = size`` and ``tuple(size)`` work where a
+    ``(y, x)`` tuple did.
+
+    Raises
+    ------
+    CalibrationError
+        A size that is not a finite number > 0 nm/px.
+    """
+
+    y_nm: float
+    x_nm: float
+    source: str = "metadata"
+
+    def __post_init__(self) -> None:
+        for axis in ("y_nm", "x_nm"):
+            v = getattr(self, axis)
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                f = math.nan
+            if isinstance(v, bool) or not (math.isfinite(f) and f > 0):
+                raise CalibrationError(f"pixel size must be a finite number > 0 nm/px, got {v!r}")
+            object.__setattr__(self, axis, f)
+
+    @classmethod
+    def of(cls, value: Any, source: str = "user") -> PixelSize:
+        """From a :class:`PixelSize`, one number (square pixels) or a ``(y, x)`` pair [nm/px]."""
+        if isinstance(value, PixelSize):
+            return value
+        if np.ndim(value) == 0:
+            return cls(value, value, source)
+        vals = list(np.ravel(value))
+        if len(vals) != 2:
+            raise CalibrationError(f"pixel size needs one value or two (y, x), got {len(vals)}")
+        return cls(vals[0], vals[1], source)
+
+    @property
+    def yx_nm(self) -> tuple[float, float]:
+        """``(y, x)`` [nm/px]."""
+        return (self.y_nm, self.x_nm)
+
+    @property
+    def mean_nm(self) -> float:
+        """The mean of the two axes [nm/px] (the size of square pixels)."""
+        return 0.5 * (self.y_nm + self.x_nm)
+
+    @property
+    def is_square(self) -> bool:
+        """Whether both axes have the same size (to 1e-9 relative)."""
+        return math.isclose(self.y_nm, self.x_nm, rel_tol=1e-9)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.y_nm, self.x_nm))
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +137,11 @@ class Micrograph:
     def shape(self) -> tuple[int, int]:
         """(ny, nx) of :attr:`data`."""
         return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+    @property
+    def pixel_size(self) -> PixelSize:
+        """:attr:`pixel_size_nm` with its :attr:`pixel_size_source`, validated."""
+        return PixelSize(*self.pixel_size_nm, source=self.pixel_size_source or "metadata")
 
 
 @dataclass
