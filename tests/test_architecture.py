@@ -1,6 +1,7 @@
-"""Structure rules (issue 20.5): no import cycle inside ``hrtem_core``; every test asserts.
+"""Structure rules (issue 20.5): no import cycle inside ``hrtem_core``; every test asserts; at most
+eight functions over 80 lines of code.
 
-Both are read from the source with :mod:`ast`, nothing is imported.
+All are read from the source with :mod:`ast`, nothing is imported.
 """
 
 from __future__ import annotations
@@ -188,13 +189,65 @@ def test_the_assert_rule_tells_the_cases_apart(tmp_path):
     assert non_asserting_tests(tmp_path) == ["test_x.py::test_d"]
 
 
-#: Known offenders another branch of issue 20 fixes (helper "optics"); remove once merged.
-PENDING_FIX = {
-    "test_cards.py::test_random_corruption_in_xlsx",
-    "test_io.py::test_metadata_is_json_serialisable",
-}
-
-
 def test_every_test_asserts_something():
-    offenders = [t for t in non_asserting_tests() if t not in PENDING_FIX]
+    offenders = non_asserting_tests()
     assert not offenders, "tests that assert nothing: " + ", ".join(offenders)
+
+
+#: Issue 20.5: at most this many functions longer than LONG_FUNCTION_LINES lines of code.
+MAX_LONG_FUNCTIONS = 8
+LONG_FUNCTION_LINES = 80
+
+
+def lines_of_code(node: ast.AST, source_lines: list[str]) -> int:
+    """Lines of a function without its docstring, blank lines and comment-only lines."""
+    body = node.body  # type: ignore[attr-defined]
+    doc: set[int] = set()
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        doc = set(range(body[0].lineno, body[0].end_lineno + 1))
+    return sum(
+        1
+        for i in range(node.lineno, node.end_lineno + 1)  # type: ignore[attr-defined]
+        if i not in doc
+        and source_lines[i - 1].strip()
+        and not source_lines[i - 1].strip().startswith("#")
+    )
+
+
+def long_functions(root: Path = ROOT) -> list[tuple[int, str]]:
+    """``(lines of code, "path:line name")`` of every function over LONG_FUNCTION_LINES in the
+    library, the dashboard helpers, the pages and the app."""
+    files = [
+        *sorted((root / PACKAGE).rglob("*.py")),
+        *sorted((root / "ui").rglob("*.py")),
+        *sorted((root / "pages").glob("*.py")),
+        root / "app.py",
+    ]
+    out = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = lines_of_code(node, lines)
+                if n > LONG_FUNCTION_LINES:
+                    out.append((n, f"{path.relative_to(root)}:{node.lineno} {node.name}"))
+    return sorted(out, reverse=True)
+
+
+def test_lines_of_code_counts_neither_docstring_nor_comments(tmp_path) -> None:
+    src = 'def f():\n    """Doc.\n\n    More.\n    """\n    # note\n\n    x = 1\n    return x\n'
+    node = ast.parse(src).body[0]
+    assert lines_of_code(node, src.splitlines()) == 3
+
+
+def test_few_long_functions() -> None:
+    long = long_functions()
+    assert len(long) <= MAX_LONG_FUNCTIONS, "functions over 80 lines of code: " + ", ".join(
+        f"{where} ({n})" for n, where in long
+    )
