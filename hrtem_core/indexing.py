@@ -71,7 +71,6 @@ result.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -1191,6 +1190,39 @@ def _spacing_candidates(
     return p[o], f[o], r[o]
 
 
+def _best_spacing_candidates(
+    pt: PhaseTable, d: np.ndarray, tol: float, include_forbidden: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per plane only the first usable candidate of :func:`_spacing_candidates` (smallest
+    |residual|, then family), without sorting them all: ``(plane, family, residual)``."""
+    fd = pt.family_d_nm
+    e = np.zeros(0, np.int64)
+    if len(fd) == 0 or len(d) == 0:
+        return e, e, np.zeros(0)
+    order = pt.family_order
+    ds = fd[order]
+    lo = np.searchsorted(ds, d / (1.0 + tol) * (1.0 - 1e-12), side="left")
+    hi = np.searchsorted(ds, d / (1.0 - tol) * (1.0 + 1e-12), side="right")
+    p, idx = _expand(lo, hi)
+    f = order[idx]
+    r = (d[p] - fd[f]) / fd[f]
+    ok = np.abs(r) <= tol
+    if not include_forbidden:
+        ok &= ~pt.family_forbidden[f]
+    p, f, r = p[ok], f[ok], r[ok]
+    if len(p) == 0:
+        return e, e, np.zeros(0)
+    # p is ascending (ranges expanded plane by plane): per plane the smallest |r|, then family.
+    a = np.abs(r)
+    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]]))
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(p)]])))
+    tie = a == np.minimum.reduceat(a, starts)[seg]
+    f_min = np.minimum.reduceat(np.where(tie, f, np.iinfo(np.int64).max), starts)
+    sel = np.flatnonzero(tie & (f == f_min[seg]))
+    sel = sel[np.unique(seg[sel], return_index=True)[1]]
+    return p[sel], f[sel], r[sel]
+
+
 _LN10 = math.log(10.0)
 _LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -1406,12 +1438,14 @@ def _tree_hits(
     sg = np.concatenate([np.ones(len(qi), np.int64), np.full(len(qi), -1, np.int64)])
     target = np.mod(sg * np.concatenate([dphi, dphi]), 180.0)
     pts = np.column_stack([np.concatenate([lx, lx]), np.concatenate([ly, ly]), target / tol_a])
-    found = tree.query_ball_point(pts, r=1.0 + 1e-9, p=np.inf, return_sorted=False, workers=1)
-    lens = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(found))
-    if lens.sum() == 0:
+    # A dual-tree range search (both point sets in k-d trees) returns every (query, entry) pair
+    # as arrays, without a Python list per query.
+    from scipy.spatial import cKDTree
+
+    found = cKDTree(pts).sparse_distance_matrix(tree, 1.0 + 1e-9, p=np.inf, output_type="ndarray")
+    if len(found) == 0:
         return out
-    g = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
-    row = np.repeat(np.arange(len(found)), lens)
+    row, g = found["i"].astype(np.int64), found["j"].astype(np.int64)
     q, s_, ph, e = qs[row], sg[row], g_phase[g], g_entry[g]
     o = np.argsort(ph, kind="stable")
     q, s_, ph, e = q[o], s_[o], ph[o], e[o]
@@ -1504,10 +1538,17 @@ def _hypothesis_rows(pt: PhaseTable, fl: _Planes, hits: tuple[np.ndarray, ...]) 
     hkey = ((pi * n_f + m_fa) * n_z + zone) * 2 + (ms > 0)
     cost = np.square(m_rc / fl.sig_r[pj]) + np.square(delta / sig_a)
     gkey = hkey * n_p + pj
-    o = np.lexsort((member, cost, gkey))
-    keep = np.ones(len(o), dtype=bool)
-    keep[1:] = gkey[o][1:] != gkey[o][:-1]
-    o = o[keep]
+    # Per (hypothesis, plane): the smallest cost, then the smallest member (no full sort).
+    o = np.argsort(gkey, kind="stable")
+    g = gkey[o]
+    starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(g)]])))
+    c = cost[o]
+    tie = c == np.minimum.reduceat(c, starts)[seg]
+    mem = member[o]
+    m_min = np.minimum.reduceat(np.where(tie, mem, np.iinfo(np.int64).max), starts)
+    sel = np.flatnonzero(tie & (mem == m_min[seg]))
+    o = o[sel[np.unique(seg[sel], return_index=True)[1]]]
     _uh, hstart, hcount = np.unique(hkey[o], return_index=True, return_counts=True)
     return _Rows(
         pi=pi[o],
@@ -1643,10 +1684,14 @@ def _search_phase(
     """
     n_w, n_p = len(fl.n), len(fl.d)
     ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
-    # 1-2. Spacing candidates of every plane; the spacing-only odds.
-    cand = _spacing_candidates(pt, fl.d, spacing_tol)
-    cstart = np.searchsorted(cand[0], np.arange(n_p), side="left")
-    ccount = np.searchsorted(cand[0], np.arange(n_p), side="right") - cstart
+    # 1-2. Spacing candidates of every plane (sorted, for the family-pair lookup) or only the
+    # best one per plane (enough when the direction hits are given); the spacing-only odds.
+    if hits is None:
+        cand = _spacing_candidates(pt, fl.d, spacing_tol)
+        cstart = np.searchsorted(cand[0], np.arange(n_p), side="left")
+        ccount = np.searchsorted(cand[0], np.arange(n_p), side="right") - cstart
+    else:
+        cand = _best_spacing_candidates(pt, fl.d, spacing_tol, include_forbidden)
     so_log, so_family, so_res = _spacing_only(pt, fl, cand, ln_rho, include_forbidden)
     spacing_only = dict(so_log_chance=so_log, so_family=so_family, so_residual=so_res)
     empty = _PhaseResult(
