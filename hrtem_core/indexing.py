@@ -1380,14 +1380,15 @@ def _block_hits(
     )
 
 
-def _direction_tree(tables: IndexingTables) -> tuple[Any, np.ndarray, np.ndarray, float]:
+def _direction_tree(tables: IndexingTables) -> tuple[Any, dict[str, np.ndarray], float]:
     """One k-d tree over the direction entries of every phase (cached on the tables).
 
     Points ``(ln d_a / H, ln d_c / H, psi / tol)``: the reference family's and the member's
     spacing and the direction between them (with the copies near 0 / 180 deg shifted by 180), in
     units of the tolerances (``H = -ln(1 - spacing_tol)``, the wider side of the relative
     tolerance), so that every entry within the tolerances of a measured plane pair lies in the
-    unit box (L-infinity ball) around it. Returns (tree, phase per point, entry per point, H).
+    unit box (L-infinity ball) around it. Returns (tree, per-point arrays: phase, entry, fa, fc,
+    d_a, d_c, psi, H).
     """
     hit = tables._phase_pos.get("_tree")
     if hit is not None:
@@ -1396,7 +1397,7 @@ def _direction_tree(tables: IndexingTables) -> tuple[Any, np.ndarray, np.ndarray
 
     h = -math.log1p(-tables.spacing_tol)
     tol = float(tables.angle_tol_deg)
-    pts, ph, en = [], [], []
+    pts, cols = [], {k: [] for k in ("phase", "entry", "fa", "fc", "d_a", "d_c", "psi")}
     for k, pt in enumerate(tables.phases):
         if len(pt.entry_key) == 0:
             continue
@@ -1404,15 +1405,20 @@ def _direction_tree(tables: IndexingTables) -> tuple[Any, np.ndarray, np.ndarray
         blk = np.floor(pt.entry_key / 1000.0).astype(np.int64)
         psi_all = pt.entry_key - blk * 1000.0 - 100.0
         ld = np.log(pt.family_d_nm)
-        fc = pt.member_family[pt.entry_member]
-        pts.append(np.column_stack([ld[blk // n_f] / h, ld[fc] / h, psi_all / tol]))
-        ph.append(np.full(len(blk), k, dtype=np.int64))
-        en.append(np.arange(len(blk), dtype=np.int64))
+        fa, fc = blk // n_f, pt.member_family[pt.entry_member]
+        pts.append(np.column_stack([ld[fa] / h, ld[fc] / h, psi_all / tol]))
+        cols["phase"].append(np.full(len(blk), k, dtype=np.int64))
+        cols["entry"].append(np.arange(len(blk), dtype=np.int64))
+        cols["fa"].append(fa)
+        cols["fc"].append(fc)
+        cols["d_a"].append(pt.family_d_nm[fa])
+        cols["d_c"].append(pt.family_d_nm[fc])
+        cols["psi"].append(pt.entry_psi)
     if pts:
-        allp = np.vstack(pts)
-        out = (cKDTree(allp), np.concatenate(ph), np.concatenate(en), h)
+        per_point = {k: np.concatenate(v) for k, v in cols.items()}
+        out = (cKDTree(np.vstack(pts)), per_point, h)
     else:
-        out = (None, np.zeros(0, np.int64), np.zeros(0, np.int64), h)
+        out = (None, {}, h)
     tables._phase_pos["_tree"] = out
     return out
 
@@ -1427,7 +1433,7 @@ def _tree_hits(
     d_fc`` within the spacing tolerance and the direction within the angle tolerance. Per phase:
     ``(i, j, fa, r_a, fc, r_c, entry, s, delta)``, as :func:`_block_hits`, the same set.
     """
-    tree, g_phase, g_entry, h = _direction_tree(tables)
+    tree, pp, h = _direction_tree(tables)
     out: dict[int, tuple[np.ndarray, ...]] = {}
     if tree is None or len(qi) == 0:
         return out
@@ -1446,25 +1452,24 @@ def _tree_hits(
     if len(found) == 0:
         return out
     row, g = found["i"].astype(np.int64), found["j"].astype(np.int64)
-    q, s_, ph, e = qs[row], sg[row], g_phase[g], g_entry[g]
+    # The exact tolerances, for all phases at once; a copy near 0 / 180 deg and its original
+    # never both fall within them.
+    q, s_ = qs[row], sg[row]
+    pi, pj = qi[q], qj[q]
+    ra = (fl.d[pi] - pp["d_a"][g]) / pp["d_a"][g]
+    rc = (fl.d[pj] - pp["d_c"][g]) / pp["d_c"][g]
+    delta = _wrap90(pp["psi"][g] - target[row])
+    ok = (np.abs(ra) <= tol) & (np.abs(rc) <= tol) & (np.abs(delta) <= tol_a + 1e-9)
+    ph = pp["phase"][g[ok]]
     o = np.argsort(ph, kind="stable")
-    q, s_, ph, e = q[o], s_[o], ph[o], e[o]
-    bounds = np.searchsorted(ph, np.arange(len(tables.phases) + 1))
-    for k, pt in enumerate(tables.phases):
+    sel = np.flatnonzero(ok)[o]
+    cols = (pi, pj, pp["fa"][g], ra, pp["fc"][g], rc, pp["entry"][g], s_, delta)
+    cols = tuple(c[sel] for c in cols)
+    bounds = np.searchsorted(ph[o], np.arange(len(tables.phases) + 1))
+    for k in range(len(tables.phases)):
         lo, hi = bounds[k], bounds[k + 1]
-        if lo == hi:
-            continue
-        qk, sk, ek = q[lo:hi], s_[lo:hi], e[lo:hi]
-        n_f = len(pt.family_hkl)
-        blk = np.floor(pt.entry_key[ek] / 1000.0).astype(np.int64)
-        fa, fc = blk // n_f, pt.member_family[pt.entry_member[ek]]
-        pi, pj = qi[qk], qj[qk]
-        ra = (fl.d[pi] - pt.family_d_nm[fa]) / pt.family_d_nm[fa]
-        rc = (fl.d[pj] - pt.family_d_nm[fc]) / pt.family_d_nm[fc]
-        delta = _wrap90(pt.entry_psi[ek] - np.mod(sk * dphi[qk], 180.0))
-        ok = (np.abs(ra) <= tol) & (np.abs(rc) <= tol) & (np.abs(delta) <= tol_a + 1e-9)
-        # A copy near 0 / 180 deg and its original never both fall within the tolerance.
-        out[k] = (pi[ok], pj[ok], fa[ok], ra[ok], fc[ok], rc[ok], ek[ok], sk[ok], delta[ok])
+        if lo < hi:
+            out[k] = tuple(c[lo:hi] for c in cols)
     return out
 
 
