@@ -1168,11 +1168,11 @@ def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return k, idx
 
 
-def _spacing_candidates(
+def _candidates_within(
     pt: PhaseTable, d: np.ndarray, tol: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(plane, family, relative residual) with ``|d - d_ref| / d_ref <= tol``, sorted by plane,
-    then |residual|, then family (the representative's hkl descending breaks exact ties)."""
+    """(plane, family, relative residual) with ``|d - d_ref| / d_ref <= tol``, plane by plane
+    (ascending plane, then ascending ``d_ref``)."""
     fd = pt.family_d_nm
     if len(fd) == 0 or len(d) == 0:
         e = np.zeros(0, np.int64)
@@ -1185,9 +1185,30 @@ def _spacing_candidates(
     f = order[idx]
     r = (d[p] - fd[f]) / fd[f]
     ok = np.abs(r) <= tol
-    p, f, r = p[ok], f[ok], r[ok]
+    return p[ok], f[ok], r[ok]
+
+
+def _spacing_candidates(
+    pt: PhaseTable, d: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plane, family, relative residual) with ``|d - d_ref| / d_ref <= tol``, sorted by plane,
+    then |residual|, then family (the representative's hkl descending breaks exact ties)."""
+    p, f, r = _candidates_within(pt, d, tol)
     o = np.lexsort((f, np.abs(r), p))
     return p[o], f[o], r[o]
+
+
+def _first_per_group(group: np.ndarray, key1: np.ndarray, key2: np.ndarray) -> np.ndarray:
+    """Per run of equal ``group`` values (contiguous): the index of its smallest ``key1``, ties
+    broken by the smallest integer ``key2``, without sorting the runs."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(group)]])))
+    tie = key1 == np.minimum.reduceat(key1, starts)[seg]
+    k2_min = np.minimum.reduceat(np.where(tie, key2, np.iinfo(np.int64).max), starts)
+    sel = np.flatnonzero(tie & (key2 == k2_min[seg]))
+    return sel[np.unique(seg[sel], return_index=True)[1]]
 
 
 def _best_spacing_candidates(
@@ -1195,31 +1216,11 @@ def _best_spacing_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per plane only the first usable candidate of :func:`_spacing_candidates` (smallest
     |residual|, then family), without sorting them all: ``(plane, family, residual)``."""
-    fd = pt.family_d_nm
-    e = np.zeros(0, np.int64)
-    if len(fd) == 0 or len(d) == 0:
-        return e, e, np.zeros(0)
-    order = pt.family_order
-    ds = fd[order]
-    lo = np.searchsorted(ds, d / (1.0 + tol) * (1.0 - 1e-12), side="left")
-    hi = np.searchsorted(ds, d / (1.0 - tol) * (1.0 + 1e-12), side="right")
-    p, idx = _expand(lo, hi)
-    f = order[idx]
-    r = (d[p] - fd[f]) / fd[f]
-    ok = np.abs(r) <= tol
+    p, f, r = _candidates_within(pt, d, tol)
     if not include_forbidden:
-        ok &= ~pt.family_forbidden[f]
-    p, f, r = p[ok], f[ok], r[ok]
-    if len(p) == 0:
-        return e, e, np.zeros(0)
-    # p is ascending (ranges expanded plane by plane): per plane the smallest |r|, then family.
-    a = np.abs(r)
-    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]]))
-    seg = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(p)]])))
-    tie = a == np.minimum.reduceat(a, starts)[seg]
-    f_min = np.minimum.reduceat(np.where(tie, f, np.iinfo(np.int64).max), starts)
-    sel = np.flatnonzero(tie & (f == f_min[seg]))
-    sel = sel[np.unique(seg[sel], return_index=True)[1]]
+        ok = ~pt.family_forbidden[f]
+        p, f, r = p[ok], f[ok], r[ok]
+    sel = _first_per_group(p, np.abs(r), f)
     return p[sel], f[sel], r[sel]
 
 
@@ -1545,15 +1546,7 @@ def _hypothesis_rows(pt: PhaseTable, fl: _Planes, hits: tuple[np.ndarray, ...]) 
     gkey = hkey * n_p + pj
     # Per (hypothesis, plane): the smallest cost, then the smallest member (no full sort).
     o = np.argsort(gkey, kind="stable")
-    g = gkey[o]
-    starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
-    seg = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(g)]])))
-    c = cost[o]
-    tie = c == np.minimum.reduceat(c, starts)[seg]
-    mem = member[o]
-    m_min = np.minimum.reduceat(np.where(tie, mem, np.iinfo(np.int64).max), starts)
-    sel = np.flatnonzero(tie & (mem == m_min[seg]))
-    o = o[sel[np.unique(seg[sel], return_index=True)[1]]]
+    o = o[_first_per_group(gkey[o], cost[o], member[o])]
     _uh, hstart, hcount = np.unique(hkey[o], return_index=True, return_counts=True)
     return _Rows(
         pi=pi[o],
