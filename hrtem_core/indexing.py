@@ -341,6 +341,12 @@ class PhaseTable:
     density_weight : ndarray, shape (n_f,)
         Weight of each family in the card density ``N_fam``: 1, 1/4 for a kinematically weak
         family, 1/2 for a forbidden one.
+    allowed_pm, allowed_set, allowed_intensity, allowed_row
+        The kinematically allowed members and their negatives (array, set, relative intensity,
+        row of each ``(h, k, l)``): the beams double diffraction combines (:func:`_dd_intensity`).
+    zone_family_intensity : ndarray, shape (n_z, n_f)
+        Effective intensity of each family in each zone: the kinematic one where allowed, the
+        double-diffraction one (:func:`_dd_intensity`) where forbidden, 0 where it cannot appear.
     """
 
     card_id: str
@@ -437,6 +443,8 @@ class IndexingTables:
     max_planes: int = MAX_PLANES
     tolerance_edge: float = TOLERANCE_EDGE
     _phase_pos: dict = field(default_factory=dict)
+    #: Lookups derived from the phases, built on first use (the direction k-d tree, near-twins).
+    _cache: dict = field(default_factory=dict)
 
 
 def _reduce(uvw: Sequence[int]) -> HKL:
@@ -1391,7 +1399,7 @@ def _direction_tree(tables: IndexingTables) -> tuple[Any, dict[str, np.ndarray],
     unit box (L-infinity ball) around it. Returns (tree, per-point arrays: phase, entry, fa, fc,
     d_a, d_c, psi, H).
     """
-    hit = tables._phase_pos.get("_tree")
+    hit = tables._cache.get("_tree")
     if hit is not None:
         return hit
     from scipy.spatial import cKDTree
@@ -1420,7 +1428,7 @@ def _direction_tree(tables: IndexingTables) -> tuple[Any, dict[str, np.ndarray],
         out = (cKDTree(np.vstack(pts)), per_point, h)
     else:
         out = (None, {}, h)
-    tables._phase_pos["_tree"] = out
+    tables._cache["_tree"] = out
     return out
 
 
@@ -2008,12 +2016,12 @@ def _edge_twins(
         return out
     best_k = np.argmin(log_a, axis=0) if log_a.size else np.zeros(0, np.int64)
     wide_tol = tables.spacing_tol * (1.0 + tables.tolerance_edge)
-    twin_of = tables._phase_pos.get("_twin_of")
+    twin_of = tables._cache.get("_twin_of")
     if twin_of is None:
         twin_of = np.array(
             [[_twin_cells(a.cell, b.cell, edge) for b in tables.phases] for a in tables.phases]
         )
-        tables._phase_pos["_twin_of"] = twin_of
+        tables._cache["_twin_of"] = twin_of
     for k, pt in enumerate(tables.phases):
         wins = []
         for w in range(len(plane_sets)):
