@@ -468,13 +468,35 @@ def stored_example():
     return pickle.loads(zlib.decompress(example_cache.RESULT_FILE.read_bytes()))
 
 
+def _skip_on_other_arithmetic() -> None:
+    """The stored example holds the U-Net masks of one arithmetic (bfloat16 or float32, from the
+    CPU flags): on a machine that computes in the other, the app analyses the example instead
+    (tested by test_example_cache_answers_only_its_exact_inputs), and a comparison of results
+    would compare two arithmetics."""
+    from ui import example_cache
+
+    built = example_cache.stored_keys()["result"]["inputs"].get("unet_arithmetic")
+    here = example_cache.unet_arithmetic()
+    if built != here:
+        pytest.skip(f"example cache built for {built}, this machine runs the U-Net in {here}")
+
+
 def test_example_cache_is_current(stored_example):
-    """The stored key is that of today's inputs (image, params, U-Net, cards, code, versions)."""
+    """The stored key is that of today's inputs (image, params, U-Net, cards, code, versions).
+
+    Every input but the machine's U-Net arithmetic must match on any machine; the whole key
+    where the arithmetic is the one the cache was built with.
+    """
     from ui import example_cache
 
     keys = example_cache.stored_keys()
     _m, _c, _k, inputs = _example_inputs(stored_example["result"].params)
     stale = sorted(k for k, v in inputs.items() if keys["result"]["inputs"].get(k) != v)
+    assert set(stale) <= {"unet_arithmetic"}, (
+        f"the precomputed example is stale ({', '.join(stale)} changed): "
+        "run scripts/build_example_cache.py"
+    )
+    _skip_on_other_arithmetic()
     assert example_cache.key_of(inputs) == keys["result"]["key"] == stored_example["key"], (
         f"the precomputed example is stale ({', '.join(stale)} changed): "
         "run scripts/build_example_cache.py"
@@ -493,6 +515,7 @@ def test_example_cache_equals_a_fresh_analysis(stored_example):
     from hrtem_core.unet.load import load_model
     from ui import window_view
 
+    _skip_on_other_arithmetic()
     stored = stored_example["result"]
     micrograph, cards, _k, _i = _example_inputs(stored.params)
     model = load_model()
@@ -605,6 +628,7 @@ def test_weights_path_and_arithmetic_agree_with_the_unet_module():
 
 def test_first_view_is_precomputed_without_torch_or_the_workbook_parse():
     """A fresh process: the first view shows the stored result, labelled, importing no torch."""
+    _skip_on_other_arithmetic()
     import subprocess
     import sys
 
@@ -641,6 +665,7 @@ def test_first_view_is_precomputed_without_torch_or_the_workbook_parse():
 def test_rerun_analyses_the_example_again_with_the_same_tables():
     from ui import example_cache
 
+    _skip_on_other_arithmetic()
     at = _app().run()
     assert not at.exception
     shown = at.session_state["analyze_last"]["result"]
