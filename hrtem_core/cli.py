@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or EXIT_OK)
     except HRTEMError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        from hrtem_core.commands._options import with_flag
+
+        sys.stderr.write(f"error: {with_flag(str(exc))}\n")
         return EXIT_USAGE
     except (OSError, ValueError, MemoryError) as exc:
         # Boundary of last resort: the user still gets one line, not a traceback.

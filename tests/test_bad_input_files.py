@@ -353,7 +353,7 @@ def test_uncalibrated_without_pixel_size(tmp_path: Path, capsys) -> None:
     message = cli_error(capsys, str(path))
     assert message == (
         "g.png: the file has no pixel size (uncalibrated: no unit or 'pixel'); give the pixel "
-        "size in nm/px (pixel_size_nm, CLI --pixel-size-nm)"
+        "size in nm/px (--pixel-size-nm)"
     )
 
 

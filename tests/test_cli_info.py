@@ -91,6 +91,7 @@ def test_info_help_lists_options(capsys) -> None:
 
 def test_info_agrees_with_load_image_on_every_fixture(fixtures_dir: Path, capsys) -> None:
     """Issue 3, done-when: every fixture is read or refused from the command line too."""
+    from hrtem_core.commands._options import with_flag
     from hrtem_core.errors import HRTEMError
     from hrtem_core.io import load_image
 
@@ -103,7 +104,8 @@ def test_info_agrees_with_load_image_on_every_fixture(fixtures_dir: Path, capsys
             code = main(["info", str(path)])
             out, err = capsys.readouterr()
             assert code == 2 and out == ""
-            assert err == f"error: {exc}\n", path.name
+            # the same message, with the option that supplies a missing quantity
+            assert err == f"error: {with_flag(str(exc))}\n", path.name
         else:
             out = run_info(capsys, str(path))
             assert out["pixel_size_nm"] == list(expected.pixel_size_nm), path.name
@@ -117,3 +119,14 @@ def test_info_per_axis_user_pixel_size(tmp_path: Path, capsys) -> None:
     assert out["pixel_size_nm"] == [0.021, 0.02]
     assert out["pixel_size_source"] == "user"
     assert any("differ" in w for w in out["warnings"])  # x and y differ by 5 %
+
+
+def test_core_messages_name_the_quantity_and_the_cli_adds_its_flag() -> None:
+    """Issue 20.4: the library asks for a quantity; only the command line names its option."""
+    from hrtem_core.commands._options import with_flag
+
+    core = "a.png: the file has no pixel size (uncalibrated); give the pixel size in nm/px"
+    assert "--" not in core
+    assert with_flag(core) == core + " (--pixel-size-nm)"
+    assert with_flag("b.tif: the defocus is unknown").endswith("(--defocus-nm)")
+    assert with_flag("c.tif: not an image") == "c.tif: not an image"

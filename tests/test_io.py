@@ -301,7 +301,8 @@ def test_png_needs_a_user_pixel_size(tmp_path: Path) -> None:
     path = tmp_path / "grab.png"
     imwrite(path, data)
     with pytest.raises(
-        CalibrationError, match=r"grab\.png: the file has no pixel size .*--pixel-size-nm"
+        CalibrationError,
+        match=r"grab\.png: the file has no pixel size .*give the pixel size in nm/px$",
     ):
         load_image(path)
     m = load_image(path, pixel_size_nm=0.04)

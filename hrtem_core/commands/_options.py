@@ -285,6 +285,21 @@ class ProgressBar:
         self.close()
 
 
+#: The core speaks of a quantity; the command line names the flag that gives it.
+_FLAGS = (
+    ("the defocus is unknown", "--defocus-nm"),
+    ("the file has no pixel size", "--pixel-size-nm"),
+)
+
+
+def with_flag(message: str) -> str:
+    """``message`` with the option that supplies the missing quantity, where it names one."""
+    for text, flag in _FLAGS:
+        if text in message:
+            return f"{message} ({flag})"
+    return message
+
+
 __all__ = [
     "ProgressBar",
     "add_analysis_options",
@@ -295,4 +310,5 @@ __all__ = [
     "pixel_size_arg",
     "pixel_size_from_args",
     "positive_int",
+    "with_flag",
 ]

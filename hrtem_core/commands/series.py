@@ -35,6 +35,7 @@ from hrtem_core.commands._options import (
     cards_from_args,
     params_from_args,
     pixel_size_from_args,
+    with_flag,
 )
 from hrtem_core.errors import AnalysisParameterError
 
@@ -177,7 +178,7 @@ def _report(run_, out: Path, n: int) -> int:
     """Write the series outputs, print the best focus and the failures; the exit code."""
     from hrtem_core.export import PARTICLES_SERIES_CSV, export_series, write_csv
 
-    failures = {name: _with_flag(msg) for name, msg in run_.failures}
+    failures = {name: with_flag(msg) for name, msg in run_.failures}
     if run_.series is not None:
         export_series(run_.series, out, failures=failures)
         write_csv(run_.particles, out / PARTICLES_SERIES_CSV)
@@ -191,13 +192,6 @@ def _report(run_, out: Path, n: int) -> int:
         sys.stderr.write(f"error: {len(failures)} of {n} images failed: {listed}\n")
         return 2
     return 0
-
-
-def _with_flag(message: str) -> str:
-    """The engine speaks of the defocus; the command names its flag."""
-    if "the defocus is unknown" in message:
-        return f"{message} (--defocus-nm)"
-    return message
 
 
 __all__ = ["add_parser", "run"]

@@ -574,7 +574,7 @@ def _finalise_pixel_size(
         if meta_size is None:
             raise CalibrationError(
                 f"{name}: the file has no pixel size (uncalibrated: no unit or 'pixel'); "
-                "give the pixel size in nm/px (pixel_size_nm, CLI --pixel-size-nm)"
+                "give the pixel size in nm/px"
             )
         size, size_warns = validate_pixel_size(meta_size)
         source = "metadata"
