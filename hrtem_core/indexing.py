@@ -443,7 +443,7 @@ class IndexingTables:
     max_planes: int = MAX_PLANES
     tolerance_edge: float = TOLERANCE_EDGE
     _phase_pos: dict = field(default_factory=dict)
-    #: Lookups derived from the phases, built on first use (the direction k-d tree, near-twins).
+    #: Lookups derived from the phases, built on first use (the direction grid, near-twins).
     _cache: dict = field(default_factory=dict)
 
 
@@ -1348,7 +1348,7 @@ def _block_hits(
     cstart: np.ndarray,
     tol_a: float,
 ) -> tuple[np.ndarray, ...] | None:
-    """The direction hits of one phase, family pair by family pair (see :func:`_tree_hits`)."""
+    """The direction hits of one phase, family pair by family pair (see :func:`_direction_hits`)."""
     _cp, cf, cr = cand
     n_f = len(pt.family_hkl)
     # Combine the spacing candidates of both planes of every pair query.
@@ -1389,21 +1389,40 @@ def _block_hits(
     )
 
 
-def _direction_tree(tables: IndexingTables) -> tuple[Any, dict[str, np.ndarray], float]:
-    """One k-d tree over the direction entries of every phase (cached on the tables).
+@dataclass(frozen=True)
+class _DirectionGrid:
+    """The direction entries of every phase, binned for range lookups (see :func:`_direction_grid`).
+
+    Points ``(x, y, z)`` are binned in unit cells of ``(x, y)``, and sorted by the composite key
+    ``cell * z_span + (z - z_lo)``: the points of one cell within a range of ``z`` are one
+    contiguous run of ``key``. Every per-point array is in that sorted order.
+    """
+
+    key: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    x0: int
+    y0: int
+    nx: int
+    ny: int
+    z_lo: float
+    z_span: float
+    per_point: dict[str, np.ndarray]
+
+
+def _direction_grid(tables: IndexingTables) -> tuple[_DirectionGrid | None, float]:
+    """One binned table of the direction entries of every phase (cached on the tables).
 
     Points ``(ln d_a / H, ln d_c / H, psi / tol)``: the reference family's and the member's
     spacing and the direction between them (with the copies near 0 / 180 deg shifted by 180), in
     units of the tolerances (``H = -ln(1 - spacing_tol)``, the wider side of the relative
     tolerance), so that every entry within the tolerances of a measured plane pair lies in the
-    unit box (L-infinity ball) around it. Returns (tree, per-point arrays: phase, entry, fa, fc,
-    d_a, d_c, psi, H).
+    unit box (L-infinity ball) around it. Returns (grid, H); the grid's per-point arrays: phase,
+    entry, fa, fc, d_a, d_c, psi.
     """
-    hit = tables._cache.get("_tree")
+    hit = tables._cache.get("_grid")
     if hit is not None:
         return hit
-    from scipy.spatial import cKDTree
-
     h = -math.log1p(-tables.spacing_tol)
     tol = float(tables.angle_tol_deg)
     pts, cols = [], {k: [] for k in ("phase", "entry", "fa", "fc", "d_a", "d_c", "psi")}
@@ -1423,29 +1442,74 @@ def _direction_tree(tables: IndexingTables) -> tuple[Any, dict[str, np.ndarray],
         cols["d_a"].append(pt.family_d_nm[fa])
         cols["d_c"].append(pt.family_d_nm[fc])
         cols["psi"].append(pt.entry_psi)
+    grid = None
     if pts:
-        per_point = {k: np.concatenate(v) for k, v in cols.items()}
-        out = (cKDTree(np.vstack(pts)), per_point, h)
-    else:
-        out = (None, {}, h)
-    tables._cache["_tree"] = out
-    return out
+        p = np.vstack(pts)
+        bx, by = np.floor(p[:, 0]).astype(np.int64), np.floor(p[:, 1]).astype(np.int64)
+        x0, y0 = int(bx.min()), int(by.min())
+        nx, ny = int(bx.max()) - x0 + 1, int(by.max()) - y0 + 1
+        # Queries lie in 0 <= z < 180 / tol; the margins keep every z range of a query (+-1)
+        # inside its own cell's run of keys.
+        z_lo = min(float(p[:, 2].min()), 0.0) - 2.0
+        z_span = max(float(p[:, 2].max()), 180.0 / tol) - z_lo + 4.0
+        key = ((bx - x0) * ny + (by - y0)) * z_span + (p[:, 2] - z_lo)
+        o = np.argsort(key, kind="stable")
+        grid = _DirectionGrid(
+            key=key[o],
+            x=p[o, 0],
+            y=p[o, 1],
+            x0=x0,
+            y0=y0,
+            nx=nx,
+            ny=ny,
+            z_lo=z_lo,
+            z_span=z_span,
+            per_point={k: np.concatenate(v)[o] for k, v in cols.items()},
+        )
+    tables._cache["_grid"] = (grid, h)
+    return grid, h
 
 
-def _tree_hits(
+def _grid_range_search(grid: _DirectionGrid, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, point) pair with the point in the unit box (L-infinity distance <= 1, with
+    1e-9 to spare) around the query ``pts`` (n, 3): ``(row, point)`` index arrays.
+
+    The box spans at most 3 x 3 unit cells in ``(x, y)``; in each, the points within the ``z``
+    range are one run of the sorted keys (two binary searches), and ``x``, ``y`` are then checked.
+    """
+    slack = 1.0 + 1e-9
+    d_x = np.repeat(np.arange(-1, 2), 3)
+    d_y = np.tile(np.arange(-1, 2), 3)
+    cx = np.floor(pts[:, 0]).astype(np.int64)[:, None] - grid.x0 + d_x[None, :]
+    cy = np.floor(pts[:, 1]).astype(np.int64)[:, None] - grid.y0 + d_y[None, :]
+    valid = (cx >= 0) & (cx < grid.nx) & (cy >= 0) & (cy < grid.ny)
+    base = (cx * grid.ny + cy) * grid.z_span + (pts[:, 2] - grid.z_lo)[:, None]
+    lo = np.searchsorted(grid.key, (base - slack).ravel(), side="left")
+    hi = np.searchsorted(grid.key, (base + slack).ravel(), side="right")
+    hi = np.where(valid.ravel(), hi, lo)
+    k, idx = _expand(lo, hi)
+    row = k // 9
+    keep = (np.abs(grid.x[idx] - pts[row, 0]) <= slack) & (
+        np.abs(grid.y[idx] - pts[row, 1]) <= slack
+    )
+    return row[keep], idx[keep]
+
+
+def _direction_hits(
     tables: IndexingTables, fl: _Planes, qi: np.ndarray, qj: np.ndarray
 ) -> dict[int, tuple[np.ndarray, ...]]:
-    """Direction hits of every phase, from one k-d tree query per measured plane pair and sense.
+    """Direction hits of every phase, from one range lookup per measured plane pair and sense.
 
     A hit is a measured pair ``(i, j)``, a viewing sense ``s``, and a direction entry (reference
     family ``fa``, member of family ``fc``, zone) with ``|d_i - d_fa| / d_fa``, ``|d_j - d_fc| /
     d_fc`` within the spacing tolerance and the direction within the angle tolerance. Per phase:
     ``(i, j, fa, r_a, fc, r_c, entry, s, delta)``, as :func:`_block_hits`, the same set.
     """
-    tree, pp, h = _direction_tree(tables)
+    grid, h = _direction_grid(tables)
     out: dict[int, tuple[np.ndarray, ...]] = {}
-    if tree is None or len(qi) == 0:
+    if grid is None or len(qi) == 0:
         return out
+    pp = grid.per_point
     tol, tol_a = tables.spacing_tol, float(tables.angle_tol_deg)
     dphi = np.mod(fl.phi[qj] - fl.phi[qi], 180.0)
     lx, ly = np.log(fl.d[qi]) / h, np.log(fl.d[qj]) / h
@@ -1453,14 +1517,9 @@ def _tree_hits(
     sg = np.concatenate([np.ones(len(qi), np.int64), np.full(len(qi), -1, np.int64)])
     target = np.mod(sg * np.concatenate([dphi, dphi]), 180.0)
     pts = np.column_stack([np.concatenate([lx, lx]), np.concatenate([ly, ly]), target / tol_a])
-    # A dual-tree range search (both point sets in k-d trees) returns every (query, entry) pair
-    # as arrays, without a Python list per query.
-    from scipy.spatial import cKDTree
-
-    found = cKDTree(pts).sparse_distance_matrix(tree, 1.0 + 1e-9, p=np.inf, output_type="ndarray")
-    if len(found) == 0:
+    row, g = _grid_range_search(grid, pts)
+    if len(row) == 0:
         return out
-    row, g = found["i"].astype(np.int64), found["j"].astype(np.int64)
     # The exact tolerances, for all phases at once; a copy near 0 / 180 deg and its original
     # never both fall within them.
     q, s_ = qs[row], sg[row]
@@ -1469,13 +1528,18 @@ def _tree_hits(
     rc = (fl.d[pj] - pp["d_c"][g]) / pp["d_c"][g]
     delta = _wrap90(pp["psi"][g] - target[row])
     ok = (np.abs(ra) <= tol) & (np.abs(rc) <= tol) & (np.abs(delta) <= tol_a + 1e-9)
-    ph = pp["phase"][g[ok]]
-    o = np.argsort(ph, kind="stable")
-    sel = np.flatnonzero(ok)[o]
-    cols = (pi, pj, pp["fa"][g], ra, pp["fc"][g], rc, pp["entry"][g], s_, delta)
-    cols = tuple(c[sel] for c in cols)
-    bounds = np.searchsorted(ph[o], np.arange(len(tables.phases) + 1))
-    for k in range(len(tables.phases)):
+    sel = np.flatnonzero(ok)
+    ph = pp["phase"][g[sel]]
+    # Grouped by phase, keeping the order within a phase (a stable sort; on 16-bit keys numpy
+    # uses a radix sort, linear in the number of hits).
+    n_ph = len(tables.phases)
+    o = np.argsort(ph.astype(np.int16) if n_ph < 2**15 else ph, kind="stable")
+    sel = sel[o]
+    gs = g[sel]
+    cols = (pi[sel], pj[sel], pp["fa"][gs], ra[sel], pp["fc"][gs], rc[sel], pp["entry"][gs])
+    cols = (*cols, s_[sel], delta[sel])
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(ph, minlength=n_ph))])
+    for k in range(n_ph):
         lo, hi = bounds[k], bounds[k + 1]
         if lo < hi:
             out[k] = tuple(c[lo:hi] for c in cols)
@@ -1686,7 +1750,7 @@ def _search_phase(
 ) -> _PhaseResult:
     """All hypotheses of one phase for all windows of ``fl``; the best per window.
 
-    ``hits``: the phase's direction hits from :func:`_tree_hits` (looked up here when None).
+    ``hits``: the phase's direction hits from :func:`_direction_hits` (looked up here when None).
     """
     n_w, n_p = len(fl.n), len(fl.d)
     ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
@@ -1712,7 +1776,7 @@ def _search_phase(
     if len(qi) == 0 or len(pt.entry_key) == 0:
         return empty
     # 3-4. Every (reference family, member, zone) direction that fits a measured plane pair:
-    # looked up for all phases at once (_tree_hits) or here, family pair by family pair.
+    # looked up for all phases at once (_direction_hits) or here, family pair by family pair.
     if hits is None:
         hits = _block_hits(pt, fl, qi, qj, cand, ccount, cstart, float(angle_tol_deg))
     if hits is None or len(hits[0]) == 0:
@@ -1811,6 +1875,18 @@ def _angle_match(
     )
 
 
+def _angle_d_refs(pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes) -> list[float | None]:
+    """The reference spacings [nm] of window ``w``'s angle-confirmed match (``None`` where a plane
+    is unexplained), as :func:`_angle_match` gives them in ``d_ref_nm``."""
+    s0 = int(fl.start[w])
+    out: list[float | None] = [None] * int(fl.n[w])
+    out[int(r.ref_plane[w]) - s0] = float(pt.family_d_nm[int(r.ref_family[w])])
+    a, b = int(r.rows_start[w]), int(r.rows_start[w] + r.rows_n[w])
+    for k in range(a, b):
+        out[int(r.rows_plane[k]) - s0] = float(pt.family_d_nm[int(r.rows_family[k])])
+    return out
+
+
 def _spacing_match(
     pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes, planes: Sequence[MeasuredPlane]
 ) -> PhaseMatch:
@@ -1891,7 +1967,7 @@ def _index_unique(
         angle_tol_deg=tables.angle_tol_deg,
         include_forbidden=tables.include_forbidden,
     )
-    tree_hits = _tree_hits(tables, fl, qi, qj)
+    tree_hits = _direction_hits(tables, fl, qi, qj)
     empty_hits = (np.zeros(0, np.int64),) * 9
     per_phase = [
         _search_phase(pt, fl, qi, qj, hits=tree_hits.get(k, empty_hits), **opts)
@@ -1954,10 +2030,18 @@ def _named_window(
     # projection twins (below) at any odds (a projection twin explains as many planes).
     n_best = per_phase[best_k].n_explained[w]
     others = [(la[k] <= la[best_k] + tables.ambiguity_decades, k) for k in named[1:]]
+    # A match outside the margin is needed only as a projection twin: its spacings are tested
+    # first, before the full match is built.
     others_m = [
         (near, _angle_match(tables.phases[k], per_phase[k], w, fl, planes))
         for near, k in others
-        if near or per_phase[k].n_explained[w] == n_best
+        if near
+        or (
+            per_phase[k].n_explained[w] == n_best
+            and _same_net_spacings(
+                best.d_ref_nm, _angle_d_refs(tables.phases[k], per_phase[k], w, fl)
+            )
+        )
     ]
     alts = [m for near, m in others_m if near]
     # Near-twins predict the same planes: they are always listed, and the one whose residuals
@@ -2022,14 +2106,13 @@ def _edge_twins(
             [[_twin_cells(a.cell, b.cell, edge) for b in tables.phases] for a in tables.phases]
         )
         tables._cache["_twin_of"] = twin_of
+    cols = np.arange(log_a.shape[1])
+    named = log_a[best_k, cols] <= limit
     for k, pt in enumerate(tables.phases):
         wins = []
-        for w in range(len(plane_sets)):
+        # Windows whose named best phase is a near-twin cell of this one (whole-array test).
+        for w in np.flatnonzero(named & (best_k != k) & twin_of[best_k, k]).tolist():
             b = int(best_k[w])
-            if b == k or not log_a[b, w] <= limit:
-                continue
-            if not twin_of[b, k]:
-                continue
             rb = per_phase[b]
             fams = [int(rb.ref_family[w])] + [
                 int(f) for f in rb.rows_family[rb.rows_start[w] : rb.rows_start[w] + rb.rows_n[w]]
@@ -2073,10 +2156,16 @@ def _same_net(a: PhaseMatch, b: PhaseMatch) -> bool:
     differ, not what they predict, so their residuals decide which leads."""
     if not (a.angle_confirmed and b.angle_confirmed) or a.card_id == b.card_id:
         return False
-    if len(a.d_ref_nm) != len(b.d_ref_nm):
+    return _same_net_spacings(a.d_ref_nm, b.d_ref_nm)
+
+
+def _same_net_spacings(d_a: Sequence[float | None], d_b: Sequence[float | None]) -> bool:
+    """The spacing test of :func:`_same_net`: the same planes explained, reference spacings
+    [nm] in one common ratio within ``NET_SHAPE_REL`` and within ``NET_SCALE_REL`` of 1."""
+    if len(d_a) != len(d_b):
         return False
     ratios = []
-    for da, db_ in zip(a.d_ref_nm, b.d_ref_nm, strict=True):
+    for da, db_ in zip(d_a, d_b, strict=True):
         if (da is None) != (db_ is None):
             return False
         if da is not None:

@@ -748,9 +748,9 @@ def _compare_with_reference(plane_sets, tables) -> int:
 
     fl = indexing._flatten(plane_sets)
     qi, qj = indexing._pair_queries(fl)
-    # Both lookups: all phases at once through the k-d tree (what index_windows uses) and
-    # family pair by family pair (the edge-twin re-search).
-    tree_hits = indexing._tree_hits(tables, fl, qi, qj)
+    # Both lookups: all phases at once through the binned direction grid (what index_windows
+    # uses) and family pair by family pair (the edge-twin re-search).
+    tree_hits = indexing._direction_hits(tables, fl, qi, qj)
     none = (np.zeros(0, np.int64),) * 9
     compared = 0
     for (k, pt), hits in itertools.product(enumerate(tables.phases), ("tree", "blocks")):
@@ -762,7 +762,7 @@ def _compare_with_reference(plane_sets, tables) -> int:
             spacing_tol=tables.spacing_tol,
             angle_tol_deg=tables.angle_tol_deg,
             include_forbidden=tables.include_forbidden,
-            hits=tree_hits.get(k, none) if hits == "tree" else None,
+            hits=tree_hits.get(k, none) if hits == "grid" else None,
         )
         for w, planes in enumerate(plane_sets):
             r = ref.best_per_phase(planes, pt, tables)
@@ -809,6 +809,35 @@ def test_search_equals_reference_on_the_bundled_series() -> None:
     planes = [s.planes for s in sets]
     assert len(planes) >= 4
     assert _compare_with_reference(planes, t) >= 4
+
+
+def test_direction_grid_range_search_equals_brute_force(tables) -> None:
+    """The binned lookup returns exactly the (query, entry) pairs within the unit box, as a
+    brute-force comparison finds them: queries inside the table, at its edges (z near 0 and
+    180 deg), and far outside it (no hits, no wrap-around into another cell)."""
+    grid, _h = indexing._direction_grid(tables)
+    assert grid is not None
+    rng = np.random.default_rng(7)
+    pts_all = np.column_stack([grid.x, grid.y, grid.key % grid.z_span + grid.z_lo])
+    near = pts_all[rng.choice(len(pts_all), 300)] + rng.uniform(-1.5, 1.5, (300, 3))
+    z_max = 180.0 / float(tables.angle_tol_deg)
+    near[:, 2] = np.mod(near[:, 2], z_max)
+    edges = pts_all[rng.choice(len(pts_all), 40)]
+    edges[:20, 2] = rng.uniform(0.0, 0.5, 20)
+    edges[20:, 2] = rng.uniform(z_max - 0.5, z_max - 1e-6, 20)
+    far = np.array(
+        [[grid.x0 - 50.0, grid.y0 + 3.0, 10.0], [grid.x0 + 3.0, grid.y0 + grid.ny + 9, 5.0]]
+    )
+    pts = np.vstack([near, edges, far])
+    row, idx = indexing._grid_range_search(grid, pts)
+    got = set(zip(row.tolist(), idx.tolist(), strict=True))
+    want = set()
+    for q, p in enumerate(pts):
+        inside = np.all(np.abs(pts_all - p) <= 1.0 + 1e-9, axis=1)
+        want.update((q, int(i)) for i in np.flatnonzero(inside))
+    assert len(want) > 1000
+    assert got == want
+    assert not any(q >= len(pts) - 2 for q, _ in got)
 
 
 # ---------------------------------------------------------------------------------------------
