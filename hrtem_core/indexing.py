@@ -43,10 +43,13 @@ unmatched"):
      zones for the first other plane, which chooses the zone; the members in that zone for the
      rest);
    * a factor ``1 / UNEXPLAINED_PENALTY`` per plane the hypothesis leaves unexplained, and the
-     intensity factors above.
+     intensity factors above;
+   * added to these odds, those of an unlisted crystal with the same net at another scale
+     (:func:`_log10_unlisted_net`, prior :data:`UNLISTED_NET_PRIOR`): a window whose spacings all
+     sit beyond about 2.2 calibration sigmas off the card is not named by it.
 
-   The **score** is ``1 / (1 + K)``: the probability that the card rather than chance produced
-   the planes, at even prior odds. Candidates are ranked by ``K`` (not by the number of planes
+   The **score** is ``1 / (1 + K)``: the probability that the card rather than chance or an
+   unlisted crystal with the same net produced the planes, at even prior odds. Candidates are ranked by ``K`` (not by the number of planes
    first): explaining more planes lowers ``K`` only when they fit.
 5. **Decisions.** A window is ``indexed`` when its best angle-confirmed hypothesis has ``K <=
    max_chance`` (default 0.05: score >= 0.952); other phases within ``ambiguity_decades``
@@ -117,6 +120,12 @@ FORBIDDEN_WEIGHT = 0.5
 #: Calibration uncertainty of the pixel size (relative, one standard deviation): a scale error
 #: common to every spacing of a window (a pixel size that is 1.5 % off moves all spacings alike).
 SIGMA_CALIBRATION_REL = 0.01
+#: Prior odds that a lattice whose zone net matches a card's in shape (spacing ratios and angles),
+#: at a scale the calibration does not confirm, is an unlisted crystal rather than the card's (an
+#: fcc metal and a spinel's oxygen sublattice; a perovskite and a spinel's subcell). The
+#: alternative "an unlisted crystal with this net" explains the spacings at any common scale
+#: within the tolerance, the card only at the calibrated one (:func:`_log10_unlisted_net`).
+UNLISTED_NET_PRIOR = 0.01
 #: Per-plane model uncertainty added in quadrature to each spot's own: the card's spacing
 #: (composition, strain: relative) and the in-plane direction (image distortion [deg]).
 SIGMA_MODEL_REL = 0.003
@@ -1262,6 +1271,34 @@ def _log10_odds_spacing(
     return (ln_density - ln_card) / _LN10
 
 
+def _log10_unlisted_net(s0: np.ndarray, s1: np.ndarray, scale_range_rel: float) -> np.ndarray:
+    """log10 of the odds "an unlisted crystal with the card's net : card" of each hypothesis.
+
+    Both explain the same planes with the same directions and intensities; they differ in the
+    scale. Under the card the common relative residual of the window is the calibration error,
+    ``N(0, SIGMA_CALIBRATION_REL^2)``; under an unlisted crystal with the same net it is any
+    scale within the spacing tolerance, uniform on ``[-T, T]``. With the weighted mean residual
+    ``mu = S1 / S0`` and its variance ``1 / S0`` (sums of :func:`_log10_odds_spacing`), the ratio
+    of the two marginal likelihoods is ``(1 / 2T) / N(mu; 0, sigma_c^2 + 1 / S0)``, times the prior
+    odds :data:`UNLISTED_NET_PRIOR`. At ``mu = 0`` it is about 0.004; it passes
+    :data:`MAX_CHANCE` where ``|mu|`` exceeds about 2.2 calibration sigmas (a window whose every
+    spacing sits 2.5 % off the card is not named by it).
+    """
+    var = SIGMA_CALIBRATION_REL**2 + 1.0 / s0
+    mu = s1 / s0
+    ln_ratio = (
+        math.log(UNLISTED_NET_PRIOR / (2.0 * scale_range_rel))
+        + 0.5 * np.log(2.0 * math.pi * var)
+        + 0.5 * mu * mu / var
+    )
+    return ln_ratio / _LN10
+
+
+def _log10_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``log10(10**a + 10**b)``, elementwise (``inf`` stays ``inf``)."""
+    return np.logaddexp(a * _LN10, b * _LN10) / _LN10
+
+
 def _family_density(pt: PhaseTable, d: np.ndarray, half_width: float) -> np.ndarray:
     """Weighted number of the card's families per unit ``ln d`` around each spacing ``d``.
 
@@ -1640,10 +1677,11 @@ def _hypothesis_rows(pt: PhaseTable, fl: _Planes, hits: tuple[np.ndarray, ...]) 
 
 
 def _log10_odds_hypotheses(
-    pt: PhaseTable, fl: _Planes, r: _Rows, ln_rho: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    pt: PhaseTable, fl: _Planes, r: _Rows, ln_rho: np.ndarray, scale_range_rel: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log10 odds "chance : card" of every hypothesis from its spacings, directions and
-    unexplained planes (module docstring), and its summed log density: ``(log_e, ln_dens)``."""
+    unexplained planes (module docstring), its summed log density, and the log10 odds "unlisted
+    crystal with this net : card" (:func:`_log10_unlisted_net`): ``(log_e, ln_dens, log_net)``."""
     hs, n_h = r.start, len(r.start)
     first_row = np.zeros(len(r.pj), dtype=bool)
     first_row[hs] = True
@@ -1664,7 +1702,7 @@ def _log10_odds_hypotheses(
         + pt.entry_penalty_ref[r.entry[hs]]
         + (fl.n[fl.win[h_pi]] - n_expl) * _LOG_UNEXPLAINED
     )
-    return log_e, h_dens
+    return log_e, h_dens, _log10_unlisted_net(s0, s1, scale_range_rel)
 
 
 def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
@@ -1747,10 +1785,13 @@ def _search_phase(
     angle_tol_deg: float,
     include_forbidden: bool,
     hits: tuple[np.ndarray, ...] | None = None,
+    scale_range_rel: float | None = None,
 ) -> _PhaseResult:
     """All hypotheses of one phase for all windows of ``fl``; the best per window.
 
     ``hits``: the phase's direction hits from :func:`_direction_hits` (looked up here when None).
+    ``scale_range_rel``: the scale range of an unlisted net (:func:`_log10_unlisted_net`), the
+    spacing tolerance unless given (the edge-twin search widens the tolerance, not this range).
     """
     n_w, n_p = len(fl.n), len(fl.d)
     ln_rho = np.log(_family_density(pt, fl.d, math.log1p(spacing_tol)))
@@ -1783,8 +1824,10 @@ def _search_phase(
         return empty
     # 5-7. Hypotheses, their odds and the intensity rules.
     r = _hypothesis_rows(pt, fl, hits)
-    log_e, h_dens = _log10_odds_hypotheses(pt, fl, r, ln_rho)
-    log_e = log_e + _log10_intensity_terms(pt, r)
+    scale_range = spacing_tol if scale_range_rel is None else scale_range_rel
+    log_e, h_dens, log_net = _log10_odds_hypotheses(pt, fl, r, ln_rho, scale_range)
+    # Chance, or an unlisted crystal with the same net at another scale: their odds add.
+    log_e = _log10_add(log_e + _log10_intensity_terms(pt, r), log_net)
     # 8. The best hypothesis per window and its rows, grouped by window.
     best_h = _best_per_window(fl, r, log_e)
     hs = r.start
@@ -2140,6 +2183,7 @@ def _edge_twins(
             spacing_tol=wide_tol,
             angle_tol_deg=tables.angle_tol_deg,
             include_forbidden=tables.include_forbidden,
+            scale_range_rel=tables.spacing_tol,
         )
         for t, w in enumerate(wins):
             b = int(best_k[w])

@@ -198,6 +198,11 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         missing = max(len(strong) - seen, 0)
                         total += weak_log
                         total += missing * math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
+                    # Chance, or an unlisted crystal with the same net at another scale.
+                    net = ix._log10_unlisted_net(
+                        np.array([w.sum()]), np.array([(w * r_all).sum()]), tol
+                    )
+                    total = float(ix._log10_add(np.array([total]), net)[0])
                     cand = (round(total, 9), -n_expl)
                     if best is None or cand < best[0]:
                         best = (cand, total, n_expl, z, {i: rep_row, **{j: rows[j][1] for j in js}})
