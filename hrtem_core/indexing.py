@@ -49,8 +49,9 @@ unmatched"):
      sit beyond about 2.2 calibration sigmas off the card is not named by it.
 
    The **score** is ``1 / (1 + K)``: the probability that the card rather than chance or an
-   unlisted crystal with the same net produced the planes, at even prior odds. Candidates are ranked by ``K`` (not by the number of planes
-   first): explaining more planes lowers ``K`` only when they fit.
+   unlisted crystal with the same net produced the planes, at even prior odds. Candidates are
+   ranked by ``K`` (not by the number of planes first): explaining more planes lowers ``K`` only
+   when they fit.
 5. **Decisions.** A window is ``indexed`` when its best angle-confirmed hypothesis has ``K <=
    max_chance`` (default 0.05: score >= 0.952); other phases within ``ambiguity_decades``
    (default 1, a factor 10 in ``K``) are listed and the window is ``ambiguous``; cards with
@@ -1864,31 +1865,17 @@ def _angle_match(
 ) -> PhaseMatch:
     """The angle-confirmed :class:`PhaseMatch` of window ``w`` from a phase's search result."""
     n = len(planes)
-    s0 = int(fl.start[w])
     hkl: list[HKL | None] = [None] * n
     fams: list[HKL | None] = [None] * n
     dref: list[float | None] = [None] * n
     res: list[float | None] = [None] * n
     forb = [False] * n
     g: dict[int, np.ndarray] = {}
-    i = int(r.ref_plane[w]) - s0
-    fa = int(r.ref_family[w])
-    rep_row = pt.family_slices[fa][0]
-    hkl[i] = tuple(int(v) for v in pt.member_hkl[rep_row])
-    fams[i] = pt.family_hkl[fa]
-    dref[i] = float(pt.family_d_nm[fa])
-    res[i] = float(r.ref_residual[w])
-    forb[i] = bool(pt.family_forbidden[fa])
-    g[i] = pt.member_g[rep_row]
-    a, b = int(r.rows_start[w]), int(r.rows_start[w] + r.rows_n[w])
-    for k in range(a, b):
-        j = int(r.rows_plane[k]) - s0
-        m = int(r.rows_member[k])
-        f = int(r.rows_family[k])
+    for j, m, f, resid in _explained_rows(pt, r, w, fl):
         hkl[j] = tuple(int(v) for v in pt.member_hkl[m])
         fams[j] = pt.family_hkl[f]
         dref[j] = float(pt.family_d_nm[f])
-        res[j] = float(r.rows_residual[k])
+        res[j] = resid
         forb[j] = bool(pt.family_forbidden[f])
         g[j] = pt.member_g[m]
     ks = sorted(g)
@@ -1918,15 +1905,33 @@ def _angle_match(
     )
 
 
+def _explained_rows(
+    pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes
+) -> list[tuple[int, int, int, float]]:
+    """The planes window ``w``'s angle-confirmed match explains: ``(plane index in the window,
+    member row, family, relative residual)``, the reference plane (its family's representative)
+    first."""
+    s0 = int(fl.start[w])
+    fa = int(r.ref_family[w])
+    out = [(int(r.ref_plane[w]) - s0, pt.family_slices[fa][0], fa, float(r.ref_residual[w]))]
+    for k in range(int(r.rows_start[w]), int(r.rows_start[w] + r.rows_n[w])):
+        out.append(
+            (
+                int(r.rows_plane[k]) - s0,
+                int(r.rows_member[k]),
+                int(r.rows_family[k]),
+                float(r.rows_residual[k]),
+            )
+        )
+    return out
+
+
 def _angle_d_refs(pt: PhaseTable, r: _PhaseResult, w: int, fl: _Planes) -> list[float | None]:
     """The reference spacings [nm] of window ``w``'s angle-confirmed match (``None`` where a plane
     is unexplained), as :func:`_angle_match` gives them in ``d_ref_nm``."""
-    s0 = int(fl.start[w])
     out: list[float | None] = [None] * int(fl.n[w])
-    out[int(r.ref_plane[w]) - s0] = float(pt.family_d_nm[int(r.ref_family[w])])
-    a, b = int(r.rows_start[w]), int(r.rows_start[w] + r.rows_n[w])
-    for k in range(a, b):
-        out[int(r.rows_plane[k]) - s0] = float(pt.family_d_nm[int(r.rows_family[k])])
+    for j, _m, f, _res in _explained_rows(pt, r, w, fl):
+        out[j] = float(pt.family_d_nm[f])
     return out
 
 
@@ -2010,10 +2015,10 @@ def _index_unique(
         angle_tol_deg=tables.angle_tol_deg,
         include_forbidden=tables.include_forbidden,
     )
-    tree_hits = _direction_hits(tables, fl, qi, qj)
+    hits_by_phase = _direction_hits(tables, fl, qi, qj)
     empty_hits = (np.zeros(0, np.int64),) * 9
     per_phase = [
-        _search_phase(pt, fl, qi, qj, hits=tree_hits.get(k, empty_hits), **opts)
+        _search_phase(pt, fl, qi, qj, hits=hits_by_phase.get(k, empty_hits), **opts)
         for k, pt in enumerate(tables.phases)
     ]
     n_w = len(plane_sets)

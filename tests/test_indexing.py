@@ -755,7 +755,7 @@ def _compare_with_reference(plane_sets, tables) -> int:
     qi, qj = indexing._pair_queries(fl)
     # Both lookups: all phases at once through the binned direction grid (what index_windows
     # uses) and family pair by family pair (the edge-twin re-search).
-    tree_hits = indexing._direction_hits(tables, fl, qi, qj)
+    grid_hits = indexing._direction_hits(tables, fl, qi, qj)
     none = (np.zeros(0, np.int64),) * 9
     compared = 0
     for (k, pt), hits in itertools.product(enumerate(tables.phases), ("tree", "blocks")):
@@ -767,7 +767,7 @@ def _compare_with_reference(plane_sets, tables) -> int:
             spacing_tol=tables.spacing_tol,
             angle_tol_deg=tables.angle_tol_deg,
             include_forbidden=tables.include_forbidden,
-            hits=tree_hits.get(k, none) if hits == "grid" else None,
+            hits=grid_hits.get(k, none) if hits == "grid" else None,
         )
         for w, planes in enumerate(plane_sets):
             r = ref.best_per_phase(planes, pt, tables)
