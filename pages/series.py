@@ -57,6 +57,7 @@ else:
 items = series_ui.decode_all(uploads) if uploads else []
 
 series = None
+series_run = None
 chosen = []
 stale = False
 if items and params is not None and db is not None:
@@ -112,7 +113,7 @@ if items and params is not None and db is not None:
                 )
         if run is not None:
             series_ui.show_defocus(run)
-            series = run.series
+            series, series_run = run.series, run
 elif params is None:
     st.info("Fix the analysis parameters in the sidebar to analyse.")
 
@@ -120,4 +121,4 @@ if series is not None:
     with guard():
         series_ui.show_series(series, chosen, key="series", cards=db, stale=stale)
     with guard():  # issue 22: per-particle crystallinity, defocus estimates
-        particles_ui.show_series_particles(series, chosen, key="series")
+        particles_ui.show_series_particles(series_run, key="series")

@@ -427,6 +427,9 @@ def test_series_page_produces_the_profile():
     panels = {t.get("yaxis", "y") for t in profile_spec["data"] if t.get("x") != [None]}
     assert {"y", "y2"} <= panels
     table = next(d.value for d in at.dataframe if "crystallinity" in d.value.columns)
+    # Issue 22 / 20: the particle counts come from the series engine's run, one row per image.
+    counts = next(d.value for d in at.dataframe if list(d.value.columns)[-1] == "particles")
+    assert len(counts) == n_images and (counts["particles"] >= 1).all()
     ties = focus_ties(table)
     notes = [i.value for i in at.info if "tie at the maximum" in i.value]
     assert bool(notes) == (len(ties) > 1), (ties, notes)

@@ -223,33 +223,23 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
             st.plotly_chart(fit_quality_figure(extras.defocus), key=f"{key}_fit_quality")
 
 
-def show_series_particles(series: Any, chosen: list[tuple[Any, Any]], *, key: str) -> None:
-    """Per-particle crystallinity across defocus and each image's Thon-ring defocus estimate."""
-    from hrtem_core.particles import particle_series
-
+def show_series_particles(run: Any, *, key: str) -> None:
+    """Per-particle crystallinity across defocus and each image's particle count, from the series
+    engine's :class:`hrtem_core.analysis.series.SeriesRun` (``run.particles``, each image's
+    particles). The defocus estimates and their warnings are shown with the defocus table
+    (:func:`ui.series_ui.show_defocus`)."""
     st.subheader("Particles across defocus")
-    by_name = {m.name: m for _, m in chosen}
-    results = [r for r in series.results if r.name in by_name]
-    extras = [_cached_particles(r, by_name[r.name]) for r in results]
-    rows = []
-    for r, e in zip(results, extras, strict=True):
-        est = e.defocus
-        rows.append(
-            {
-                "file": r.name,
-                "defocus_nm": r.defocus_nm,
-                "estimate_nm": None if est is None else round(est.defocus_nm, 2),
-                "uncertainty_nm": None if est is None else round(est.uncertainty_nm, 2),
-                "reliable": None if est is None else est.reliable,
-                "particles": len(e.table),
-                "warning": e.disagreement or "",
-            }
-        )
-        if e.disagreement:
-            st.warning(f"{r.name}: {e.disagreement}")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    tab = particle_series(results, [e.particles for e in extras])
-    if len(tab):
+    counts = [
+        {
+            "file": i.result.name,
+            "defocus_nm": i.result.defocus_nm,
+            "particles": 0 if i.particles is None else len(i.particles.table),
+        }
+        for i in run.images
+    ]
+    st.dataframe(pd.DataFrame(counts), hide_index=True, width="stretch", key=f"{key}_counts")
+    tab = run.particles
+    if tab is not None and len(tab):
         # A light line chart (one line per particle; the plotly version is crystallinity_figure).
         wide = tab.pivot_table(
             index="defocus_nm", columns="particle_id", values="crystallinity", aggfunc="mean"
