@@ -127,6 +127,13 @@ SIGMA_CALIBRATION_REL = 0.01
 #: alternative "an unlisted crystal with this net" explains the spacings at any common scale
 #: within the tolerance, the card only at the calibrated one (:func:`_log10_unlisted_net`).
 UNLISTED_NET_PRIOR = 0.01
+#: Harmonics (:func:`_refined_by_harmonics`): two planes of a window are the first and n-th
+#: (2, 3) orders of one set when their directions agree within HARMONIC_ANGLE_DEG and their
+#: spacing ratio is within HARMONIC_RATIO_REL of n (parallel reflections of one lattice are
+#: multiples of one row vector; the low order of a small particle far from focus is measured up
+#: to 10 % off, its harmonic within 1 %).
+HARMONIC_ANGLE_DEG = 2.0
+HARMONIC_RATIO_REL = 0.12
 #: Per-plane model uncertainty added in quadrature to each spot's own: the card's spacing
 #: (composition, strain: relative) and the in-plane direction (image distortion [deg]).
 SIGMA_MODEL_REL = 0.003
@@ -253,8 +260,47 @@ def measured_planes(
     if len(planes) > max_planes:
         planes.sort(key=lambda q: (-q.intensity, -q.spacing_nm, q.angle_deg))
         planes = planes[:max_planes]
+    planes = _refined_by_harmonics(planes)
     planes.sort(key=lambda q: (-q.spacing_nm, q.angle_deg, -q.intensity))
     return tuple(planes)
+
+
+def _refined_by_harmonics(planes: list[MeasuredPlane]) -> list[MeasuredPlane]:
+    """Planes whose spacing is refined by a parallel higher harmonic of the same window.
+
+    Reflections parallel to one another in one lattice are multiples of one row vector, so two
+    parallel planes (directions within :data:`HARMONIC_ANGLE_DEG`) whose spacings are in a ratio
+    within :data:`HARMONIC_RATIO_REL` of ``n`` = 2 or 3 are the first and ``n``-th orders of the
+    same planes, and both measure ``d``: ``d_1`` and ``n d_n``. The low order is then given their
+    inverse-variance mean (its relative fit uncertainty is ``n`` times the harmonic's at the same
+    ``sigma_l`` in pixels). Its uncertainty is left as it was: the refined value's information
+    is mostly the harmonic's, which the indexing already counts as a plane of its own, so a
+    smaller sigma would count it twice. The low order's position is the weaker one: in small particles imaged far from focus its spot is broadened and moved by up to 2 FFT
+    px (5-10 % of ``d`` at ``l`` = 20 px) while its second order stays within 1 %
+    (``README``, "Honesty"). The harmonic itself is unchanged.
+    """
+    out = list(planes)
+    for i, lo in enumerate(planes):
+        best = None
+        for hi in planes:
+            if hi.spacing_nm >= lo.spacing_nm:
+                continue
+            if acute_between_deg(lo.angle_deg, hi.angle_deg) > HARMONIC_ANGLE_DEG:
+                continue
+            ratio = lo.spacing_nm / hi.spacing_nm
+            n = round(ratio)
+            if n not in (2, 3) or abs(ratio / n - 1.0) > HARMONIC_RATIO_REL:
+                continue
+            s_hi = hi.sigma_rel if math.isfinite(hi.sigma_rel) else DEFAULT_SIGMA_REL
+            if best is None or s_hi < best[0]:
+                best = (s_hi, n * hi.spacing_nm)
+        if best is None:
+            continue
+        s_lo = lo.sigma_rel if math.isfinite(lo.sigma_rel) else DEFAULT_SIGMA_REL
+        w_lo, w_hi = 1.0 / s_lo**2, 1.0 / best[0] ** 2
+        d = (w_lo * lo.spacing_nm + w_hi * best[1]) / (w_lo + w_hi)
+        out[i] = replace(lo, spacing_nm=d)
+    return out
 
 
 def acute_between_deg(angle1_deg: float, angle2_deg: float) -> float:

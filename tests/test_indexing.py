@@ -883,6 +883,65 @@ def test_unlisted_net_odds_known_values() -> None:
     assert got[0] < indexing.MAX_CHANCE / 10 and got[1] > indexing.MAX_CHANCE
 
 
+def _plane(d: float, angle: float, sigma: float = 0.005) -> indexing.MeasuredPlane:
+    return indexing.MeasuredPlane(d, angle, 1.0, sigma, math.degrees(sigma))
+
+
+def test_a_low_order_is_refined_by_its_parallel_harmonic() -> None:
+    """d_1 measured 6 % short, its second order exact: the low order gets the inverse-variance
+    mean of d_1 and 2 d_2 (relative sigmas 0.5 % and 0.25 %: weights 1 : 4), keeps its own sigma
+    and direction; the harmonic is unchanged."""
+    true = 0.2518
+    lo, hi = _plane(true * 0.94, 40.0), _plane(true / 2, 40.5, 0.0025)
+    got = dict((p.angle_deg, p) for p in indexing._refined_by_harmonics([lo, hi]))
+    want = (1.0 * lo.spacing_nm + 4.0 * true) / 5.0
+    assert got[40.0].spacing_nm == pytest.approx(want, rel=1e-12)
+    assert abs(got[40.0].spacing_nm / true - 1.0) < 0.013
+    assert got[40.0].sigma_rel == lo.sigma_rel and got[40.0].angle_deg == 40.0
+    assert got[40.5] == hi
+    # Third orders count; so do unknown sigmas (equal weights).
+    third = indexing._refined_by_harmonics([_plane(0.30, 10.0), _plane(0.1, 10.0, 0.001)])
+    assert third[0].spacing_nm == pytest.approx(
+        (0.30 / 0.005**2 + 0.3 / 0.001**2) / (1 / 0.005**2 + 1 / 0.001**2)
+    )
+    nan = indexing._refined_by_harmonics(
+        [_plane(0.26, 0.0, math.nan), _plane(0.125, 0.0, math.nan)]
+    )
+    assert nan[0].spacing_nm == pytest.approx(0.255) and math.isnan(nan[0].sigma_rel)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "angle"),
+    [(1.5, 0.0), (2.0 * 1.13, 0.0), (2.0 * 0.87, 0.0), (2.0, 2.5), (4.0, 0.0), (1.0, 0.0)],
+)
+def test_planes_that_are_not_harmonics_are_left_alone(ratio, angle) -> None:
+    """Not parallel (2.5 deg), a ratio 13 % off 2, a 3 : 2 pair, a fourth order, equal spacings."""
+    planes = [_plane(0.1 * ratio, 30.0), _plane(0.1, 30.0 + angle)]
+    assert indexing._refined_by_harmonics(planes) == planes
+
+
+def test_a_shifted_low_order_with_its_harmonic_is_still_named(db, tables) -> None:
+    """Hematite [001] in a 256 px window at 0.02 nm/px: (110) spots (l = 20 px) measured 5 %
+    short, as in a small particle far from focus; (300) and (220) exact; every spot with
+    sigma_l = 0.15 px. Without the harmonic the (110) planes fall outside the 3 % tolerance and
+    the window is not named; with it the window is named hematite (its projection twin
+    feroxyhyte may be listed beside it)."""
+    hem = db.phase("33-0664")
+    hkls = [(1, 1, 0), (1, -2, 0), (3, 0, 0), (2, 2, 0), (2, -4, 0)]
+    pairs = zone_pairs(hem, (0, 0, 1), hkls, rotation_deg=12.0)
+    shifted = []
+    for p, h in zip(pairs, hkls, strict=True):
+        f = 1.0 / 0.95 if h in ((1, 1, 0), (1, -2, 0)) else 1.0
+        q = pair_from_g(p.gy_nm_inv * f, p.gx_nm_inv * f)
+        shifted.append(dataclasses.replace(q, l_px=5.12 * q.frequency_nm_inv, sigma_l_px=0.15))
+    res = indexing.index_window(shifted, tables)
+    assert res.named, res.status
+    names = {res.best.card_id, *(a.card_id for a in res.alternatives)}
+    assert "33-0664" in names
+    assert res.best.n_explained == len(hkls)
+    assert all(abs(r) < 0.015 for r in res.best.rel_residuals)
+
+
 def test_weak_superlattice_reflections_alone_are_no_match() -> None:
     """Maghemite [0 1 -2] "explains" (321), (3-2-1), (042) exactly, but they are superlattice
     reflections with ~0 kinematic intensity while the zone's strong (400)/(2 4 2)... are absent:
