@@ -420,6 +420,11 @@ def is_centring_absent(space_group: str | int, hkl: Sequence[int]) -> bool:
     return any((h[0] * t[0] + h[1] * t[1] + h[2] * t[2]) % den != 0 for t in ops.cen_ops)
 
 
+def is_systematically_absent(space_group: str | int, hkl: Sequence[int]) -> bool:
+    """True when (hkl) is absent in the space group: its centring, glide planes or screw axes."""
+    return bool(_tables(space_group).ops.is_systematically_absent(list(_as_int_hkl(hkl))))
+
+
 def is_forbidden(space_group: str | int, hkl: Sequence[int]) -> bool:
     """True when (hkl) is kinematically forbidden by a glide plane or screw axis.
 

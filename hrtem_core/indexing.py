@@ -19,8 +19,9 @@ unmatched"):
    directions are tabulated per pair of families, sorted by ``(family pair, psi)``, and every
    measured plane pair of every window is looked up with ``searchsorted`` (:func:`index_windows`).
 3. **Kinematic intensities.** From the phase's structure (:func:`hrtem_core.simulate.known_structure`)
-   or the card's intensities (the CIF import writes them): a matched reflection weaker than
-   ``WEAK_FRACTION`` of the zone's strongest costs up to ``1 / WEAK_MATCH_FLOOR``, a strong one of
+   or the card's intensities (the CIF import writes them): a matched reflection whose amplitude
+   ``|F|`` is below ``WEAK_FRACTION`` of the zone's strongest (the image is linear in ``|F|``)
+   costs up to ``1 / WEAK_MATCH_FLOOR``, a strong one of
    the zone (``STRONG_FRACTION``) missing from the observed range ``1 / MISSING_STRONG_PENALTY``,
    and a zone matched by weak reflections alone is rejected. Cards without intensities use the
    electron scattering-factor fall-off, for missing low orders only (``LOW_ORDER_FACTOR``).
@@ -46,7 +47,11 @@ unmatched"):
      intensity factors above;
    * added to these odds, those of an unlisted crystal with the same net at another scale
      (:func:`_log10_unlisted_net`, prior :data:`UNLISTED_NET_PRIOR`): a window whose spacings all
-     sit beyond about 2.2 calibration sigmas off the card is not named by it.
+     sit beyond about 2.2 calibration sigmas off the card is not named by it. That crystal has
+     intensities of its own, so its odds also carry the card's intensity factors for the lowest
+     orders seen (reflections within :data:`NEIGHBOUR_BAND_REL` of the coarsest matched plane):
+     ``K = K_chance W M + K_net L`` (``W`` the weak-reflection factor, ``M`` the missing-strong
+     one, ``L`` both restricted to that band; :func:`_log10_intensity_terms`).
 
    The **score** is ``1 / (1 + K)``: the probability that the card rather than chance or an
    unlisted crystal with the same net produced the planes, at even prior odds. Candidates are
@@ -127,13 +132,13 @@ SIGMA_CALIBRATION_REL = 0.01
 #: alternative "an unlisted crystal with this net" explains the spacings at any common scale
 #: within the tolerance, the card only at the calibrated one (:func:`_log10_unlisted_net`).
 UNLISTED_NET_PRIOR = 0.01
-#: Harmonics (:func:`_refined_by_harmonics`): two planes of a window are the first and n-th
-#: (2, 3) orders of one set when their directions agree within HARMONIC_ANGLE_DEG and their
-#: spacing ratio is within HARMONIC_RATIO_REL of n (parallel reflections of one lattice are
-#: multiples of one row vector; the low order of a small particle far from focus is measured up
-#: to 10 % off, its harmonic within 1 %).
-HARMONIC_ANGLE_DEG = 2.0
-HARMONIC_RATIO_REL = 0.12
+#: Harmonics (:func:`_refined_by_harmonics`): a plane is the first order of a set whose n-th
+#: (2, 3) order the window also shows when its reciprocal vector g lies within HARMONIC_SHIFT_REL
+#: of g_n / n (relative to |g_n / n|; parallel reflections of one lattice are multiples of one
+#: row vector). 12 % is 2.6 FFT px at l = 22 px: the low-order spot of a small or truncated
+#: crystal far from focus is moved by up to 10 % (or split in two lobes by a CTF zero), its
+#: harmonic stays within 1 % (README, "Honesty").
+HARMONIC_SHIFT_REL = 0.12
 #: Per-plane model uncertainty added in quadrature to each spot's own: the card's spacing
 #: (composition, strain: relative) and the in-plane direction (image distortion [deg]).
 SIGMA_MODEL_REL = 0.003
@@ -141,8 +146,12 @@ SIGMA_MODEL_ANGLE_DEG = 0.3
 #: Fit uncertainties used for planes that carry none (relative spacing; direction [deg]).
 DEFAULT_SIGMA_REL = 0.004
 DEFAULT_SIGMA_ANGLE_DEG = 0.25
-#: Kinematic intensity rule: a zone match whose matched reflections are all below this fraction
-#: of the zone's strongest reflection is rejected.
+#: Kinematic intensity rule, on amplitudes: a reflection whose structure-factor amplitude |F| is
+#: below this fraction of the zone's strongest is weak (1 % in intensity |F|^2), and a zone match
+#: whose matched reflections are all weak is rejected. Amplitudes, because an HRTEM image is
+#: linear in the projected potential (weak-phase object): the Fourier component of the image at
+#: g is ``|F_g| sin chi(g)``, not ``|F_g|^2`` (Williams & Carter, Transmission Electron
+#: Microscopy, ch. 28); a reflection with 4 % of the strongest intensity is a 20 % spot.
 WEAK_FRACTION = 0.1
 #: A zone reflection at least this fraction of the zone's strongest is "strong": a hypothesis pays
 #: MISSING_STRONG_PENALTY for each strong reflection of its zone, at a spacing at least the
@@ -151,10 +160,15 @@ STRONG_FRACTION = 0.3
 #: Probability that a kinematically strong reflection in the observed range is not seen (the CTF
 #: can hide one): the factor each missing strong reflection costs.
 MISSING_STRONG_PENALTY = 0.2
-#: A matched reflection weaker than WEAK_FRACTION of the zone's strongest costs the factor
-#: ``1 / max(I / (WEAK_FRACTION I_max), WEAK_MATCH_FLOOR)``: the chance of seeing a spot falls with
-#: its kinematic intensity, down to WEAK_MATCH_FLOOR (a factor 10) for an (almost) extinct one.
+#: A matched reflection weaker than WEAK_FRACTION of the zone's strongest (in amplitude) costs the
+#: factor ``1 / max(sqrt(I / I_max) / WEAK_FRACTION, WEAK_MATCH_FLOOR)``: the chance of seeing a
+#: spot falls with its amplitude, down to WEAK_MATCH_FLOOR (a factor 10) for an extinct one.
 WEAK_MATCH_FLOOR = 0.1
+#: A strong zone reflection whose spacing is within this fraction of the coarsest plane a window
+#: shows is transferred alike by the CTF (it changes little over 5 % in frequency unless a zero
+#: lies there): if it is missing, an unlisted crystal with the card's net explains the window
+#: better than the card (:func:`_search_phase`).
+NEIGHBOUR_BAND_REL = 0.05
 #: For a phase without known intensities: only reflections at spacings at least this many times
 #: the largest matched one count as missing strong ones (low orders that any crystal shows).
 LOW_ORDER_FACTOR = 1.5
@@ -221,12 +235,13 @@ class MeasuredPlane:
 
 
 def measured_planes(
-    pairs: Sequence[Any], *, max_planes: int = MAX_PLANES
+    pairs: Sequence[Any], *, max_planes: int = MAX_PLANES, min_spacing_nm: float = 0.0
 ) -> tuple[MeasuredPlane, ...]:
     """Planes of a window in canonical order: spacing descending, then direction.
 
-    The ``max_planes`` strongest pairs (by ``intensity``) are kept; the order of ``pairs`` does not
-    matter. Uncertainties come from ``sigma_l_px / l_px`` where the pairs carry them.
+    Low orders are refined by their harmonics (:func:`_refined_by_harmonics`); then the
+    ``max_planes`` strongest (by ``intensity``) are kept; the order of ``pairs`` does not matter.
+    Uncertainties come from ``sigma_l_px / l_px`` where the pairs carry them.
 
     Parameters
     ----------
@@ -235,6 +250,10 @@ def measured_planes(
         ``sigma_l_px`` attributes.
     max_planes : int, keyword-only
         Cap on the planes kept.
+    min_spacing_nm : float, keyword-only
+        Planes finer than this [nm] are left out: no table reaches them (:func:`index_windows`
+        passes ``d_min (1 - spacing_tol)``), so no card could explain them and they would count
+        against every card alike. They stay in the window's spot pairs.
 
     Returns
     -------
@@ -257,50 +276,103 @@ def measured_planes(
                 sigma_angle_deg=math.degrees(rel) if math.isfinite(rel) else math.nan,
             )
         )
+    planes = _refined_by_harmonics(planes)
+    planes = [q for q in planes if q.spacing_nm >= min_spacing_nm]
     if len(planes) > max_planes:
         planes.sort(key=lambda q: (-q.intensity, -q.spacing_nm, q.angle_deg))
         planes = planes[:max_planes]
-    planes = _refined_by_harmonics(planes)
     planes.sort(key=lambda q: (-q.spacing_nm, q.angle_deg, -q.intensity))
     return tuple(planes)
 
 
-def _refined_by_harmonics(planes: list[MeasuredPlane]) -> list[MeasuredPlane]:
-    """Planes whose spacing is refined by a parallel higher harmonic of the same window.
+def _g_vector(plane: MeasuredPlane) -> np.ndarray:
+    """Reciprocal vector of a plane, (g cos a, g sin a) [1/nm], a = ``angle_deg``."""
+    a = math.radians(plane.angle_deg)
+    return np.array([math.cos(a), math.sin(a)]) / plane.spacing_nm
 
-    Reflections parallel to one another in one lattice are multiples of one row vector, so two
-    parallel planes (directions within :data:`HARMONIC_ANGLE_DEG`) whose spacings are in a ratio
-    within :data:`HARMONIC_RATIO_REL` of ``n`` = 2 or 3 are the first and ``n``-th orders of the
-    same planes, and both measure ``d``: ``d_1`` and ``n d_n``. The low order is then given their
-    inverse-variance mean (its relative fit uncertainty is ``n`` times the harmonic's at the same
-    ``sigma_l`` in pixels). Its uncertainty is left as it was: the refined value's information
-    is mostly the harmonic's, which the indexing already counts as a plane of its own, so a
-    smaller sigma would count it twice. The low order's position is the weaker one: in small particles imaged far from focus its spot is broadened and moved by up to 2 FFT
-    px (5-10 % of ``d`` at ``l`` = 20 px) while its second order stays within 1 %
-    (``README``, "Honesty"). The harmonic itself is unchanged.
+
+def _plane_at(plane: MeasuredPlane, g: np.ndarray, **changes: Any) -> MeasuredPlane:
+    """``plane`` moved to the reciprocal vector ``g`` [1/nm] (other fields from ``changes``)."""
+    return replace(
+        plane,
+        spacing_nm=float(1.0 / np.hypot(g[0], g[1])),
+        angle_deg=math.degrees(math.atan2(g[1], g[0])) % 180.0,
+        **changes,
+    )
+
+
+def _refined_by_harmonics(planes: list[MeasuredPlane]) -> list[MeasuredPlane]:
+    """Low orders refined by a parallel higher harmonic of the same window; split lobes merged.
+
+    Reflections parallel to one another in one lattice are multiples of one row vector, so a
+    plane whose reciprocal vector ``g`` lies within :data:`HARMONIC_SHIFT_REL` of ``g_n / n``
+    (``n`` = 2 or 3; ``g_n`` another plane of the window) is the first order of the set whose
+    ``n``-th order is ``g_n``; the most precise such ``g_n`` is taken.
+
+    - Its ``g`` (spacing and direction) becomes the inverse-variance mean of ``g`` and
+      ``g_n / n`` (its relative fit uncertainty is ``n`` times the harmonic's at the same
+      ``sigma_l`` in pixels). Its uncertainty is left as it was: the refined value's information
+      is mostly the harmonic's, which the indexing already counts as a plane of its own, so a
+      smaller sigma would count it twice.
+    - Two or more planes that are first orders of the same ``g_n`` are the lobes of one spot that
+      a CTF zero near its frequency has split (one lattice has one reflection there): they are
+      merged into one plane at their intensity-weighted mean ``g`` (intensities added, the
+      strongest lobe's uncertainty) before the refinement.
+
+    The low order's position is the weaker one: in small or truncated crystals imaged far from
+    focus its spot is broadened and moved by up to 2-3 FFT px (5-10 % of ``d`` at ``l`` = 20 px)
+    or split radially, while its second order stays within 1 % (``README``, "Honesty"). The
+    harmonics themselves are unchanged.
+
+    Parameters
+    ----------
+    planes : list of MeasuredPlane
+
+    Returns
+    -------
+    list of MeasuredPlane
+        The refined planes, in the order given; a merged plane takes its strongest lobe's place.
     """
-    out = list(planes)
-    for i, lo in enumerate(planes):
-        best = None
-        for hi in planes:
-            if hi.spacing_nm >= lo.spacing_nm:
+    g = [_g_vector(q) for q in planes]
+    sig = [q.sigma_rel if math.isfinite(q.sigma_rel) else DEFAULT_SIGMA_REL for q in planes]
+    d = [q.spacing_nm for q in planes]
+    chosen: dict[int, tuple[int, int]] = {}  # low order -> (harmonic, n)
+    for i in range(len(planes)):
+        for j in range(len(planes)):
+            if d[j] >= d[i]:
                 continue
-            if acute_between_deg(lo.angle_deg, hi.angle_deg) > HARMONIC_ANGLE_DEG:
-                continue
-            ratio = lo.spacing_nm / hi.spacing_nm
-            n = round(ratio)
-            if n not in (2, 3) or abs(ratio / n - 1.0) > HARMONIC_RATIO_REL:
-                continue
-            s_hi = hi.sigma_rel if math.isfinite(hi.sigma_rel) else DEFAULT_SIGMA_REL
-            if best is None or s_hi < best[0]:
-                best = (s_hi, n * hi.spacing_nm)
-        if best is None:
-            continue
-        s_lo = lo.sigma_rel if math.isfinite(lo.sigma_rel) else DEFAULT_SIGMA_REL
-        w_lo, w_hi = 1.0 / s_lo**2, 1.0 / best[0] ** 2
-        d = (w_lo * lo.spacing_nm + w_hi * best[1]) / (w_lo + w_hi)
-        out[i] = replace(lo, spacing_nm=d)
-    return out
+            for n in (2, 3):
+                # |g_i| within the shift of |g_j| / n first (cheap), then the vectors.
+                if abs(n * d[j] / d[i] - 1.0) > HARMONIC_SHIFT_REL:
+                    continue
+                tx, ty = g[j][0] / n, g[j][1] / n
+                gx, gy = g[i][0], g[i][1]
+                if gx * tx + gy * ty < 0:
+                    gx, gy = -gx, -gy
+                if math.hypot(gx - tx, gy - ty) <= HARMONIC_SHIFT_REL * math.hypot(tx, ty):
+                    if i not in chosen or sig[j] < sig[chosen[i][0]]:
+                        chosen[i] = (j, n)
+    if not chosen:
+        return list(planes)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, key in chosen.items():
+        groups.setdefault(key, []).append(i)
+    out: list[MeasuredPlane | None] = list(planes)
+    for (j, n), lows in groups.items():
+        target = g[j] / n
+        lows.sort(key=lambda i: -planes[i].intensity)
+        head = lows[0]
+        vec = [g[i] if g[i] @ target >= 0 else -g[i] for i in lows]
+        wts = np.array([max(planes[i].intensity, 0.0) for i in lows])
+        wts = wts if wts.sum() > 0 else np.ones(len(lows))
+        g_lo = (wts[:, None] * np.array(vec)).sum(axis=0) / wts.sum()
+        w_lo, w_hi = 1.0 / sig[head] ** 2, 1.0 / sig[j] ** 2
+        g_ref = (w_lo * g_lo + w_hi * target) / (w_lo + w_hi)
+        total = float(sum(planes[i].intensity for i in lows))
+        out[head] = _plane_at(planes[head], g_ref, intensity=total)
+        for i in lows[1:]:
+            out[i] = None
+    return [q for q in out if q is not None]
 
 
 def acute_between_deg(angle1_deg: float, angle2_deg: float) -> float:
@@ -358,6 +430,12 @@ class PhaseTable:
         reflection, as the CIF import writes it); else the smooth fall-off of the electron scattering factor
         (``intensity_known`` False: then only the missing low-order rule uses it).
     intensity_known : bool
+    family_amplitude_unknown : ndarray of bool, shape (n_f,)
+        Families the card's space group allows but the structure model's makes systematically
+        absent: superstructure reflections (maghemite's vacancy-ordered (110), (210)) of a model
+        that leaves the order out. Their ``family_intensity`` is 0, their true amplitude unknown:
+        they do not weigh against the card in the comparison with an unlisted crystal of the
+        same net (:func:`_log10_intensity_terms`).
     family_index : dict
         ``(h, k, l)`` representative -> family index.
     member_hkl : ndarray of int, shape (n_m, 3)
@@ -437,6 +515,7 @@ class PhaseTable:
     allowed_intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
     allowed_row: dict = field(default_factory=dict)
     zone_family_intensity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    family_amplitude_unknown: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     _dd_cache: dict = field(default_factory=dict)
 
     @property
@@ -597,6 +676,18 @@ def _family_intensities(
     return (out / top, True) if top > 0 else (np.full(n, np.nan), False)
 
 
+def _model_absent(phase: Phase, reps: Sequence[HKL]) -> np.ndarray:
+    """Families systematically absent in the space group of the phase's structure model (all
+    False without a model): see ``PhaseTable.family_amplitude_unknown``."""
+    from hrtem_core.crystallography import is_systematically_absent
+    from hrtem_core.simulate import known_structure
+
+    structure = known_structure(phase.card_id)
+    if structure is None or not reps:
+        return np.zeros(len(reps), dtype=bool)
+    return np.array([is_systematically_absent(structure.space_group, h) for h in reps], dtype=bool)
+
+
 def _zone_keys(z: np.ndarray, k: int) -> np.ndarray:
     """Integer key of each zone row (indices in ``-k .. k``)."""
     b = 2 * k + 1
@@ -694,6 +785,7 @@ def _phase_table(
         family_forbidden=forb_arr,
         family_intensity=intensity,
         intensity_known=known,
+        family_amplitude_unknown=_model_absent(phase, reps) & ~np.asarray(forb_arr, dtype=bool),
         family_index={r: i for i, r in enumerate(reps)},
         member_hkl=member_hkl,
         member_family=member_family,
@@ -1321,8 +1413,9 @@ def _log10_odds_spacing(
 def _log10_unlisted_net(s0: np.ndarray, s1: np.ndarray, scale_range_rel: float) -> np.ndarray:
     """log10 of the odds "an unlisted crystal with the card's net : card" of each hypothesis.
 
-    Both explain the same planes with the same directions and intensities; they differ in the
-    scale. Under the card the common relative residual of the window is the calibration error,
+    Both explain the same planes with the same directions; they differ in the scale, and in
+    the intensities: the unlisted crystal has its own, so the card's factor for matched weak
+    reflections (known amplitudes) multiplies these odds too (:func:`_search_phase`). Under the card the common relative residual of the window is the calibration error,
     ``N(0, SIGMA_CALIBRATION_REL^2)``; under an unlisted crystal with the same net it is any
     scale within the spacing tolerance, uniform on ``[-T, T]``. With the weighted mean residual
     ``mu = S1 / S0`` and its variance ``1 / S0`` (sums of :func:`_log10_odds_spacing`), the ratio
@@ -1399,10 +1492,16 @@ class _PhaseResult:
     so_residual: np.ndarray
 
 
+def _amplitude_rel(intensity: np.ndarray, zone_max: np.ndarray) -> np.ndarray:
+    """Structure-factor amplitude relative to the zone's strongest, ``sqrt(I / I_max)``."""
+    return np.sqrt(np.maximum(intensity, 0.0) / np.maximum(zone_max, 1e-300))
+
+
 def _log10_weak_penalty(intensity: np.ndarray, zone_max: np.ndarray) -> np.ndarray:
-    """log10 of the factor a matched reflection of kinematic ``intensity`` costs (0 when it is
-    at least WEAK_FRACTION of the zone's strongest ``zone_max``; up to 1 for an extinct one)."""
-    rel = np.clip(intensity / (WEAK_FRACTION * np.maximum(zone_max, 1e-300)), WEAK_MATCH_FLOOR, 1.0)
+    """log10 of the factor a matched reflection of kinematic ``intensity`` costs: 0 when its
+    amplitude is at least WEAK_FRACTION of the zone's strongest (``zone_max`` in intensity), up
+    to 1 for an extinct one."""
+    rel = np.clip(_amplitude_rel(intensity, zone_max) / WEAK_FRACTION, WEAK_MATCH_FLOOR, 1.0)
     return -np.log10(rel)
 
 
@@ -1752,7 +1851,7 @@ def _log10_odds_hypotheses(
     return log_e, h_dens, _log10_unlisted_net(s0, s1, scale_range_rel)
 
 
-def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
+def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log10 factor of the kinematic-intensity rules per hypothesis (``inf``: rejected).
 
     Weak reflections alone, where the zone has strong ones, are no match; each matched weak
@@ -1760,13 +1859,19 @@ def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
     observed range ``1 / MISSING_STRONG_PENALTY``. Without a structure (smooth intensities) only
     the low-order rule applies: strong zone reflections at spacings >= ``LOW_ORDER_FACTOR`` x
     the largest matched one.
+
+    Returns ``(weak, missing, lowest)`` per hypothesis: the weak-reflection factor (``inf``
+    where the zone is matched by weak reflections alone), the missing-strong factor, and the
+    factor of the lowest orders: both rules restricted to reflections within
+    :data:`NEIGHBOUR_BAND_REL` of the coarsest matched plane (0 without known intensities). Chance pays the first two; the unlisted crystal with the card's net the last
+    (:func:`_search_phase`).
     """
     hs, n_h = r.start, len(r.start)
     inten = pt.family_intensity
     if not (
         len(inten) and np.all(np.isfinite(inten)) and np.all(np.isfinite(pt.zone_max_intensity))
     ):
-        return np.zeros(n_h)
+        return np.zeros(n_h), np.zeros(n_h), np.zeros(n_h)
     h_zone, h_fa = r.zone[hs], r.fa[hs]
     zmax = pt.zone_max_intensity[h_zone]
     fd = pt.family_d_nm
@@ -1779,10 +1884,10 @@ def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
         eff_rows = zfi[r.zone, r.fc]
         eff_ref = zfi[h_zone, h_fa]
         i_max = np.maximum(eff_ref, np.maximum.reduceat(eff_rows, hs))
-        out = np.where(i_max < WEAK_FRACTION * zmax, np.inf, out)
+        out = np.where(_amplitude_rel(i_max, zmax) < WEAK_FRACTION, np.inf, out)
         weak_rows = _log10_weak_penalty(eff_rows, pt.zone_max_intensity[r.zone])
-        out = out + np.bincount(r.of, weights=weak_rows, minlength=n_h)
-        out = out + _log10_weak_penalty(eff_ref, zmax)
+        weak_ref = _log10_weak_penalty(eff_ref, zmax)
+        out = out + np.bincount(r.of, weights=weak_rows, minlength=n_h) + weak_ref
         d_lo = np.minimum(np.minimum.reduceat(fd[r.fc], hs), fd[h_fa]) * (1.0 - 1e-9)
     else:
         d_lo = LOW_ORDER_FACTOR * np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
@@ -1797,7 +1902,32 @@ def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> np.ndarray:
         pt.strong_key, h_zone * 10.0 + d_lo
     )
     missing = np.maximum(in_range - n_strong, 0)
-    return out + missing * math.log10(1.0 / MISSING_STRONG_PENALTY)
+    # Strong zone reflections within NEIGHBOUR_BAND_REL of the coarsest matched plane, unmatched.
+    d_hi = np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
+    lo_b, hi_b = d_hi / (1.0 + NEIGHBOUR_BAND_REL), d_hi * (1.0 + NEIGHBOUR_BAND_REL)
+    in_band = np.searchsorted(pt.strong_key, h_zone * 10.0 + hi_b) - np.searchsorted(
+        pt.strong_key, h_zone * 10.0 + lo_b
+    )
+    band_rows = (inten[r.fc] >= STRONG_FRACTION * pt.zone_max_intensity[r.zone]) & (
+        (fd[r.fc] >= lo_b[r.of]) & (fd[r.fc] <= hi_b[r.of])
+    )
+    seen_band = np.bincount(r.of, weights=band_rows.astype(float), minlength=n_h) + (
+        (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= lo_b) & (fd[h_fa] <= hi_b)
+    )
+    log_pen = math.log10(1.0 / MISSING_STRONG_PENALTY)
+    if not pt.intensity_known:
+        return out, missing * log_pen, np.zeros(n_h)
+    near = np.minimum(np.maximum(in_band - seen_band, 0), missing) * log_pen
+    # ... and the weak-reflection factor of the matched planes in that band.
+    # (Superstructure reflections the structure model leaves out have no known amplitude.)
+    unknown = pt.family_amplitude_unknown
+    if len(unknown) != len(fd):
+        unknown = np.zeros(len(fd), dtype=bool)
+    rows_in = (fd[r.fc] >= lo_b[r.of]) & (fd[r.fc] <= hi_b[r.of]) & ~unknown[r.fc]
+    ref_in = (fd[h_fa] >= lo_b) & (fd[h_fa] <= hi_b) & ~unknown[h_fa]
+    near = near + np.bincount(r.of, weights=np.where(rows_in, weak_rows, 0.0), minlength=n_h)
+    near = near + np.where(ref_in, weak_ref, 0.0)
+    return out, missing * log_pen, np.where(np.isinf(out), np.inf, near)
 
 
 def _best_per_window(fl: _Planes, r: _Rows, log_e: np.ndarray) -> np.ndarray:
@@ -1873,8 +2003,17 @@ def _search_phase(
     r = _hypothesis_rows(pt, fl, hits)
     scale_range = spacing_tol if scale_range_rel is None else scale_range_rel
     log_e, h_dens, log_net = _log10_odds_hypotheses(pt, fl, r, ln_rho, scale_range)
-    # Chance, or an unlisted crystal with the same net at another scale: their odds add.
-    log_e = _log10_add(log_e + _log10_intensity_terms(pt, r), log_net)
+    # Chance, or an unlisted crystal with the same net at another scale: their odds add. Neither
+    # predicts intensities, so the card's intensity terms multiply both.
+    # An unlisted crystal with the net of the matched planes has intensities of its own, so the
+    # card's intensity rules weigh against the card here too, but only for the lowest orders
+    # seen (within NEIGHBOUR_BAND_REL of the coarsest matched plane): a strong reflection there
+    # is transferred alike by the CTF, so it is not hidden (gold [110] as the spinel's net: no
+    # (311) beside the (222)), and a weak one there is not the product of double diffraction,
+    # which makes kinematically extinct higher orders strong in a thick crystal (the spinel's
+    # (442) in the bundled series). Elsewhere the rules are no argument against the net.
+    weak, missing, lowest = _log10_intensity_terms(pt, r)
+    log_e = _log10_add(log_e + weak + missing, log_net + lowest)
     # 8. The best hypothesis per window and its rows, grouped by window.
     best_h = _best_per_window(fl, r, log_e)
     hs = r.start
@@ -2036,7 +2175,10 @@ def index_windows(
     list of WindowIndex
         One per window, in order. Windows with identical planes share one result.
     """
-    planes_of = [measured_planes(p, max_planes=tables.max_planes) for p in pair_sets]
+    d_floor = tables.d_min_nm * (1.0 - tables.spacing_tol)
+    planes_of = [
+        measured_planes(p, max_planes=tables.max_planes, min_spacing_nm=d_floor) for p in pair_sets
+    ]
     keys = [
         tuple((q.spacing_nm, q.angle_deg, q.sigma_rel, q.intensity) for q in ps) for ps in planes_of
     ]

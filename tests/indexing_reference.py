@@ -166,6 +166,7 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         )
                     n_expl = len(js) + 1
                     total += (n - n_expl) * ix._LOG_UNEXPLAINED
+                    intensity_log = net_log = 0.0
                     inten = pt.family_intensity
                     zi = [tuple(v) for v in pt.zones.tolist()].index(z)
                     zmax = pt.zone_max_intensity[zi]
@@ -174,12 +175,13 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         fd = pt.family_d_nm
                         if pt.intensity_known:
                             eff = [_effective_intensity(pt, f, z) for f in fams]
-                            if max(eff) < ix.WEAK_FRACTION * zmax:
+                            if math.sqrt(max(max(eff), 0.0) / zmax) < ix.WEAK_FRACTION:
                                 continue
-                            weak_log = sum(
+                            each = [
                                 float(ix._log10_weak_penalty(np.array([e]), np.array([zmax]))[0])
                                 for e in eff
-                            )
+                            ]
+                            weak_log = sum(each)
                             d_lo = min(fd[f] for f in fams) * (1.0 - 1e-9)
                         else:
                             weak_log = 0.0
@@ -196,13 +198,40 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                             inten[f] >= ix.STRONG_FRACTION * zmax and fd[f] >= d_lo for f in fams
                         )
                         missing = max(len(strong) - seen, 0)
-                        total += weak_log
-                        total += missing * math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
-                    # Chance, or an unlisted crystal with the same net at another scale.
+                        pen = math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
+                        intensity_log = weak_log + missing * pen
+                        # Strong members within the band around the coarsest matched plane.
+                        d_hi = max(fd[f] for f in fams)
+                        lo_b = d_hi / (1.0 + ix.NEIGHBOUR_BAND_REL)
+                        hi_b = d_hi * (1.0 + ix.NEIGHBOUR_BAND_REL)
+                        zone_strong = [
+                            mm
+                            for mm in range(len(pt.member_hkl))
+                            if int(np.dot(pt.member_hkl[mm], z)) == 0
+                            and _can_appear(pt, mm, z, tables.include_forbidden)[0]
+                            and inten[pt.member_family[mm]] >= ix.STRONG_FRACTION * zmax
+                            and lo_b <= fd[pt.member_family[mm]] <= hi_b
+                        ]
+                        seen_band = sum(
+                            inten[f] >= ix.STRONG_FRACTION * zmax and lo_b <= fd[f] <= hi_b
+                            for f in fams
+                        )
+                        if pt.intensity_known:
+                            near = max(len(zone_strong) - seen_band, 0)
+                            net_log = min(near, missing) * pen + sum(
+                                x
+                                for x, f in zip(each, fams, strict=True)
+                                if lo_b <= fd[f] <= hi_b and not pt.family_amplitude_unknown[f]
+                            )
+                    # Chance (all intensity terms), or an unlisted crystal with the same net at
+                    # another scale (it pays the card's intensity rules only for the lowest
+                    # orders: the band around the coarsest matched plane).
                     net = ix._log10_unlisted_net(
                         np.array([w.sum()]), np.array([(w * r_all).sum()]), tol
                     )
-                    total = float(ix._log10_add(np.array([total]), net)[0])
+                    total = float(
+                        ix._log10_add(np.array([total + intensity_log]), net + net_log)[0]
+                    )
                     cand = (round(total, 9), -n_expl)
                     if best is None or cand < best[0]:
                         best = (cand, total, n_expl, z, {i: rep_row, **{j: rows[j][1] for j in js}})
