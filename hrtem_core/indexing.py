@@ -285,17 +285,17 @@ def measured_planes(
     return tuple(planes)
 
 
-def _g_vector(plane: MeasuredPlane) -> np.ndarray:
+def _g_vector(plane: MeasuredPlane) -> tuple[float, float]:
     """Reciprocal vector of a plane, (g cos a, g sin a) [1/nm], a = ``angle_deg``."""
     a = math.radians(plane.angle_deg)
-    return np.array([math.cos(a), math.sin(a)]) / plane.spacing_nm
+    return math.cos(a) / plane.spacing_nm, math.sin(a) / plane.spacing_nm
 
 
-def _plane_at(plane: MeasuredPlane, g: np.ndarray, **changes: Any) -> MeasuredPlane:
+def _plane_at(plane: MeasuredPlane, g: tuple[float, float], **changes: Any) -> MeasuredPlane:
     """``plane`` moved to the reciprocal vector ``g`` [1/nm] (other fields from ``changes``)."""
     return replace(
         plane,
-        spacing_nm=float(1.0 / np.hypot(g[0], g[1])),
+        spacing_nm=1.0 / math.hypot(g[0], g[1]),
         angle_deg=math.degrees(math.atan2(g[1], g[0])) % 180.0,
         **changes,
     )
@@ -333,6 +333,8 @@ def _refined_by_harmonics(planes: list[MeasuredPlane]) -> list[MeasuredPlane]:
     list of MeasuredPlane
         The refined planes, in the order given; a merged plane takes its strongest lobe's place.
     """
+    if len(planes) < 2:
+        return list(planes)
     g = [_g_vector(q) for q in planes]
     sig = [q.sigma_rel if math.isfinite(q.sigma_rel) else DEFAULT_SIGMA_REL for q in planes]
     d = [q.spacing_nm for q in planes]
@@ -359,15 +361,21 @@ def _refined_by_harmonics(planes: list[MeasuredPlane]) -> list[MeasuredPlane]:
         groups.setdefault(key, []).append(i)
     out: list[MeasuredPlane | None] = list(planes)
     for (j, n), lows in groups.items():
-        target = g[j] / n
+        tx, ty = g[j][0] / n, g[j][1] / n
         lows.sort(key=lambda i: -planes[i].intensity)
         head = lows[0]
-        vec = [g[i] if g[i] @ target >= 0 else -g[i] for i in lows]
-        wts = np.array([max(planes[i].intensity, 0.0) for i in lows])
-        wts = wts if wts.sum() > 0 else np.ones(len(lows))
-        g_lo = (wts[:, None] * np.array(vec)).sum(axis=0) / wts.sum()
+        wts = [max(planes[i].intensity, 0.0) for i in lows]
+        if sum(wts) <= 0:
+            wts = [1.0] * len(lows)
+        sx = sy = 0.0
+        for i, wt in zip(lows, wts, strict=True):
+            sign = 1.0 if g[i][0] * tx + g[i][1] * ty >= 0 else -1.0
+            sx, sy = sx + wt * sign * g[i][0], sy + wt * sign * g[i][1]
         w_lo, w_hi = 1.0 / sig[head] ** 2, 1.0 / sig[j] ** 2
-        g_ref = (w_lo * g_lo + w_hi * target) / (w_lo + w_hi)
+        g_ref = (
+            (w_lo * sx / sum(wts) + w_hi * tx) / (w_lo + w_hi),
+            (w_lo * sy / sum(wts) + w_hi * ty) / (w_lo + w_hi),
+        )
         total = float(sum(planes[i].intensity for i in lows))
         out[head] = _plane_at(planes[head], g_ref, intensity=total)
         for i in lows[1:]:
