@@ -1900,41 +1900,38 @@ def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> tuple[np.ndarray, np.nda
     else:
         d_lo = LOW_ORDER_FACTOR * np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
     # Matched strong members inside the range (each matched plane is one zone member).
-    strong_rows = (inten[r.fc] >= STRONG_FRACTION * pt.zone_max_intensity[r.zone]) & (
-        fd[r.fc] >= d_lo[r.of]
-    )
-    n_strong = np.bincount(r.of, weights=strong_rows.astype(float), minlength=n_h) + (
-        (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= d_lo)
-    )
+    strong_r = inten[r.fc] >= STRONG_FRACTION * pt.zone_max_intensity[r.zone]
+    strong_h = inten[h_fa] >= STRONG_FRACTION * zmax
+    n_strong = np.bincount(
+        r.of, weights=(strong_r & (fd[r.fc] >= d_lo[r.of])).astype(float), minlength=n_h
+    ) + (strong_h & (fd[h_fa] >= d_lo))
     in_range = np.searchsorted(pt.strong_key, h_zone * 10.0 + 10.0) - np.searchsorted(
         pt.strong_key, h_zone * 10.0 + d_lo
     )
     missing = np.maximum(in_range - n_strong, 0)
-    # Strong zone reflections within NEIGHBOUR_BAND_REL of the coarsest matched plane, unmatched.
-    d_hi = np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
-    lo_b, hi_b = d_hi / (1.0 + NEIGHBOUR_BAND_REL), d_hi * (1.0 + NEIGHBOUR_BAND_REL)
-    in_band = np.searchsorted(pt.strong_key, h_zone * 10.0 + hi_b) - np.searchsorted(
-        pt.strong_key, h_zone * 10.0 + lo_b
-    )
-    band_rows = (inten[r.fc] >= STRONG_FRACTION * pt.zone_max_intensity[r.zone]) & (
-        (fd[r.fc] >= lo_b[r.of]) & (fd[r.fc] <= hi_b[r.of])
-    )
-    seen_band = np.bincount(r.of, weights=band_rows.astype(float), minlength=n_h) + (
-        (inten[h_fa] >= STRONG_FRACTION * zmax) & (fd[h_fa] >= lo_b) & (fd[h_fa] <= hi_b)
-    )
     log_pen = math.log10(1.0 / MISSING_STRONG_PENALTY)
     if not pt.intensity_known:
         return out, missing * log_pen, np.zeros(n_h)
+    # The lowest orders: within NEIGHBOUR_BAND_REL of the coarsest matched plane. Their strong
+    # zone reflections left unmatched, and the weak-reflection factor of the matched ones
+    # (superstructure reflections the structure model leaves out have no known amplitude).
+    d_hi = np.maximum(np.maximum.reduceat(fd[r.fc], hs), fd[h_fa])
+    lo_b, hi_b = d_hi / (1.0 + NEIGHBOUR_BAND_REL), d_hi * (1.0 + NEIGHBOUR_BAND_REL)
+    band_r = (fd[r.fc] >= lo_b[r.of]) & (fd[r.fc] <= hi_b[r.of])
+    band_h = (fd[h_fa] >= lo_b) & (fd[h_fa] <= hi_b)
+    in_band = np.searchsorted(pt.strong_key, h_zone * 10.0 + hi_b) - np.searchsorted(
+        pt.strong_key, h_zone * 10.0 + lo_b
+    )
+    seen_band = np.bincount(r.of, weights=(strong_r & band_r).astype(float), minlength=n_h) + (
+        strong_h & band_h
+    )
     near = np.minimum(np.maximum(in_band - seen_band, 0), missing) * log_pen
-    # ... and the weak-reflection factor of the matched planes in that band.
-    # (Superstructure reflections the structure model leaves out have no known amplitude.)
     unknown = pt.family_amplitude_unknown
     if len(unknown) != len(fd):
         unknown = np.zeros(len(fd), dtype=bool)
-    rows_in = (fd[r.fc] >= lo_b[r.of]) & (fd[r.fc] <= hi_b[r.of]) & ~unknown[r.fc]
-    ref_in = (fd[h_fa] >= lo_b) & (fd[h_fa] <= hi_b) & ~unknown[h_fa]
-    near = near + np.bincount(r.of, weights=np.where(rows_in, weak_rows, 0.0), minlength=n_h)
-    near = near + np.where(ref_in, weak_ref, 0.0)
+    rows_w = np.where(band_r & ~unknown[r.fc], weak_rows, 0.0)
+    near = near + np.bincount(r.of, weights=rows_w, minlength=n_h)
+    near = near + np.where(band_h & ~unknown[h_fa], weak_ref, 0.0)
     return out, missing * log_pen, np.where(np.isinf(out), np.inf, near)
 
 
