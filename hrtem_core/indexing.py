@@ -1421,9 +1421,10 @@ def _log10_odds_spacing(
 def _log10_unlisted_net(s0: np.ndarray, s1: np.ndarray, scale_range_rel: float) -> np.ndarray:
     """log10 of the odds "an unlisted crystal with the card's net : card" of each hypothesis.
 
-    Both explain the same planes with the same directions; they differ in the scale, and in
-    the intensities: the unlisted crystal has its own, so the card's factor for matched weak
-    reflections (known amplitudes) multiplies these odds too (:func:`_search_phase`). Under the card the common relative residual of the window is the calibration error,
+    Both explain the same planes with the same directions; they differ in the scale (here), and
+    in the intensities: the unlisted crystal has its own, so the card's intensity factors for
+    the lowest orders seen multiply these odds in :func:`_search_phase`. Under the card the
+    common relative residual of the window is the calibration error,
     ``N(0, SIGMA_CALIBRATION_REL^2)``; under an unlisted crystal with the same net it is any
     scale within the spacing tolerance, uniform on ``[-T, T]``. With the weighted mean residual
     ``mu = S1 / S0`` and its variance ``1 / S0`` (sums of :func:`_log10_odds_spacing`), the ratio
@@ -1871,7 +1872,8 @@ def _log10_intensity_terms(pt: PhaseTable, r: _Rows) -> tuple[np.ndarray, np.nda
     Returns ``(weak, missing, lowest)`` per hypothesis: the weak-reflection factor (``inf``
     where the zone is matched by weak reflections alone), the missing-strong factor, and the
     factor of the lowest orders: both rules restricted to reflections within
-    :data:`NEIGHBOUR_BAND_REL` of the coarsest matched plane (0 without known intensities). Chance pays the first two; the unlisted crystal with the card's net the last
+    :data:`NEIGHBOUR_BAND_REL` of the coarsest matched plane (0 without known intensities).
+    Chance pays the first two; the unlisted crystal with the card's net the last
     (:func:`_search_phase`).
     """
     hs, n_h = r.start, len(r.start)
