@@ -433,7 +433,7 @@ def is_forbidden(space_group: str | int, hkl: Sequence[int]) -> bool:
     h = _as_int_hkl(hkl)
     if is_centring_absent(space_group, h):
         return False
-    return bool(_tables(space_group).ops.is_systematically_absent(list(h)))
+    return is_systematically_absent(space_group, h)
 
 
 def _encode(h: np.ndarray, base: int) -> np.ndarray:

@@ -200,25 +200,24 @@ def best_per_phase(planes, pt: ix.PhaseTable, tables: ix.IndexingTables) -> tupl
                         missing = max(len(strong) - seen, 0)
                         pen = math.log10(1.0 / ix.MISSING_STRONG_PENALTY)
                         intensity_log = weak_log + missing * pen
-                        # Strong members within the band around the coarsest matched plane.
-                        d_hi = max(fd[f] for f in fams)
-                        lo_b = d_hi / (1.0 + ix.NEIGHBOUR_BAND_REL)
-                        hi_b = d_hi * (1.0 + ix.NEIGHBOUR_BAND_REL)
-                        zone_strong = [
-                            mm
-                            for mm in range(len(pt.member_hkl))
-                            if int(np.dot(pt.member_hkl[mm], z)) == 0
-                            and _can_appear(pt, mm, z, tables.include_forbidden)[0]
-                            and inten[pt.member_family[mm]] >= ix.STRONG_FRACTION * zmax
-                            and lo_b <= fd[pt.member_family[mm]] <= hi_b
-                        ]
-                        seen_band = sum(
-                            inten[f] >= ix.STRONG_FRACTION * zmax and lo_b <= fd[f] <= hi_b
-                            for f in fams
-                        )
                         if pt.intensity_known:
-                            near = max(len(zone_strong) - seen_band, 0)
-                            net_log = min(near, missing) * pen + sum(
+                            # Strong members within the band around the coarsest matched plane.
+                            d_hi = max(fd[f] for f in fams)
+                            lo_b = d_hi / (1.0 + ix.NEIGHBOUR_BAND_REL)
+                            hi_b = d_hi * (1.0 + ix.NEIGHBOUR_BAND_REL)
+                            # (Not `strong`: the band may reach below d_lo.)
+                            near = sum(
+                                int(np.dot(pt.member_hkl[mm], z)) == 0
+                                and _can_appear(pt, mm, z, tables.include_forbidden)[0]
+                                and inten[pt.member_family[mm]] >= ix.STRONG_FRACTION * zmax
+                                and lo_b <= fd[pt.member_family[mm]] <= hi_b
+                                for mm in range(len(pt.member_hkl))
+                            )
+                            near -= sum(
+                                inten[f] >= ix.STRONG_FRACTION * zmax and lo_b <= fd[f] <= hi_b
+                                for f in fams
+                            )
+                            net_log = min(max(near, 0), missing) * pen + sum(
                                 x
                                 for x, f in zip(each, fams, strict=True)
                                 if lo_b <= fd[f] <= hi_b and not pt.family_amplitude_unknown[f]
