@@ -127,6 +127,9 @@ class BatchSettings:
         Pixel-size override [nm/px] (``None``: each file's calibration).
     frame : int or "sum" or None
         Frame of a multi-frame file (``None``: the reader's default).
+    distortion : (float, float, float) or None
+        Scan distortion ``(s_xx, s_xy, s_yy)`` removed from every file before the analysis
+        (:func:`hrtem_core.distortion.undistort`; ``None``: none).
     cards_path : str or None
         Card database (``None``: :data:`hrtem_core.cards.DEFAULT_CARDS_PATH`).
     cards_digest : str
@@ -141,6 +144,7 @@ class BatchSettings:
     params: Any
     pixel_size_nm: float | tuple[float, float] | None = None
     frame: int | str | None = None
+    distortion: tuple[float, float, float] | None = None
     cards_path: str | None = None
     cards_digest: str = "none"
     weights_path: str | None = None
@@ -165,6 +169,8 @@ class BatchSettings:
             "cards_sha256": self.cards_digest,
             "weights_sha256": self.weights_digest,
         }
+        if self.distortion is not None:  # (absent otherwise: earlier digests stay valid)
+            payload["distortion"] = [float(v) for v in self.distortion]
         text = json.dumps(_jsonable(payload), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -176,6 +182,7 @@ def make_settings(
     frame: int | str | None = None,
     cards_path: str | os.PathLike | None = None,
     weights_path: str | os.PathLike | None = None,
+    distortion: tuple[float, float, float] | None = None,
 ) -> BatchSettings:
     """Resolve the card and weights files and hash them (on the client, once per batch).
 
@@ -188,6 +195,8 @@ def make_settings(
     cards_path, weights_path : path or None, keyword-only
         Card database and U-Net weights; ``None`` for the project defaults. The weights are only
         read when ``params.detector == "unet"``.
+    distortion : (s_xx, s_xy, s_yy) or None, keyword-only
+        Scan distortion removed from every file (:mod:`hrtem_core.distortion`), checked here.
 
     Returns
     -------
@@ -206,6 +215,11 @@ def make_settings(
         params = AnalysisParams()
     if hasattr(params, "validate"):
         params.validate()  # fail once, here, rather than once per file on the workers
+    if distortion is not None:
+        from hrtem_core.distortion import stretch_matrix
+
+        stretch_matrix(distortion)
+        distortion = tuple(float(v) for v in distortion)  # type: ignore[assignment]
     cards = _resolve_cards_path(cards_path)
     if cards is None or not cards.is_file():
         raise HRTEMError(f"card database {cards} does not exist")
@@ -227,6 +241,7 @@ def make_settings(
         params=params,
         pixel_size_nm=pixel_size_nm,
         frame=frame,
+        distortion=distortion,
         cards_path=None if cards is None else str(cards),
         cards_digest=cards_digest,
         weights_path=None if weights is None else str(weights),
@@ -497,6 +512,10 @@ def analyze_file(path: str, settings: BatchSettings) -> tuple[pd.DataFrame, dict
     from hrtem_core.io import load_image
 
     micrograph = load_image(path, pixel_size_nm=settings.pixel_size_nm, frame=settings.frame)
+    if getattr(settings, "distortion", None) is not None:
+        from hrtem_core.distortion import undistort
+
+        micrograph = undistort(micrograph, settings.distortion)
     tables = _cached_tables(settings.cards_path, settings.cards_digest, settings.params)
     model = None
     if getattr(settings.params, "detector", "unet") == "unet":

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m hrtem_core {info,analyze,series,batch,cards} ...``.
+"""Command-line interface: ``python -m hrtem_core {info,analyze,series,batch,cards,calibrate} ...``.
 
 Each sub-command lives in its own module under :mod:`hrtem_core.commands` and exposes
 ``add_parser(subparsers)`` and ``run(args) -> int``. This module only dispatches and turns errors
@@ -16,7 +16,7 @@ from hrtem_core import __version__
 from hrtem_core.errors import HRTEMError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("info", "analyze", "series", "batch", "cards")
+COMMANDS: tuple[str, ...] = ("info", "analyze", "series", "batch", "cards", "calibrate")
 
 EXIT_OK = 0
 EXIT_USAGE = 2

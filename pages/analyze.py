@@ -72,7 +72,9 @@ else:
 calibrated = None
 if upload is not None:
     frame = analyze_ui.frame_choice(upload, key="analyze")
-    calibrated = analyze_ui.load_with_calibration(upload, key="analyze", frame=frame)
+    calibrated = analyze_ui.load_with_calibration(
+        upload, key="analyze", frame=frame, db=db, params=params
+    )
 
 result = None
 stale = False

@@ -63,7 +63,9 @@ stale = False
 if items and params is not None and db is not None:
     table = series_ui.defocus_editor(items, key="series")
     with guard():
-        chosen, defocus = series_ui.selection(items, table)
+        # One scan distortion for the whole series (measure it on the Analyze page).
+        stretch = analyze_ui.distortion_input(None, key="series")
+        chosen, defocus = series_ui.selection(items, table, stretch=stretch)
         images = tuple(image_key(u, m) for u, m in chosen)
         request = result_key(images, params, db)
         plan = run_state.plan(

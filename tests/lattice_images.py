@@ -101,12 +101,15 @@ def lattice_image(
     amplitude: float = 1.0,
     noise: float = 0.5,
     seed: int = 0,
+    stretch: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image (ny, nx) float32 of the lattice ``hkls`` of ``phase`` in zone ``uvw`` inside ``region``.
 
     Every listed reflection (and its Friedel mate) is a cosine of amplitude ``amplitude`` with a
     random phase; the background is smoothed Gaussian noise of standard deviation ``noise`` plus
     white noise. Returns ``(image, region)`` with region (ny, nx) bool (default: the left half).
+    ``stretch = (s_xx, s_xy, s_yy)``: the image is distorted, ``x_true = S x_img``
+    (:mod:`hrtem_core.distortion`), so each reflection shows at ``g_img = S g_true``.
     """
     rng = np.random.default_rng(seed)
     ny, nx = shape
@@ -114,6 +117,11 @@ def lattice_image(
         region = np.zeros(shape, dtype=bool)
         region[:, : nx // 2] = True
     g = projected_g(phase.cell, uvw, hkls, rotation_deg=rotation_deg)
+    if stretch is not None:
+        sxx, sxy, syy = stretch
+        gx = sxx * g[:, 1] + sxy * g[:, 0]
+        gy = sxy * g[:, 1] + syy * g[:, 0]
+        g = np.column_stack([gy, gx])
     yy = np.arange(ny)[:, None] * pixel_size_nm[0]
     xx = np.arange(nx)[None, :] * pixel_size_nm[1]
     lattice = np.zeros(shape, dtype=np.float64)

@@ -183,6 +183,7 @@ def test_params_digest_covers_every_setting() -> None:
         dataclasses.replace(base, frame="sum"),
         dataclasses.replace(base, cards_digest="abc"),
         dataclasses.replace(base, weights_digest="def"),
+        dataclasses.replace(base, distortion=(1.01, 0.0, 0.99)),
     ]
     assert len({base.digest, *(o.digest for o in others)}) == 1 + len(others)
 
@@ -367,6 +368,25 @@ def test_task_reads_the_file_and_returns_a_small_result(image_dir) -> None:
     assert size < 20_000 and size < path.stat().st_size / 10  # the image is 256 kB
     skipped = batch.run_file_task(str(path), settings, res.sha256)
     assert skipped.status == "skipped" and skipped.windows is None
+
+
+def test_task_removes_the_scan_distortion(image_dir) -> None:
+    """``make_settings(distortion=...)`` is checked on the client and applied on the worker:
+    the image is resampled before the analysis (fewer windows of a slightly smaller image, at
+    the stretched pixel size)."""
+    from hrtem_core.analysis import AnalysisParams
+    from hrtem_core.errors import CalibrationError
+
+    path = str(good_paths(image_dir)[0])
+    params = AnalysisParams(window_px=64, stride_px=64, detector="classical")
+    with pytest.raises(CalibrationError, match="right card"):
+        batch.make_settings(params, pixel_size_nm=PIXEL_NM, distortion=(1.1, 0.0, 1.0))
+    plain = batch.make_settings(params, pixel_size_nm=PIXEL_NM)
+    bent = batch.make_settings(params, pixel_size_nm=PIXEL_NM, distortion=(1.02, 0.01, 1.0))
+    a, b = batch.run_file_task(path, plain), batch.run_file_task(path, bent)
+    assert a.status == b.status == "ok"
+    assert len(b.windows) < len(a.windows)  # 256 px -> 252 px: a row and a column of windows less
+    assert b.summary["pixel_size_nm"][0] == pytest.approx(PIXEL_NM * (1.02 - 0.01**2) ** 0.5)
 
 
 def test_worker_runs_the_detector_on_one_thread(image_dir, monkeypatch) -> None:

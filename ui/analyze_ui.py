@@ -16,6 +16,7 @@ from ui.common import (
     micrograph_from_upload,
     phase_label,
     show_error,
+    undistorted,
 )
 
 DETECTORS = {"U-Net": "unet", "Classical": "classical"}
@@ -202,12 +203,23 @@ class Calibrated:
     metadata_pixel_nm: float | None
 
 
-def load_with_calibration(upload: Upload, *, key: str, frame: Any = None) -> Calibrated | None:
-    """Decode ``upload``; show the pixel size (editable) and the reader's warnings.
+def load_with_calibration(
+    upload: Upload,
+    *,
+    key: str,
+    frame: Any = None,
+    db: Any | None = None,
+    params: Any | None = None,
+) -> Calibrated | None:
+    """Decode ``upload``; show the pixel size (editable), the scan distortion and the reader's
+    warnings.
 
     The pixel size comes from the file's metadata; a value typed by the user is passed to
     :func:`hrtem_core.io.load_image` as ``pixel_size_nm``. When the file has no usable calibration
-    the user is asked for one. Returns None (after an ``st.error``) when the image cannot be used.
+    the user is asked for one. A scan distortion typed or measured in the "Scan distortion"
+    expander (:func:`distortion_input`; measuring needs ``db`` and ``params``) is removed with
+    :func:`hrtem_core.distortion.undistort`. Returns None (after an ``st.error``) when the image
+    cannot be used.
     """
     metadata_px: float | None = None
     base = None
@@ -250,9 +262,100 @@ def load_with_calibration(upload: Upload, *, key: str, frame: Any = None) -> Cal
         except HRTEMError as exc:
             show_error(exc)
             return None
+    try:
+        stretch = distortion_input(
+            micrograph, key=f"{key}_{upload.digest[:16]}", db=db, params=params
+        )
+        if stretch is not None:
+            micrograph = undistorted(upload, micrograph, stretch)
+    except HRTEMError as exc:
+        show_error(exc)
+        return None
     for warning in micrograph.warnings:
         st.warning(warning)
     return Calibrated(micrograph=micrograph, metadata_pixel_nm=metadata_px)
+
+
+def distortion_input(
+    micrograph: Any, *, key: str, db: Any | None = None, params: Any | None = None
+) -> tuple[float, float, float] | None:
+    """The "Scan distortion" expander: a stretch ``SXX,SXY,SYY`` typed, or measured on this image
+    (``micrograph``, with ``db`` and ``params`` given) with a card the user names
+    (:func:`hrtem_core.distortion.calibrate_distortion`).
+
+    Returns the stretch, or None for none.
+
+    Raises
+    ------
+    CalibrationError
+        A typed value that is not a stretch (the caller shows it; the image is not analysed
+        until it is fixed or cleared).
+    """
+    from hrtem_core.distortion import parse_stretch
+
+    text_key, note_key = f"{key}_distortion", f"{key}_distortion_note"
+    with st.expander("Scan distortion (STEM)", expanded=bool(st.session_state.get(text_key))):
+        st.caption(
+            "A scanned image is often stretched and sheared by a few per cent: spacings that "
+            "should be equal differ and right angles are off, and the indexing then names "
+            "nothing. Measure the distortion once on an image of a known crystal (a standard, "
+            "or this image when its phase is known) and give it for images taken alike. The "
+            "image is resampled onto square pixels; the stretch includes the scale."
+        )
+        if micrograph is not None and db is not None and params is not None and len(db.phases):
+            pick, go = st.columns([3, 1], vertical_alignment="bottom")
+            ids = [p.card_id for p in db.phases]
+            card = pick.selectbox(
+                "Crystal this image shows",
+                ids,
+                format_func=lambda c: phase_label(db.phase(c)),
+                key=f"{key}_distortion_card",
+            )
+            if go.button("Measure", key=f"{key}_distortion_measure"):
+                _measure_distortion(micrograph, card, db, params, text_key, note_key)
+        if st.session_state.get(note_key):
+            st.success(st.session_state[note_key])
+        text = st.text_input(
+            "Stretch SXX,SXY,SYY (empty: none)",
+            key=text_key,
+            placeholder="e.g. 0.9719,0.0117,0.9605",
+            help="x_true = S x_image (x right, y down), as `python -m hrtem_core calibrate` "
+            "prints it.",
+        )
+    if not str(text or "").strip():
+        return None
+    return parse_stretch(text)
+
+
+def _measure_distortion(
+    micrograph: Any, card: str, db: Any, params: Any, text_key: str, note_key: str
+) -> None:
+    """Run the calibration with a progress bar; put the stretch into the text field."""
+    import dataclasses
+
+    from hrtem_core.analysis import analyze_image
+    from hrtem_core.distortion import calibrate_distortion
+    from ui.common import get_model
+
+    if params.phases is not None and card not in params.phases:
+        params = dataclasses.replace(params, phases=(*params.phases, card))
+    model = get_model() if params.detector == "unet" else None
+    bar = st.progress(0.0, text="Measuring the distortion ...")
+    try:
+        fit = calibrate_distortion(
+            micrograph,
+            card,
+            analyze=lambda m: analyze_image(m, params=params, cards=db, model=model),
+            progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg),
+        )
+    except HRTEMError as exc:
+        st.session_state.pop(note_key, None)
+        show_error(exc)
+        return
+    finally:
+        bar.empty()
+    st.session_state[text_key] = fit.as_option()
+    st.session_state[note_key] = f"Measured: {fit.describe()}, {fit.n_iterations} rounds."
 
 
 def n_frames(micrograph: Any) -> int:

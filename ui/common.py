@@ -476,6 +476,27 @@ def micrograph_from_upload(
     return micrograph
 
 
+def undistorted(upload: Upload, micrograph: Any, stretch: tuple[float, float, float]) -> Any:
+    """``micrograph`` with the scan distortion ``stretch`` removed
+    (:func:`hrtem_core.distortion.undistort`), kept in the image store: a rerun of the page does
+    not resample again.
+
+    Raises
+    ------
+    CalibrationError
+        A stretch that is not a scan distortion.
+    """
+    from hrtem_core.distortion import undistort
+
+    key = ("undistorted", image_key(upload, micrograph), tuple(float(v) for v in stretch))
+    store = _image_store()
+    cached = store.get(key)
+    if cached is None:
+        cached = undistort(micrograph, stretch)
+        store.put(key, cached)
+    return cached
+
+
 def image_key(upload: Upload, micrograph: Any) -> tuple:
     """Cache key of a decoded image: digest + calibration + frame actually used."""
     return (
@@ -484,6 +505,7 @@ def image_key(upload: Upload, micrograph: Any) -> tuple:
         tuple(float(v) for v in micrograph.pixel_size_nm),
         micrograph.data.shape,
         str((micrograph.metadata or {}).get("frame")),
+        str(((micrograph.metadata or {}).get("distortion") or {}).get("stretch_sxx_sxy_syy")),
     )
 
 

@@ -158,13 +158,14 @@ def result_inputs(image_key: tuple, params: Any, cards_digest: str | None) -> di
     Parameters
     ----------
     image_key : tuple
-        :func:`ui.common.image_key`: (sha256 of the file, name, pixel size [nm], shape, frame).
+        :func:`ui.common.image_key`: (sha256 of the file, name, pixel size [nm], shape, frame,
+        scan-distortion stretch).
     params : hrtem_core.analysis.AnalysisParams
         Exactly as passed to :func:`~hrtem_core.analysis.analyze_image` (its ``repr``).
     cards_digest : str or None
         sha256 of the card workbook (``CardDatabase.digest``).
     """
-    digest, name, pixel_size_nm, shape, frame = image_key
+    digest, name, pixel_size_nm, shape, frame, distortion = image_key
     return {
         "format": FORMAT,
         "image_sha256": str(digest),
@@ -172,6 +173,7 @@ def result_inputs(image_key: tuple, params: Any, cards_digest: str | None) -> di
         "pixel_size_nm": [float(v) for v in pixel_size_nm],
         "shape": [int(v) for v in shape],
         "frame": str(frame),
+        "distortion": str(distortion),
         "params": repr(params),
         "unet_weights_sha256": _file_sha(UNET_WEIGHTS),
         "unet_settings_sha256": _file_sha(UNET_SETTINGS),

@@ -18,6 +18,7 @@ from ui.common import (
     friendly_message,
     image_key,
     micrograph_from_upload,
+    undistorted,
     upload_from_path,
 )
 from ui.results_ui import _bytes_via
@@ -126,9 +127,10 @@ def defocus_editor(items: list[Item], *, key: str) -> pd.DataFrame:
 
 
 def selection(
-    items: list[Item], table: pd.DataFrame
+    items: list[Item], table: pd.DataFrame, *, stretch: tuple[float, float, float] | None = None
 ) -> tuple[list[tuple[Upload, Any]], list[float | None]]:
-    """The chosen images (re-read with the user's pixel size where it was changed) and defocus.
+    """The chosen images (re-read with the user's pixel size where it was changed, and with the
+    scan distortion ``stretch`` removed when one is given) and defocus.
 
     The defocus of an image is the table's value where the user typed one; None where the cell
     holds the file's own value or is empty: the series engine then takes the metadata, else the
@@ -157,6 +159,8 @@ def selection(
         own = None if m is None or m.defocus_nm is None else float(m.defocus_nm)
         if m is None or not math.isclose(px, float(m.pixel_size_nm[1]), rel_tol=1e-9):
             m = micrograph_from_upload(it.upload, pixel_size_nm=px)
+        if stretch is not None:
+            m = undistorted(it.upload, m, stretch)
         chosen.append((it.upload, m))
         defocus.append(None if df is None or (own is not None and df == own) else df)
     if not chosen:

@@ -58,6 +58,16 @@ def pixel_size_arg(text: str) -> float | tuple[float, float]:
     )
 
 
+def distortion_arg(text: str) -> tuple[float, float, float]:
+    """argparse type for ``--distortion``: ``SXX,SXY,SYY`` (:mod:`hrtem_core.distortion`)."""
+    from hrtem_core.distortion import parse_stretch
+
+    try:
+        return parse_stretch(text)
+    except CalibrationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def positive_int(name: str, *, unit: str = "pixels"):
     """argparse type for an option ``name`` that takes a whole number (of ``unit``) >= 1."""
 
@@ -111,6 +121,15 @@ def _add_image_options(g: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="N",
         help="frame of a stack (0, 1, ...) or 'sum' (default: frame 0, with a warning)",
+    )
+    g.add_argument(
+        "--distortion",
+        type=distortion_arg,
+        default=None,
+        metavar="SXX,SXY,SYY",
+        help="scan distortion to remove before the analysis: the symmetric stretch S with "
+        "x_true = S x_image (x right, y down), as 'calibrate' measures it on a known crystal; "
+        "the image is resampled onto square pixels",
     )
 
 
@@ -235,6 +254,17 @@ def pixel_size_from_args(args: argparse.Namespace) -> Any:
     return p
 
 
+def calibrated(micrograph: Any, args: argparse.Namespace) -> Any:
+    """The micrograph with ``--distortion`` removed (:func:`hrtem_core.distortion.undistort`);
+    unchanged without it."""
+    stretch = getattr(args, "distortion", None)
+    if stretch is None:
+        return micrograph
+    from hrtem_core.distortion import undistort
+
+    return undistort(micrograph, stretch)
+
+
 def check_image_path(path: str) -> Path:
     """The image path, or a one-line error when it does not exist."""
     p = Path(path)
@@ -303,8 +333,10 @@ def with_flag(message: str) -> str:
 __all__ = [
     "ProgressBar",
     "add_analysis_options",
+    "calibrated",
     "cards_from_args",
     "check_image_path",
+    "distortion_arg",
     "frame_arg",
     "params_from_args",
     "pixel_size_arg",

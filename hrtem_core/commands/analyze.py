@@ -24,6 +24,7 @@ from hrtem_core._files import safe_name
 from hrtem_core.commands._options import (
     ProgressBar,
     add_analysis_options,
+    calibrated,
     cards_from_args,
     check_image_path,
     params_from_args,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     cards = cards_from_args(args)
     pixel = pixel_size_from_args(args)
-    micrograph = load_image(path, pixel_size_nm=pixel, frame=args.frame)
+    micrograph = calibrated(load_image(path, pixel_size_nm=pixel, frame=args.frame), args)
     for w in micrograph.warnings:
         sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
     model = load_spot_model(None, params.detector)

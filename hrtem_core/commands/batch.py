@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         frame=args.frame,
         cards_path=args.cards,
         weights_path=args.weights,
+        distortion=args.distortion,
     )
     with ProgressBar(
         total=float(len(files)), desc="batch", unit="file", enabled=not args.no_progress

@@ -32,6 +32,7 @@ from hrtem_core._files import safe_name
 from hrtem_core.commands._options import (
     ProgressBar,
     add_analysis_options,
+    calibrated,
     cards_from_args,
     params_from_args,
     pixel_size_from_args,
@@ -154,7 +155,7 @@ def _loader(args: argparse.Namespace):
         path = Path(image)
         if not path.is_file():
             raise AnalysisParameterError(f"{image}: no such file")
-        return load_image(path, pixel_size_nm=pixel, frame=args.frame)
+        return calibrated(load_image(path, pixel_size_nm=pixel, frame=args.frame), args)
 
     return load
 
