@@ -271,6 +271,13 @@ def test_cli_calibrate_then_analyze(tmp_path, capsys) -> None:
         assert main(["analyze", str(path), *opts, "--out", str(dest), *extra]) == 0
         w = pd.read_csv(dest / "windows.csv")
         named[tag] = int((w.phase_card.astype(str) == card).sum())
+        summary = json.loads((dest / "summary.json").read_text())
+        if tag == "plain":
+            assert summary["distortion"] is None
+        else:  # provenance: what was removed, from which calibration
+            assert summary["distortion"]["stretch_sxx_sxy_syy"] == pytest.approx(list(got))
+            assert summary["distortion"]["pixel_size_nm_before"] == [p, p]
+            assert summary["pixel_size_nm"][0] == pytest.approx(p * saved["scale"], rel=1e-6)
     capsys.readouterr()
     assert named["corrected"] > named["plain"]
 

@@ -390,6 +390,9 @@ def _summary(
         "cards_digest": getattr(db, "digest", None),
         "reader": getattr(micrograph, "reader", None),
         "pixel_size_source": getattr(micrograph, "pixel_size_source", None),
+        # The scan distortion removed before the analysis (hrtem_core.distortion.undistort):
+        # the stretch and the file's pixel size and shape; None when none was.
+        "distortion": (getattr(micrograph, "metadata", None) or {}).get("distortion"),
         "warnings": list(getattr(micrograph, "warnings", ()) or ()),
         "elapsed_s": round(float(elapsed_s), 4),
         "version": __version__,
