@@ -53,6 +53,8 @@ MAX_ANISOTROPY = 0.05
 #: A calibration must rest on the card explaining (angle-confirmed) at least this fraction of the
 #: windows with two or more planes: a card that fits a few windows after a fitted distortion
 #: does not describe the image (maghemite on the SrTiO3 image: 14 of 144 windows, 7 % anisotropy).
+#: An image where the known crystal covers less than half of the crystalline area is refused too:
+#: calibrate on one that it fills.
 MIN_COVERAGE = 0.5
 #: Planes whose relative residual after the fit exceeds this many robust sigmas (1.4826 MAD, at
 #: least 0.3 %) are dropped as misassigned, and the fit repeated.
@@ -417,7 +419,8 @@ def calibrate_distortion(
         raise CalibrationError(
             f"card {fit.card_id} explains only {fit.n_windows} of the "
             f"{fit.n_windows_with_planes} windows with two or more planes, even after a fitted "
-            "distortion: it does not describe this image, and no distortion was measured"
+            "distortion: too few to trust the fit, no distortion was measured (is it the right "
+            "card? calibrate on an image that crystal fills)"
         )
     return fit
 

@@ -341,12 +341,26 @@ def _measure_distortion(
         params = dataclasses.replace(params, phases=(*params.phases, card))
     model = get_model() if params.detector == "unet" else None
     bar = st.progress(0.0, text="Measuring the distortion ...")
+    rounds = 6  # calibrate_distortion's max_iterations
+    at = {"base": 0.0, "label": ""}
+
+    def rounds_done(fraction: float, message: str) -> None:
+        at["base"], at["label"] = fraction, message
+        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+    def windows_done(fraction: float, _message: str = "") -> None:  # within one round
+        done = min(max(at["base"] + fraction / rounds, 0.0), 1.0)
+        bar.progress(done, text=f"{at['label']} ({100 * fraction:.0f} % of the windows)")
+
     try:
         fit = calibrate_distortion(
             micrograph,
             card,
-            analyze=lambda m: analyze_image(m, params=params, cards=db, model=model),
-            progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg),
+            analyze=lambda m: analyze_image(
+                m, params=params, cards=db, model=model, progress=windows_done
+            ),
+            max_iterations=rounds,
+            progress=rounds_done,
         )
     except HRTEMError as exc:
         st.session_state.pop(note_key, None)
