@@ -26,8 +26,8 @@ unmatched"):
    and a zone matched by weak reflections alone is rejected. Cards without intensities use the
    electron scattering-factor fall-off, for missing low orders only (``LOW_ORDER_FACTOR``).
    Kinematically forbidden reflections (screw axes, glide planes) are matched only where double
-   diffraction in the zone produces them (:func:`_dd_ok`), with the intensity of the weaker of
-   the two beams that make them (:func:`_dd_intensity`), or with ``include_forbidden`` at a
+   diffraction in the zone produces them (:func:`_dd_ok`), with the product of the intensities
+   of the two beams that make them (:func:`_dd_intensity`), or with ``include_forbidden`` at a
    factor ``1 / FORBIDDEN_WEIGHT``.
 4. **Score: the odds against a coincidence.** Every measured spacing and direction carries its own
    standard uncertainty from the sub-pixel fit (``SpotPair.sigma_l_px``; plus the model terms
@@ -440,8 +440,10 @@ class PhaseTable:
     intensity_known : bool
     family_amplitude_unknown : ndarray of bool, shape (n_f,)
         Families the card's space group allows but the structure model's makes systematically
-        absent: superstructure reflections (maghemite's vacancy-ordered (110), (210)) of a model
-        that leaves the order out. Their ``family_intensity`` is 0, their true amplitude unknown:
+        absent: superstructure reflections of a model that leaves an order out (e.g. the
+        disordered spinel :data:`hrtem_core.simulate.MAGHEMITE_SPINEL` against the P4₁32 card;
+        the built-in maghemite model is now the ordered one, so no shipped card has such
+        families). Their ``family_intensity`` is 0, their true amplitude unknown:
         they do not weigh against the card in the comparison with an unlisted crystal of the
         same net (:func:`_log10_intensity_terms`).
     family_index : dict
@@ -620,11 +622,14 @@ def _dd_intensity(
 ) -> float | None:
     """Relative intensity a forbidden ``hkl`` can get by double diffraction in zone ``[uvw]``.
 
-    ``max over hkl = g1 + g2 of min(I(g1), I(g2))`` over the allowed reflections ``g1``, ``g2`` of
-    the zone (:func:`_dd_ok`), with ``I`` the kinematic intensity of their families (0..1): a beam
-    diffracted twice is no stronger than the weaker of the two beams that make it, so a
-    reflection produced only by weak (e.g. superlattice) reflections is weak itself. ``None`` when
-    double diffraction cannot produce ``hkl`` in the zone.
+    ``max over hkl = g1 + g2 of I(g1) I(g2)`` over the allowed reflections ``g1``, ``g2`` of the
+    zone (:func:`_dd_ok`), with ``I`` the kinematic intensity of their families relative to the
+    strongest (0..1). A beam diffracted twice is the second-order term of the scattering series,
+    ``psi_h ~ (i sigma t)^2 V_g1 V_g2 / 2``: its amplitude relative to the strongest beam's is at
+    most ``|F(g1)| |F(g2)| / |F_max|^2`` for a crystal whose strongest beam is shifted by about a
+    radian (a few nm), so its intensity is at most the product ``I(g1) I(g2)``. Two strong beams
+    make a strong one (``1 x 1``); two superlattice beams of ``I = 0.04`` make ``0.0016``.
+    ``None`` when double diffraction cannot produce ``hkl`` in the zone.
     """
     h = tuple(int(v) for v in hkl)
     z = tuple(int(v) for v in uvw)
@@ -640,7 +645,7 @@ def _dd_intensity(
             row = pt.allowed_row.get(tuple(g))
             if row is not None:
                 i2 = float(pt.allowed_intensity[row]) if len(pt.allowed_intensity) else 0.0
-                v = min(float(i), i2)
+                v = float(i) * i2
                 hit = v if hit is None else max(hit, v)
     pt._dd_cache[key] = hit
     return hit

@@ -595,9 +595,30 @@ HEMATITE = CrystalStructure(
     sites=(Site("Fe", (0.0, 0.0, 0.35530)), Site("O", (0.30590, 0.0, 0.25))),
     source="hematite, R-3c (hexagonal axes), Blake et al. 1966",
 )
-#: Built-in structures by card id (for :func:`known_structure`).
+#: gamma-Fe2O3 with its octahedral vacancies ordered (P4₁32, the card's space group): the spinel
+#: above (Fd-3m origin choice 1: Fe 8a (0,0,0), Fe 16d (5/8,5/8,5/8), O 32e u = 0.3799 =
+#: 0.2549 + 1/8), inverted to the P4₁32 hand, with the 16d sites split into 4b (3/8,3/8,3/8) at
+#: occupancy 1/3 (where the vacancies order, as Li does in LiFe5O8) and 12d (3/8,1/8,1/8) full;
+#: Fe 8a -> 8c (0,0,0), O 32e -> 8c (x,x,x) x = 0.6201 and 24e (0.1299, 0.3701, 0.3701). 21 1/3 Fe
+#: per 32 O. Ideal positions (the displacements of real maghemite are left out), so the
+#: superstructure reflections come from the occupancy order alone: |F| relative to (311) is 0.19
+#: for (110), 0.21 (210), 0.14 (211), 0.12 (310), 0 for (221); real maghemite shows them as weak
+#: lines of a few per cent in intensity (tests/test_simulate.py pins these values).
+MAGHEMITE_ORDERED = CrystalStructure(
+    space_group="P 41 3 2",
+    sites=(
+        Site("Fe", (0.0, 0.0, 0.0), 1.0),
+        Site("Fe", (0.375, 0.375, 0.375), 1.0 / 3.0),
+        Site("Fe", (0.375, 0.125, 0.125), 1.0),
+        Site("O", (0.6201, 0.6201, 0.6201), 1.0),
+        Site("O", (0.1299, 0.3701, 0.3701), 1.0),
+    ),
+    source="vacancy-ordered maghemite, P4132, ideal spinel positions, Fe 4b occupancy 1/3",
+)
+#: Built-in structures by card id (for :func:`known_structure`). Maghemite (39-1346, P4₁32) is
+#: the vacancy-ordered model; :data:`MAGHEMITE_SPINEL` (its disordered average) stays available.
 KNOWN_STRUCTURES: dict[str, CrystalStructure] = {
-    "39-1346": MAGHEMITE_SPINEL,
+    "39-1346": MAGHEMITE_ORDERED,
     "19-0629": MAGNETITE_SPINEL,
     "33-0664": HEMATITE,
 }
@@ -1744,6 +1765,7 @@ __all__ = [
     "DEFAULT_MEAN_INNER_POTENTIAL_V",
     "HEMATITE",
     "KNOWN_STRUCTURES",
+    "MAGHEMITE_ORDERED",
     "MAGHEMITE_SPINEL",
     "MAGNETITE_SPINEL",
     "CrystalStructure",

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from hrtem_core.cards import load_cards  # noqa: E402
 from hrtem_core.simulate import (  # noqa: E402
+    MAGHEMITE_SPINEL,
     Particle,
     SimulatedImage,
     defocus_tag,
@@ -48,6 +49,15 @@ from hrtem_core.simulate import (  # noqa: E402
     simulate_particles,
     write_tiff,
 )
+
+
+def bundled_structure(card_id: str):
+    """The structure model the bundled files were made with: the built-in one, except maghemite,
+    whose files use the cation-disordered spinel (:data:`MAGHEMITE_SPINEL`, no superstructure
+    reflections; the built-in model is now the vacancy-ordered one). Pinned so that this script
+    still writes exactly the bundled files."""
+    return MAGHEMITE_SPINEL if str(card_id).strip() == "39-1346" else known_structure(card_id)
+
 
 #: Focal series: -18 .. +18 nm every 4 nm (10 images).
 SERIES_DEFOCI_NM = tuple(float(v) for v in np.arange(-18.0, 18.0 + 1e-9, 4.0))
@@ -104,8 +114,9 @@ def _file_truth(sim: SimulatedImage) -> dict:
 
 
 def series_particles(phase) -> list[Particle]:
-    """The :data:`SERIES_PARTICLES` of ``phase`` (with its built-in structure model, if any)."""
-    structure = known_structure(phase.card_id)
+    """The :data:`SERIES_PARTICLES` of ``phase`` (with its structure model, if any:
+    :func:`bundled_structure`)."""
+    structure = bundled_structure(phase.card_id)
     return [
         Particle(
             phase=phase,
@@ -198,7 +209,7 @@ def make_example(out_dir: Path) -> Path:
             diameter_nm=15.0,
             rotation_deg=35.0,
             center_px=(0.33 * ny, 0.35 * nx),
-            structure=known_structure(mag.card_id),
+            structure=bundled_structure(mag.card_id),
         ),
         Particle(
             phase=hem,
@@ -207,7 +218,7 @@ def make_example(out_dir: Path) -> Path:
             rotation_deg=-10.0,
             center_px=(0.69 * ny, 0.67 * nx),
             shape="faceted",
-            structure=known_structure(hem.card_id),
+            structure=bundled_structure(hem.card_id),
         ),
     ]
     (sim,) = simulate_particles(

@@ -1114,22 +1114,41 @@ Cl Cl 0.5 0.5 0.5
     assert res.named and res.best.card_id == "T-NaCl"
 
 
-def test_double_diffraction_is_no_stronger_than_its_weaker_beam() -> None:
-    """A forbidden reflection made by double diffraction gets min(I(g1), I(g2)) of its makers.
+def _dd_by_hand(pt, hkl, zone) -> float | None:
+    """max over g1 + g2 = hkl (both allowed, both in the zone) of I(g1) I(g2), by enumeration."""
+    best = None
+    for r1, g1 in enumerate(pt.allowed_pm.tolist()):
+        g2 = tuple(h - g for h, g in zip(hkl, g1, strict=True))
+        if np.dot(g1, zone) != 0 or g2 not in pt.allowed_row:
+            continue
+        v = float(pt.allowed_intensity[r1]) * float(pt.allowed_intensity[pt.allowed_row[g2]])
+        best = v if best is None else max(best, v)
+    return best
 
-    Maghemite (P4_332): (300) is forbidden (h00 needs h = 4n) but (110) + (2-10) make it in
-    [001]; both are (at most) weak vacancy-superlattice reflections, so (300) is weak too. Spinel
-    (002) in [1-10] is made by (111) + (-1-11) (weak) and by (11-3) + (-1-15) (strong): it
-    is as strong as its strongest route.
+
+def test_double_diffraction_has_the_product_of_its_beams() -> None:
+    """A forbidden reflection made by double diffraction gets max I(g1) I(g2) over its routes
+    (the second-order scattering term, relative to the strongest beam).
+
+    Maghemite (P4_132, the vacancy-ordered model): (300) is forbidden (h00 needs h = 4n) but
+    (220) + (1-20) and (110) + (2-10) make it in [001]; every route involves a weak
+    vacancy-superlattice reflection (intensity 0.03-0.04 of (311)), so (300) is weak. Spinel (002) in [1-10] is made by (111) +
+    (-1-11) (weak) and by (11-3) + (-1-15) (strong): it is as strong as its strongest route.
     """
     shipped = indexing.build_tables(load_cards())
     mgh = next(p for p in shipped.phases if p.card_id == "39-1346")
     inten = dict(zip(mgh.family_hkl, mgh.family_intensity, strict=True))
     dd = indexing._dd_intensity(mgh, (3, 0, 0), (0, 0, 1))
-    assert dd is not None and dd < indexing.WEAK_FRACTION * inten[(4, 0, 0)]
+    assert dd == pytest.approx(_dd_by_hand(mgh, (3, 0, 0), (0, 0, 1)), rel=1e-12)
+    # Its best route is (220) + (1-20): a strong beam and a superlattice one.
+    assert dd == pytest.approx(inten[(2, 2, 0)] * inten[(2, 1, 0)], rel=1e-9)
+    assert math.sqrt(dd / inten[(4, 0, 0)]) < indexing.WEAK_FRACTION
     dd2 = indexing._dd_intensity(mgh, (0, 0, 2), (1, -1, 0))
-    via_113 = min(mgh.allowed_intensity[mgh.allowed_row[h]] for h in ((1, 1, -3), (-1, -1, 5)))
-    assert dd2 is not None and dd2 >= via_113 > inten[(1, 1, 1)]
+    assert dd2 == pytest.approx(_dd_by_hand(mgh, (0, 0, 2), (1, -1, 0)), rel=1e-12)
+    via_113 = math.prod(
+        mgh.allowed_intensity[mgh.allowed_row[h]] for h in ((1, 1, -3), (-1, -1, 5))
+    )
+    assert dd2 >= via_113 > inten[(1, 1, 1)]
     assert dd2 <= max(mgh.family_intensity)
     assert indexing._dd_intensity(mgh, (0, 0, 2), (0, 0, 1)) is None  # not in that zone
 

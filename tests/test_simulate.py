@@ -615,3 +615,42 @@ def test_script_reproduces_the_bundled_series(tmp_path):
     a = json.loads((tmp_path / "focal_series" / "truth.json").read_text())
     b = json.loads((EXAMPLES / "focal_series" / "truth.json").read_text())
     assert a == b
+
+
+def test_vacancy_ordered_maghemite_model() -> None:
+    """The built-in maghemite (card 39-1346, P4_132) is the spinel with its octahedral vacancies
+    ordered on 4b: 21 1/3 Fe per 32 O; on the spinel's own reflections it equals the disordered
+    average (same |F|); it adds the superstructure reflections the card lists, weak, with |F|
+    relative to (311) of 0.19 (110), 0.21 (210), 0.14 (211), 0.12 (310), and (221) = 0."""
+    ordered, spinel = S.MAGHEMITE_ORDERED, S.MAGHEMITE_SPINEL
+    assert S.known_structure("39-1346") is ordered
+    atoms = {el: 0.0 for el in ("Fe", "O")}
+    n_pos = 0
+    for el, pos, occ, _b in ordered.atoms():
+        atoms[el] += float(np.sum(occ))
+        n_pos += len(pos)
+    assert n_pos == 8 + 4 + 12 + 32
+    assert atoms["Fe"] == pytest.approx(64.0 / 3.0) and atoms["O"] == pytest.approx(32.0)
+    cell = UnitCell.from_angstrom(8.3515, 8.3515, 8.3515)
+    fundamental = [
+        (1, 1, 1),
+        (2, 2, 0),
+        (3, 1, 1),
+        (2, 2, 2),
+        (4, 0, 0),
+        (4, 2, 2),
+        (5, 1, 1),
+        (4, 4, 0),
+    ]
+    f_o = np.abs(ordered.structure_factor_nm(np.array(fundamental, float), cell))
+    f_s = np.abs(spinel.structure_factor_nm(np.array(fundamental, float), cell))
+    np.testing.assert_allclose(f_o, f_s, rtol=1e-9)
+    sup = [(1, 1, 0), (2, 1, 0), (2, 1, 1), (3, 1, 0), (2, 2, 1)]
+    rel = np.abs(ordered.structure_factor_nm(np.array(sup, float), cell)) / f_o[2]
+    np.testing.assert_allclose(rel, [0.185, 0.209, 0.139, 0.115, 0.0], atol=0.003)
+    assert np.all(np.abs(spinel.structure_factor_nm(np.array(sup, float), cell)) < 1e-9)
+    # The screw axis 4_1: h00 with h != 4n is extinct in the ordered model too.
+    h00 = np.abs(
+        ordered.structure_factor_nm(np.array([(1, 0, 0), (2, 0, 0), (3, 0, 0)], float), cell)
+    )
+    assert np.all(h00 < 1e-9)
