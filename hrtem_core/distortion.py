@@ -59,6 +59,9 @@ MIN_COVERAGE = 0.5
 #: Planes whose relative residual after the fit exceeds this many robust sigmas (1.4826 MAD, at
 #: least 0.3 %) are dropped as misassigned, and the fit repeated.
 OUTLIER_SIGMAS = 3.0
+#: Rounds of analysis and fit of :func:`calibrate_distortion` at most (the SrTiO3 STEM image of
+#: ``../shared/validation`` converges in 4).
+MAX_ITERATIONS = 6
 #: Least number of plane directions (occupied 10-deg bins modulo 180 deg) for a fit.
 MIN_DIRECTIONS = 3
 
@@ -179,7 +182,9 @@ def _g_image(spacing_nm: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cos(a), -np.sin(a)]) / spacing_nm[:, None]
 
 
-def _planes_of_card(result: Any, card_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _planes_of_card(
+    result: Any, card_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Measured spacing, direction and card spacing of every plane that an angle-confirmed
     hypothesis of ``card_id`` assigns, over all windows; and the window of each."""
     d, a, ref, win = [], [], [], []
@@ -271,9 +276,8 @@ def fit_stretch(
                 "the planes assigned to the card give no consistent distortion (check the card)"
             )
         s = (v * (1.0 / np.sqrt(w))) @ v.T  # Q^(-1/2)
-        rel = np.where(
-            valid, _residuals(np.where(valid, d, 1.0), a, np.where(valid, ref, 1.0), s), np.inf
-        )
+        rel = np.full(len(d), np.inf)
+        rel[valid] = _residuals(d[valid], a[valid], ref[valid], s)
         mad = float(np.median(np.abs(rel[keep] - np.median(rel[keep]))))
         lim = OUTLIER_SIGMAS * max(1.4826 * mad, 0.003)
         ok = valid & (np.abs(rel) <= lim)  # a plane dropped earlier may come back
@@ -309,7 +313,8 @@ def measure_distortion(result: Any, card_id: str) -> DistortionFit:
     ------
     CalibrationError
         No window has an angle-confirmed hypothesis of the card, the planes lie along fewer than
-        three directions, or the stretch found is beyond :data:`MAX_STRETCH_DEV`.
+        three directions, or the stretch found is beyond :data:`MAX_STRETCH_DEV` or
+        :data:`MAX_ANISOTROPY`.
     """
     card_id = str(card_id).strip()
     d, a, ref, win = _planes_of_card(result, card_id)
@@ -321,7 +326,7 @@ def measure_distortion(result: Any, card_id: str) -> DistortionFit:
         )
     s, keep = fit_stretch(d, a, ref)
     stretch = (float(s[0, 0]), float(s[0, 1]), float(s[1, 1]))
-    stretch_matrix(stretch)  # within MAX_STRETCH_DEV
+    stretch_matrix(stretch)  # within MAX_STRETCH_DEV and MAX_ANISOTROPY
     before = (d[keep] - ref[keep]) / ref[keep]
     after = _residuals(d[keep], a[keep], ref[keep], s)
     return DistortionFit(
@@ -348,7 +353,7 @@ def calibrate_distortion(
     card_id: str,
     *,
     analyze: Callable[[Any], Any],
-    max_iterations: int = 6,
+    max_iterations: int = MAX_ITERATIONS,
     tolerance: float = 5e-4,
     progress: Callable[[float, str], None] | None = None,
 ) -> DistortionFit:
@@ -370,8 +375,7 @@ def calibrate_distortion(
         ``analyze(micrograph) -> AnalysisResult`` with the card enabled (the parameters the
         image will be analysed with).
     max_iterations : int, keyword-only
-        Rounds at most (default 6; the SrTiO3 STEM image of ``../shared/validation`` converges
-        in 4).
+        Rounds at most (default :data:`MAX_ITERATIONS`).
     tolerance : float, keyword-only
         Convergence: largest change of an entry of ``S`` between rounds (default 5e-4).
     progress : callable, keyword-only
@@ -520,6 +524,7 @@ def parse_stretch(text: str) -> tuple[float, float, float]:
 
 __all__ = [
     "MAX_ANISOTROPY",
+    "MAX_ITERATIONS",
     "MAX_STRETCH_DEV",
     "MIN_COVERAGE",
     "DistortionFit",

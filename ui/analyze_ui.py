@@ -334,14 +334,14 @@ def _measure_distortion(
     import dataclasses
 
     from hrtem_core.analysis import analyze_image
-    from hrtem_core.distortion import calibrate_distortion
+    from hrtem_core.distortion import MAX_ITERATIONS, calibrate_distortion
     from ui.common import get_model
 
     if params.phases is not None and card not in params.phases:
         params = dataclasses.replace(params, phases=(*params.phases, card))
     model = get_model() if params.detector == "unet" else None
     bar = st.progress(0.0, text="Measuring the distortion ...")
-    rounds = 6  # calibrate_distortion's max_iterations
+    rounds = MAX_ITERATIONS
     at = {"base": 0.0, "label": ""}
 
     def rounds_done(fraction: float, message: str) -> None:
