@@ -622,3 +622,14 @@ def test_series_engine_cancels_before_the_next_image(db) -> None:
     with pytest.raises(SeriesCancelled):
         run_series(imgs, params=PARAMS, cards=db, analyze=analyze, cancelled=lambda: bool(analysed))
     assert analysed == ["img_-16nm.tif"]
+
+
+def test_params_with_phase_adds_a_card_only_where_it_is_left_out() -> None:
+    """The card a distortion calibration is measured with must be among the phases indexed."""
+    every = analysis.AnalysisParams()
+    assert every.with_phase("39-1346") is every  # None: every enabled phase
+    some = analysis.AnalysisParams(phases=("33-0664",))
+    assert some.with_phase("33-0664") is some
+    added = some.with_phase("39-1346")
+    assert added.phases == ("33-0664", "39-1346") and some.phases == ("33-0664",)
+    assert dataclasses.replace(added, phases=some.phases) == some  # nothing else changed

@@ -73,6 +73,10 @@ def test_measure_fills_the_stretch_and_the_image_is_resampled() -> None:
     np.testing.assert_allclose(got, S_TRUE, atol=3e-3)
     assert any(s.value.startswith("Measured: ") for s in at.success)
     assert any("resampled to remove a scan distortion" in w.value for w in at.warning)
+    # Edited by hand, the field no longer holds what was measured: the note goes.
+    _stretch_field(at).set_value("1.0,0.0,1.0").run()
+    assert not at.exception and not at.error
+    assert not any(s.value.startswith("Measured: ") for s in at.success)
 
 
 @pytest.mark.parametrize("bad", ["1,2", "1.3,0,1.3", "1.08,0,1.0"])

@@ -313,8 +313,9 @@ def distortion_input(
             )
             if go.button("Measure", key=f"{key}_distortion_measure"):
                 _measure_distortion(micrograph, card, db, params, text_key, note_key)
-        if st.session_state.get(note_key):
-            st.success(st.session_state[note_key])
+        measured = st.session_state.get(note_key)
+        if measured and measured[0] == st.session_state.get(text_key):
+            st.success(measured[1])  # (gone once the field is edited: never a stale note)
         text = st.text_input(
             "Stretch SXX,SXY,SYY (empty: none)",
             key=text_key,
@@ -331,14 +332,11 @@ def _measure_distortion(
     micrograph: Any, card: str, db: Any, params: Any, text_key: str, note_key: str
 ) -> None:
     """Run the calibration with a progress bar; put the stretch into the text field."""
-    import dataclasses
-
     from hrtem_core.analysis import analyze_image
     from hrtem_core.distortion import MAX_ITERATIONS, calibrate_distortion
     from ui.common import get_model
 
-    if params.phases is not None and card not in params.phases:
-        params = dataclasses.replace(params, phases=(*params.phases, card))
+    params = params.with_phase(card)
     model = get_model() if params.detector == "unet" else None
     bar = st.progress(0.0, text="Measuring the distortion ...")
     rounds = MAX_ITERATIONS
@@ -369,7 +367,10 @@ def _measure_distortion(
     finally:
         bar.empty()
     st.session_state[text_key] = fit.as_option()
-    st.session_state[note_key] = f"Measured: {fit.describe()}, {fit.n_iterations} rounds."
+    st.session_state[note_key] = (
+        fit.as_option(),
+        f"Measured: {fit.describe()}, {fit.n_iterations} rounds.",
+    )
 
 
 def n_frames(micrograph: Any) -> int:

@@ -112,5 +112,13 @@ class AnalysisParams:
         d["phases"] = None if self.phases is None else list(self.phases)
         return d
 
+    def with_phase(self, card_id: str) -> AnalysisParams:
+        """These parameters with ``card_id`` among the phases considered (unchanged when every
+        enabled phase is, ``phases=None``, or when it is already listed): e.g. the card a
+        distortion calibration is measured with."""
+        if self.phases is None or card_id in self.phases:
+            return self
+        return dataclasses.replace(self, phases=(*self.phases, card_id))
+
 
 __all__ = ["DETECTORS", "AnalysisParams", "ProgressCallback"]

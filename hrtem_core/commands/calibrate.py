@@ -13,7 +13,6 @@ fit. Bad input: exit code 2 and one line ``error: ...`` on stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -68,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     cards = cards_from_args(args)
     card = cards.phase(args.card)  # an unknown id: one-line CardDatabaseError
-    if params.phases is not None and card.card_id not in params.phases:
-        params = dataclasses.replace(params, phases=(*params.phases, card.card_id))
+    params = params.with_phase(card.card_id)
     micrograph = load_image(path, pixel_size_nm=pixel_size_from_args(args), frame=args.frame)
     for w in micrograph.warnings:
         sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
