@@ -48,6 +48,17 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    ``zone_axis`` the most voted zone of the listed phases. ``status``: ``mixed-phase`` when two
    grains have disjoint phase candidates (each with at least one vote), else
    ``twinned/polycrystalline`` when ``n_grains >= 2``, else ``single-crystal``.
+6. **The particle's diffractogram** (with the analysis's cards, :func:`particle_pattern`): the
+   FFT of the whole particle (a power-of-two box holding it, at most ``pattern_max_px``, the
+   image weighted by the particle's softened mask) is indexed like a window, with finer
+   sampling and all of the crystal's signal. The particle's phase is then among the phases both
+   the pooled windows and the diffractogram list (:func:`_final_phase`); a twin the windows list
+   stays unless the diffractogram shows a plane its card cannot have in any zone (maghemite's
+   (110) superstructure reflection excludes magnetite; a 1 % scale never excludes a twin), and
+   where the two share no phase every phase of both is listed. Without named windows the
+   diffractogram names the phase alone, and a weak fringe patch whose diffractogram a card
+   indexes is kept (a card explaining a whole pattern with confirmed angles is not the
+   amorphous film). ``pattern_px``, ``pattern_status`` and ``pattern_phase`` report it.
 
 **Delocalisation halo.** Lattice fringes of ``g`` are displaced in the image by
 ``R(g) = |grad chi| / (2 pi) = |lambda df g + Cs lambda^3 g^3|`` (Lichte, *Ultramicroscopy* 38
@@ -101,6 +112,9 @@ PARTICLE_COLUMNS = (
     "grain_orientations_deg",
     "status",
     "fringe_snr",
+    "pattern_px",
+    "pattern_status",
+    "pattern_phase",
 )
 
 STATUS_SINGLE = "single-crystal"
@@ -146,7 +160,12 @@ class ParticleParams:
         above the amorphous background (``fringe_snr``)...
     strong_support_windows : int
         ...or at least this many crystalline windows (default 20 and 5: the false fringe patches
-        that false window detections leave in the amorphous film have both fewer).
+        that false window detections leave in the amorphous film have both fewer), or a
+        diffractogram that a card indexes (:func:`particle_pattern`).
+    pattern_max_px : int
+        Largest box of a particle's diffractogram [px] (default 512; 0: no diffractogram).
+    pattern_taper_nm : float
+        Soft edge of the diffractogram's particle mask [nm] (Gaussian sigma, default 0.3).
     """
 
     min_windows: int = 2
@@ -161,6 +180,8 @@ class ParticleParams:
     min_fringe_snr: float = 20.0
     max_reflections: int = 64
     strong_support_windows: int = 5
+    pattern_max_px: int = 512
+    pattern_taper_nm: float = 0.3
 
     def validate(self) -> None:
         """Raise :class:`AnalysisParameterError` for an invalid value."""
@@ -173,6 +194,11 @@ class ParticleParams:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise AnalysisParameterError(f"{name} must be a positive integer, got {v!r}")
+        v = self.pattern_max_px
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise AnalysisParameterError(
+                f"pattern_max_px must be a non-negative integer (0: none), got {v!r}"
+            )
         if self.halo not in ("least", "strongest", "weighted", "none"):
             raise AnalysisParameterError(
                 f"halo must be least, strongest, weighted or none, got {self.halo!r}"
@@ -185,6 +211,7 @@ class ParticleParams:
             "orientation_tol_deg",
             "edge_sigma_nm",
             "min_fringe_snr",
+            "pattern_taper_nm",
         ):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -672,34 +699,46 @@ def _twin_gap(named: list[dict[str, float]], a: str, b: str, margin: float) -> f
 
 
 def _phase_columns(
-    members: list[int], cands: list[dict[str, WindowCandidate]], status: list[str]
+    members: list[int],
+    cands: list[dict[str, WindowCandidate]],
+    status: list[str],
+    pattern: ParticlePattern | None = None,
 ) -> dict[str, Any]:
-    """``phase_*`` and ``zone_axis`` cells of one particle (pooled decision, share, zone)."""
+    """``phase_*``, ``zone_axis`` and ``pattern_*`` cells of one particle (the pooled decision
+    of its windows and its diffractogram, :func:`_final_phase`; share, zone)."""
     dec = pooled_phase([cands[i] for i in members])
+    named = [{c: v.evidence for c, v in cands[i].items()} for i in members if cands[i]]
+    final, pattern_zone = _final_phase(dec, pattern, named)
+    chosen = frozenset(c for c, _, _ in final)
     share = 0.0
-    zone = ""
-    if dec.status:
-        votes = {i: _VOTE.get(status[i], 0.5) for i in members if cands[i]}
+    zone = pattern_zone
+    votes = {i: _VOTE.get(status[i], 0.5) for i in members if cands[i]}
+    if final and votes:
         first = {i: max(cands[i], key=lambda c: cands[i][c].evidence) for i in votes}
-        share = sum(v for i, v in votes.items() if first[i] in dec.cards) / sum(votes.values())
+        share = sum(v for i, v in votes.items() if first[i] in chosen) / sum(votes.values())
+    if final and not zone:
         zone_votes: dict[str, float] = defaultdict(float)
         for i, v in votes.items():
-            mine = [c for c in cands[i] if c in dec.cards]
+            mine = [c for c in cands[i] if c in chosen]
             if mine:
                 best = max(mine, key=lambda c: cands[i][c].evidence)
                 if cands[i][best].zone_axis:
                     zone_votes[cands[i][best].zone_axis] += v
         zone = _majority(zone_votes)[0] or ""
+    listed = sorted(final, key=lambda t: (t[1], t[0]))
     return {
-        "phase_card": dec.card,
-        "phase_name": dec.name,
-        "phase_status": dec.status,
-        "phase_candidates": "; ".join(f"{n} ({c}) {e:.1f}" for c, n, e in dec.candidates),
+        "phase_card": " / ".join(c for c, _, _ in listed),
+        "phase_name": " / ".join(n for _, n, _ in listed),
+        "phase_status": (PHASE_INDEXED if len(final) == 1 else PHASE_AMBIGUOUS) if final else "",
+        "phase_candidates": "; ".join(f"{n} ({c}) {e}" for c, n, e in final),
         "phase_margin_decades": round(dec.margin_decades, 2)
         if math.isfinite(dec.margin_decades)
         else float("nan"),
         "phase_share": round(share, 3),
         "zone_axis": zone,
+        "pattern_px": 0 if pattern is None else int(pattern.box_px),
+        "pattern_status": "" if pattern is None else pattern.status,
+        "pattern_phase": "" if pattern is None else pattern.describe(),
     }
 
 
@@ -712,6 +751,238 @@ def _grain_phases(
         weight = sum(_VOTE.get(status[i], 0.5) for i in gw if cands[i])
         out.append(pooled_phase([cands[i] for i in gw]).cards if weight >= 1.0 else frozenset())
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The particle's diffractogram
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParticlePattern:
+    """The diffractogram of one whole particle, indexed (:func:`particle_pattern`).
+
+    Attributes
+    ----------
+    box_px : int
+        Side of the square box transformed [px] (0: none).
+    index : WindowIndex or None
+        Its planes and their indexing (:func:`hrtem_core.indexing.index_windows`).
+    tables : IndexingTables or None
+        The tables it was indexed with.
+    """
+
+    box_px: int
+    index: Any = None
+    tables: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def status(self) -> str:
+        """The indexing status of the diffractogram (``""`` without one)."""
+        return "" if self.index is None else str(self.index.status)
+
+    @property
+    def named(self) -> bool:
+        """True when a card explains the diffractogram with confirmed angles (``indexed`` or
+        ``ambiguous``)."""
+        from hrtem_core.indexing import NAMED_STATUSES
+
+        return self.index is not None and self.index.status in NAMED_STATUSES
+
+    def _lacks_spacing(self, card_id: str, spacing_nm: float) -> bool:
+        """True when the card has no allowed reflection within the spacing tolerance of
+        ``spacing_nm`` (it cannot explain that plane in any zone)."""
+        pt = next((t for t in self.tables.phases if t.card_id == card_id), None)
+        if pt is None:
+            return False
+        d = pt.family_d_nm[~np.asarray(pt.family_forbidden, dtype=bool)]
+        return not bool(np.any(np.abs(d - spacing_nm) <= self.tables.spacing_tol * d))
+
+    def candidates(self) -> list[Any]:
+        """The phases the diffractogram cannot tell apart, best first (one match per card).
+
+        The indexing lists near-twin cells and projection twins together, and every phase within
+        its ambiguity margin. An alternative is dropped when it explains a
+        strict subset of the planes the best match explains and its card has no allowed
+        reflection at the spacing of one of the others: on one crystal's diffractogram that
+        plane is measured, and that card cannot have it in any zone (e.g. maghemite's (110)
+        superstructure reflection at 0.59 nm, which magnetite's Fd-3m forbids). A plane the
+        alternative misses only by angle or tolerance (a spot split by a transfer zero, say)
+        drops nothing.
+        """
+        if not self.named:
+            return []
+        best = self.index.best
+        mine = {i for i, h in enumerate(best.hkl) if h is not None}
+        out, seen = [best], {best.card_id}
+        for m in self.index.alternatives:
+            if m.card_id in seen:
+                continue
+            theirs = {i for i, h in enumerate(m.hkl) if h is not None}
+            if theirs < mine and self.cannot_explain(m.card_id):
+                continue
+            seen.add(m.card_id)
+            out.append(m)
+        return out
+
+    def cannot_explain(self, card_id: str) -> bool:
+        """True when the card has no allowed reflection (within the spacing tolerance) at the
+        spacing of a plane that the best match explains: it cannot explain this diffractogram
+        in any zone."""
+        if not self.named or self.tables is None:
+            return False
+        best = self.index.best
+        return any(
+            self._lacks_spacing(card_id, p.spacing_nm)
+            for p, h in zip(self.index.planes, best.hkl, strict=True)
+            if h is not None
+        )
+
+    def describe(self) -> str:
+        """``"maghemite (39-1346) [0 0 1] K 0.0042 | ..."``: the candidates (``""``: none)."""
+        from hrtem_core.indexing import format_hkl
+
+        return " | ".join(
+            f"{m.phase_name} ({m.card_id}) [{format_hkl(m.zone_axis)}] K {m.chance:.2g}"
+            for m in self.candidates()
+        )
+
+
+def pattern_box_px(extent_px: int, *, window_px: int, max_px: int, image_shape: Any) -> int:
+    """Side of a particle's diffractogram box [px]: the smallest power of two holding 1.25 times
+    the particle's extent, at least the analysis window, at most ``max_px`` and the image (0 when
+    no box fits)."""
+    limit = min(int(max_px), int(min(image_shape)))
+    need = max(int(window_px), math.ceil(1.25 * max(int(extent_px), 1)))
+    n = 1 << max(need - 1, 1).bit_length()
+    if n > limit:
+        n = 1 << (limit.bit_length() - 1) if limit > 0 else 0
+    return n if n >= int(window_px) else 0
+
+
+def particle_pattern(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    pixel_size_nm: Any,
+    tables: Any,
+    detector: Any,
+    window_px: int,
+    d_min_nm: float,
+    max_px: int = 512,
+    taper_nm: float = 0.3,
+) -> ParticlePattern:
+    """Index the diffractogram of one whole particle.
+
+    The windows of the scan see a particle in pieces of ``window_px``; a microscopist's check is
+    the FFT of the whole particle, which has finer sampling (``1 / (N p)``) and all of its
+    crystal's signal. The image is cut to a square box of ``N`` px around the particle
+    (:func:`pattern_box_px`), weighted by the particle's mask (grown by ``2 taper_nm``, edges
+    smoothed by a Gaussian of ``taper_nm``; outside it the box is flat, at the particle's mean,
+    so the amorphous film around it adds no rings), and given to the analysis's own spot
+    detector and indexing tables, as one window.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+    mask : ndarray, shape (ny, nx), bool
+        The particle's pixels.
+    pixel_size_nm : (float, float)
+        ``(py, px)`` [nm/px].
+    tables : IndexingTables
+        The analysis's indexing tables (:func:`hrtem_core.analysis.make_tables`).
+    detector : SpotDetector
+        The analysis's detector (:func:`hrtem_core.detectors.detector_for`).
+    window_px : int
+        The analysis window [px] (the smallest box).
+    d_min_nm : float
+        Smallest spacing detected [nm].
+    max_px : int, keyword-only
+        Largest box [px].
+    taper_nm : float, keyword-only
+        Soft edge of the mask [nm].
+
+    Returns
+    -------
+    ParticlePattern
+        ``box_px = 0`` and no index when no box fits (an empty mask, or an image smaller than
+        the window).
+    """
+    from hrtem_core.indexing import index_windows
+    from hrtem_core.windows import window_grid
+
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return ParticlePattern(0)
+    py, px = (float(v) for v in pixel_size_nm)
+    grow = max(1, round(2 * taper_nm / min(py, px)))
+    extent = int(max(np.ptp(ys), np.ptp(xs))) + 1 + 2 * grow
+    n = pattern_box_px(extent, window_px=window_px, max_px=max_px, image_shape=image.shape)
+    if n == 0:
+        return ParticlePattern(0)
+    ny, nx = image.shape
+    cy, cx = round(float(ys.mean())), round(float(xs.mean()))
+    y0 = min(max(cy - n // 2, 0), ny - n)
+    x0 = min(max(cx - n // 2, 0), nx - n)
+    crop = np.asarray(image[y0 : y0 + n, x0 : x0 + n], dtype=np.float64)
+    # The mask, grown and softened, on the box (its outside does not matter: the box is cut).
+    sub = ndi.binary_dilation(mask[y0 : y0 + n, x0 : x0 + n], iterations=grow)
+    weight = ndi.gaussian_filter(sub.astype(np.float64), (taper_nm / py, taper_nm / px))
+    total = float(weight.sum())
+    if total <= 0:
+        return ParticlePattern(0)
+    mean = float((crop * weight).sum() / total)
+    box = ((crop - mean) * weight + mean).astype(np.float32)
+    grid = window_grid(box.shape, window_px=n, stride_px=n)
+    pairs = detector.pairs_in_image(
+        box, grid, rows=(0, 1), pixel_size_nm=(py, px), d_min_nm=float(d_min_nm), workers=1
+    )[0]
+    return ParticlePattern(n, index_windows([tuple(pairs)], tables)[0], tables)
+
+
+def _final_phase(
+    dec: PhaseDecision, pattern: ParticlePattern | None, named: list[dict[str, float]]
+) -> tuple[list[tuple[str, str, str]], str]:
+    """The particle's candidates ``[(card, name, evidence text)]`` from its windows' pooled
+    decision and its diffractogram, and the zone of the diffractogram's best match (``""`` when it
+    is not among them).
+
+    Both list the phases they cannot exclude, so the particle's phase is among the phases both
+    list. A twin of such a phase (listed with it in the windows, :func:`_twin_gap`) stays listed
+    unless the diffractogram excludes it by a plane its card cannot have
+    (:meth:`ParticlePattern.cannot_explain`): twins differ by a scale within the calibration, which
+    one diffractogram does not measure better than the windows. When the two share no phase,
+    the evidence conflicts and every phase of both is listed. Without a named diffractogram the
+    windows decide alone; without named windows, the diffractogram does.
+    ``named``: the evidence ``{card: E}`` of every named window of the particle.
+    """
+    from hrtem_core.indexing import AMBIGUITY_DECADES, format_hkl
+
+    win = [(c, n, f"{e:.1f}") for c, n, e in dec.candidates]
+    pat = [] if pattern is None else pattern.candidates()
+    pat_c = [
+        (m.card_id, m.phase_name, f"pattern {-math.log10(max(m.chance, 1e-300)):.1f}") for m in pat
+    ]
+    if not pat_c:
+        return win, ""
+    win_cards = {c for c, _, _ in win}
+    both = win_cards & {c for c, _, _ in pat_c}
+    if not win:
+        out = pat_c
+    elif both:
+        out = [
+            t
+            for t in win
+            if t[0] in both
+            or (
+                not pattern.cannot_explain(t[0])
+                and any(_twin_gap(named, b, t[0], AMBIGUITY_DECADES) < math.inf for b in both)
+            )
+        ]
+    else:
+        out = win + [t for t in pat_c if t[0] not in win_cards]
+    zone = format_hkl(pat[0].zone_axis) if pat[0].card_id in {c for c, _, _ in out} else ""
+    return out, zone
 
 
 # --------------------------------------------------------------------------------------------
@@ -736,6 +1007,8 @@ def particles_for_result(
     defocus_nm: float | None = None,
     voltage_kv: float = 300.0,
     cs_mm: float = 1.2,
+    cards: Any = None,
+    model: Any = None,
 ) -> ParticleResult:
     """Group the crystalline windows of an analysis into particles (see the module docstring).
 
@@ -753,6 +1026,12 @@ def particles_for_result(
         ``result.defocus_nm``; None there too: no correction (``delocalisation_nm`` NaN).
     voltage_kv, cs_mm : float, keyword-only
         Optics of the delocalisation (default 300 kV, 1.2 mm).
+    cards : CardDatabase or IndexingTables or None, keyword-only
+        The analysis's cards (or its tables): each particle's diffractogram is indexed with
+        them (:func:`particle_pattern`, with the phases and tolerances of ``result.params``).
+        None: no diffractograms (``pattern_*`` empty; the windows alone decide the phase).
+    model : SpotModel or None, keyword-only
+        The U-Net of the diffractograms (default weights when the analysis used the U-Net).
 
     Returns
     -------
@@ -777,6 +1056,7 @@ def particles_for_result(
     else:
         status = [str(v) for v in result.windows.get("status", pd.Series([""] * grid.n_windows))]
     cands = window_candidates(result)
+    pattern_of = _pattern_maker(result, img, cards, model, params)
     props = {int(p.label): p for p in measure.regionprops(labels)}
     window_grain = np.zeros(grid.n_windows, dtype=np.int64)
     new_labels = np.zeros_like(labels)
@@ -795,7 +1075,7 @@ def particles_for_result(
             window_grain[i] = grains[i]
         row = {"particle_id": pid, "n_windows": len(members)}
         row.update(_geometry_columns(props[lab], result.pixel_size_nm))
-        row.update(_phase_columns(members, cands, status))
+        row.update(_phase_columns(members, cands, status, pattern_of(labels == lab)))
         row.update(_lattice_columns(members, grains, region, cands, status))
         row.update(
             _size_columns(
@@ -807,6 +1087,35 @@ def particles_for_result(
         rows.append(row)
     window_particle[~np.isin(window_particle, np.arange(1, len(rows) + 1))] = 0
     return _kept_particles(rows, new_labels, window_particle, window_grain, params)
+
+
+def _pattern_maker(result: Any, img: np.ndarray, cards: Any, model: Any, params: ParticleParams):
+    """``mask -> ParticlePattern | None`` with the analysis's tables and detector (None without
+    cards or with ``pattern_max_px = 0``)."""
+    if cards is None or params.pattern_max_px == 0:
+        return lambda mask: None
+    from hrtem_core.analysis.image import make_tables
+    from hrtem_core.detectors import detector_for
+    from hrtem_core.indexing import IndexingTables
+
+    ap = result.params
+    tables = cards if isinstance(cards, IndexingTables) else make_tables(cards, ap)
+    detector = detector_for(ap.detector, model=model)
+
+    def pattern_of(mask: np.ndarray) -> ParticlePattern:
+        return particle_pattern(
+            img,
+            mask,
+            pixel_size_nm=result.pixel_size_nm,
+            tables=tables,
+            detector=detector,
+            window_px=int(result.grid.window_px),
+            d_min_nm=float(ap.d_min_nm),
+            max_px=int(params.pattern_max_px),
+            taper_nm=float(params.pattern_taper_nm),
+        )
+
+    return pattern_of
 
 
 def _particle_masks(
@@ -1035,7 +1344,10 @@ def _kept_particles(
     params: ParticleParams,
 ) -> ParticleResult:
     """Drop particles whose (halo-corrected) area is below ``min_area_nm2`` and weak fringe
-    patches seen by few windows (false detections in the amorphous film); renumber 1, 2, ..."""
+    patches seen by few windows whose diffractogram no card indexes (false detections in the
+    amorphous film); renumber 1, 2, ..."""
+    from hrtem_core.indexing import NAMED_STATUSES
+
     keep = [
         r_["particle_id"]
         for r_ in rows
@@ -1043,6 +1355,7 @@ def _kept_particles(
         and (
             r_["fringe_snr"] >= params.min_fringe_snr
             or r_["n_windows"] >= params.strong_support_windows
+            or r_["pattern_status"] in NAMED_STATUSES
         )
     ]
     renum = {old: new for new, old in enumerate(keep, start=1)}
@@ -1219,6 +1532,8 @@ def image_particles(
     params: ParticleParams = ParticleParams(),
     voltage_kv: float | None = None,
     cs_mm: float | None = None,
+    cards: Any = None,
+    model: Any = None,
 ) -> ImageParticles:
     """Particles of an analysed image and its defocus estimated from the Thon rings.
 
@@ -1236,6 +1551,9 @@ def image_particles(
     params : ParticleParams, keyword-only
     voltage_kv, cs_mm : float, optional, keyword-only
         Override the metadata (defaults 300 kV, 1.2 mm).
+    cards, model : optional, keyword-only
+        The analysis's cards (or indexing tables) and U-Net, for each particle's diffractogram
+        (:func:`particles_for_result`); without cards, none.
     """
     from hrtem_core.defocus import compare_defocus, defocus_for_result, optics_from_metadata
     from hrtem_core.errors import HRTEMError
@@ -1256,7 +1574,16 @@ def image_particles(
         warnings.append(disagreement)
     source = "given" if given is not None else ("estimated" if usable else "unknown")
     df = given if given is not None else (float(est.defocus_nm) if usable else None)
-    pr = particles_for_result(result, image, params=params, defocus_nm=df, voltage_kv=vk, cs_mm=cs)
+    pr = particles_for_result(
+        result,
+        image,
+        params=params,
+        defocus_nm=df,
+        voltage_kv=vk,
+        cs_mm=cs,
+        cards=cards,
+        model=model,
+    )
     return ImageParticles(
         particles=pr,
         defocus=est,
@@ -1278,6 +1605,7 @@ __all__ = [
     "TWIN_SHARE",
     "ImageParticles",
     "ParticleParams",
+    "ParticlePattern",
     "ParticleResult",
     "PhaseDecision",
     "WindowCandidate",
@@ -1285,9 +1613,11 @@ __all__ = [
     "corrected_radius_nm",
     "delocalisation_nm",
     "image_particles",
+    "particle_pattern",
     "particle_series",
     "particles_for_result",
     "particles_summary",
+    "pattern_box_px",
     "pooled_phase",
     "window_candidates",
 ]

@@ -107,8 +107,10 @@ def main() -> int:
         window_view.window_detail(result, micrograph.data, i, model=model).mask
         for i in range(result.grid.n_windows)
     ]
-    particles = image_particles(result, micrograph.data, metadata=micrograph.metadata)
     cards = load_cards(example_cache.CARDS_XLSX)
+    particles = image_particles(
+        result, micrograph.data, metadata=micrograph.metadata, cards=cards, model=model
+    )
     if cards.digest != last["request"][-1]:
         raise SystemExit("the app analysed with another card workbook than data/pdf_cards.xlsx")
     result = _keep_previous_timing(result, particles, example_cache)

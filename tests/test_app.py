@@ -283,6 +283,11 @@ def test_analyze_window_selection_and_parameters():
     at = _submit(at, "analyze", detector="Classical", window=128, stride=128)
     assert not at.exception and not _errors(at), _errors(at)
     assert {m.label: m.value for m in at.metric}["Windows"].startswith("64 ")  # 8 x 8
+    # The particles of this new analysis: each particle's diffractogram was indexed with the
+    # page's cards (ui.common.pattern_inputs).
+    parts = next(d.value for d in at.dataframe if "pattern_status" in d.value.columns)
+    assert len(parts) >= 1 and (parts["pattern_px"] >= 128).all()
+    assert parts["pattern_phase"].str.contains("hematite").any()
     sel = at.selectbox(key="analyze_selected_window")
     sel.set_value(5).run()
     assert not at.exception and not _errors(at)

@@ -541,7 +541,11 @@ def test_example_cache_equals_a_fresh_analysis(stored_example):
     for i in range(fresh.grid.n_windows):
         detail = window_view.window_detail(fresh, micrograph.data, i, model=model)
         assert np.array_equal(detail.mask, masks[i]), f"U-Net mask of window {i} {hint}"
-    extras = image_particles(fresh, micrograph.data, metadata=micrograph.metadata)
+    # As the dashboard does (ui.common.pattern_inputs): the cards and the U-Net index each
+    # particle's diffractogram.
+    extras = image_particles(
+        fresh, micrograph.data, metadata=micrograph.metadata, cards=cards, model=model
+    )
     kept = stored_example["particles"]
     pd.testing.assert_frame_equal(extras.table, kept.table, obj=f"particle table {hint}")
     assert np.array_equal(extras.particles.labels, kept.particles.labels)

@@ -102,6 +102,13 @@ def test_analyze_writes_every_file(tmp_path, capsys) -> None:
     assert params["version"] == __version__ and params["param.spacing_tol"] == 0.03
     html = (out / "plane_map.html").read_text(encoding="utf-8")
     assert "goethite {" in html and "zone axis: [0 0 1]" in html
+    # One particle (the crystal half), its diffractogram indexed with the chosen cards.
+    parts = pd.read_csv(out / "particles.csv", keep_default_na=False)
+    assert len(parts) == 1
+    p = parts.iloc[0]
+    assert (p["phase_name"], p["phase_status"], p["zone_axis"]) == ("goethite", "indexed", "0 0 1")
+    assert (p["pattern_px"], p["pattern_status"]) == (256, "indexed")
+    assert p["pattern_phase"].startswith("goethite (29-0713) [0 0 1] K")
     with Image.open(out / "plane_map.png") as png:
         assert png.format == "PNG"
 

@@ -484,3 +484,206 @@ def test_window_candidates_from_the_windows_table(one_particle) -> None:
     row = particles_for_result(res2, image).table.iloc[0]
     assert row.phase_name == "maghemite / magnetite" and row.zone_axis == "1 1 0"
     del mt
+
+
+# --------------------------------------------------------------------------------------------
+# The particle's diffractogram (particle_pattern)
+# --------------------------------------------------------------------------------------------
+
+
+def _atoms_scene(cards, specs, *, seed, df, detector="classical"):
+    """A scene whose structured phases come from their atoms (known_structure), analysed."""
+    from hrtem_core.simulate import known_structure
+
+    parts = [
+        Particle(cards.phase(c), z, d, rot, ctr, structure=known_structure(c))
+        for c, z, d, rot, ctr in specs
+    ]
+    sim = simulate_particles(
+        parts,
+        pixel_size_nm=PX,
+        shape=(512, 512),
+        defocus_nm=df,
+        seed=seed,
+        support_thickness_nm=3.0,
+    )[0]
+    params = analysis.AnalysisParams(window_px=64, stride_px=32, detector=detector)
+    m = Micrograph(
+        data=sim.image.astype(np.float32),
+        pixel_size_nm=(PX, PX),
+        reader="simulated",
+        metadata={},
+        warnings=(),
+        name="scene.tif",
+        defocus_nm=df,
+    )
+    return sim, analysis.analyze_image(m, params=params, cards=cards)
+
+
+def test_pattern_box_sizes() -> None:
+    from hrtem_core.particles import pattern_box_px
+
+    kw = {"window_px": 64, "max_px": 512, "image_shape": (512, 512)}
+    assert pattern_box_px(100, **kw) == 128  # 1.25 x 100 = 125 -> 128
+    assert pattern_box_px(300, **kw) == 512
+    assert pattern_box_px(500, **kw) == 512  # capped
+    assert pattern_box_px(10, **kw) == 64  # at least the window
+    assert pattern_box_px(100, window_px=64, max_px=512, image_shape=(100, 300)) == 64
+    assert pattern_box_px(100, window_px=64, max_px=32, image_shape=(512, 512)) == 0
+
+
+def test_diffractogram_names_maghemite_by_its_superstructure(cards) -> None:
+    """Vacancy-ordered maghemite [100] from its atoms: the whole particle's FFT shows the (110)
+    superstructure reflection (0.5905 nm), which magnetite's Fd-3m cannot have in any zone: the
+    particle is maghemite. Without the cards (no diffractogram) the classical detector's w = 64
+    windows name nothing."""
+    from hrtem_core.analysis.image import make_tables
+    from hrtem_core.detectors import detector_for
+    from hrtem_core.particles import particle_pattern
+
+    sim, res = _atoms_scene(
+        cards, [("39-1346", (1, 0, 0), 8.0, 20.0, (256.0, 256.0))], seed=1, df=-50.0
+    )
+    bare = particles_for_result(res, sim.image).table
+    assert len(bare) == 1
+    assert (bare.pattern_px.iloc[0], bare.pattern_status.iloc[0]) == (0, "")
+    t = particles_for_result(res, sim.image, cards=cards).table
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row.phase_name, row.phase_card, row.phase_status) == ("maghemite", "39-1346", "indexed")
+    assert row.zone_axis in ("0 0 1", "0 1 0", "1 0 0")  # [100] in any cubic setting
+    assert row.pattern_px == 512 and row.pattern_status in ("indexed", "ambiguous")
+    assert "maghemite (39-1346)" in row.pattern_phase and "magnetite" not in row.pattern_phase
+    # The plane that decides, and the rule, on the diffractogram itself.
+    pr = particles_for_result(res, sim.image)
+    pat = particle_pattern(
+        sim.image,
+        pr.labels == 1,
+        pixel_size_nm=(PX, PX),
+        tables=make_tables(cards, res.params),
+        detector=detector_for("classical"),
+        window_px=64,
+        d_min_nm=res.params.d_min_nm,
+    )
+    assert any(abs(p.spacing_nm / 0.59054 - 1) < 0.01 for p in pat.index.planes)
+    assert pat.cannot_explain("19-0629") and not pat.cannot_explain("39-1346")
+    assert [m.card_id for m in pat.candidates()] == ["39-1346"]
+
+
+def test_diffractogram_keeps_near_twins_it_cannot_separate(cards) -> None:
+    """Magnetite [100] shows no superstructure (the maghemite model's are weak: absence proves
+    nothing), and hematite [001] is feroxyhyte [001]'s net within 1.1 %: both stay ambiguous."""
+    sim, res = _atoms_scene(
+        cards,
+        [
+            ("19-0629", (1, 0, 0), 7.0, 20.0, (150.0, 150.0)),
+            ("33-0664", (0, 0, 1), 7.0, 20.0, (370.0, 360.0)),
+        ],
+        seed=1,
+        df=-50.0,
+    )
+    t = particles_for_result(res, sim.image, cards=cards).table
+    assert len(t) == 2
+    by_truth = {}
+    for p in sim.truth.particles:
+        j = int(np.argmin(np.hypot(t.x_px - p.center_px[1], t.y_px - p.center_px[0])))
+        by_truth[p.phase_name] = t.iloc[j]
+    assert by_truth["magnetite"].phase_name == "maghemite / magnetite"
+    assert by_truth["hematite"].phase_name == "feroxyhyte / hematite"
+    assert all(r.phase_status == "ambiguous" for r in by_truth.values())
+    assert all(r.pattern_status in ("indexed", "ambiguous") for r in by_truth.values())
+
+
+def test_diffractogram_finds_a_weak_particle(cards) -> None:
+    """Akaganeite [001] (a = 1.05 nm): its strong reflections (0.75, 0.53 nm) sit below the
+    w = 64 windows' reach, so only two windows see it and none names it; the particle's
+    diffractogram is indexed (akaganeite [001]), which keeps the weak fringe patch."""
+    sim, res = _atoms_scene(
+        cards,
+        [("34-1266", (0, 0, 1), 7.0, 20.0, (256.0, 256.0))],
+        seed=3,
+        df=-35.0,
+        detector="unet",
+    )
+    assert len(particles_for_result(res, sim.image).table) == 0
+    t = particles_for_result(res, sim.image, cards=cards).table
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row.phase_name, row.phase_status, row.zone_axis) == ("akaganeite", "indexed", "0 0 1")
+    assert row.pattern_status == "indexed"
+    p = sim.truth.particles[0]
+    assert math.hypot(row.x_px - p.center_px[1], row.y_px - p.center_px[0]) * PX < 1.5
+
+
+def test_diffractograms_of_the_amorphous_film_keep_nothing(cards) -> None:
+    """Carbon only (a vanishing particle outside the corner): the few false crystalline windows
+    make no particle, with or without the diffractograms."""
+    found = 0
+    for k, df in enumerate((-20.0, -45.0)):
+        sim = simulate_particles(
+            [Particle(cards.phase("39-1346"), diameter_nm=0.01, center_px=(-2.0, -2.0))],
+            pixel_size_nm=PX,
+            shape=(512, 512),
+            defocus_nm=df,
+            seed=500 + k,
+            support_thickness_nm=4.0,
+        )[0]
+        m = Micrograph(
+            data=sim.image.astype(np.float32),
+            pixel_size_nm=(PX, PX),
+            reader="simulated",
+            metadata={},
+            warnings=(),
+            name="carbon.tif",
+        )
+        params = analysis.AnalysisParams(window_px=64, stride_px=32, detector="unet")
+        res = analysis.analyze_image(m, params=params, cards=cards)
+        found += len(particles_for_result(res, sim.image, cards=cards, defocus_nm=df).table)
+    assert found == 0
+
+
+def test_final_phase_rules() -> None:
+    """Windows and diffractogram: the phases both list; a windows' twin stays unless the
+    diffractogram has a plane its card cannot have; a conflict lists everything."""
+    from types import SimpleNamespace
+
+    from hrtem_core.particles import ParticlePattern, PhaseDecision, _final_phase
+
+    def m(card, name, chance=1e-3):
+        return SimpleNamespace(
+            card_id=card, phase_name=name, chance=chance, hkl=((1, 1, 1),), zone_axis=(0, 0, 1)
+        )
+
+    def pattern(best, *alts):
+        index = SimpleNamespace(status="indexed", best=best, alternatives=alts, planes=())
+        return ParticlePattern(128, index)
+
+    def dec(*cands):
+        return PhaseDecision("", "", "ambiguous", tuple(cands), float("nan"))
+
+    a, b, c = ("A", "alpha", 10.0), ("B", "beta", 9.8), ("C", "gamma", 9.5)
+    twins = [{"A": 1.0, "B": 0.9}] * 4  # A and B listed together in every window
+    alone = [{"A": 1.0}, {"B": 1.0}]  # never together: not twins
+    # Both list A only: A.
+    out, zone = _final_phase(dec(a, b), pattern(m("A", "alpha")), alone)
+    assert [t[0] for t in out] == ["A"] and zone == "0 0 1"
+    # B is A's twin in the windows: the diffractogram does not drop it by its margin.
+    out, _ = _final_phase(dec(a, b), pattern(m("A", "alpha")), twins)
+    assert [t[0] for t in out] == ["A", "B"]
+    # Conflict: the windows say A, B; the diffractogram C: every one is listed.
+    out, zone = _final_phase(dec(a, b), pattern(m("C", "gamma")), alone)
+    assert [t[0] for t in out] == ["A", "B", "C"] and zone == "0 0 1"
+    assert out[2][2].startswith("pattern ")
+    # No named window: the diffractogram alone; no named diffractogram: the windows alone.
+    out, _ = _final_phase(dec(), pattern(m("C", "gamma")), [])
+    assert [t[0] for t in out] == ["C"]
+    out, zone = _final_phase(dec(a, c), ParticlePattern(128, None), alone)
+    assert [t[0] for t in out] == ["A", "C"] and zone == ""
+
+
+def test_pattern_parameters() -> None:
+    with pytest.raises(AnalysisParameterError, match="pattern_max_px"):
+        ParticleParams(pattern_max_px=-1).validate()
+    with pytest.raises(AnalysisParameterError, match="pattern_taper_nm"):
+        ParticleParams(pattern_taper_nm=0.0).validate()
+    ParticleParams(pattern_max_px=0).validate()  # 0: no diffractograms

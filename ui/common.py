@@ -252,6 +252,21 @@ def get_model() -> Any:
     return _load_model_cached()
 
 
+def pattern_inputs(result: Any) -> dict[str, Any]:
+    """``cards`` and ``model`` for the particles' diffractograms of ``result``
+    (:func:`hrtem_core.particles.image_particles`): the card database and, when the analysis
+    used it, the U-Net. A card database that cannot be read gives no diffractograms (the
+    particles are still found; the pages report the database's error where it is edited)."""
+    from hrtem_core.errors import HRTEMError
+
+    try:
+        cards = load_card_db()
+    except HRTEMError:
+        return {"cards": None, "model": None}
+    model = get_model() if getattr(result.params, "detector", "") == "unet" else None
+    return {"cards": cards, "model": model}
+
+
 # --------------------------------------------------------------------------------------------
 # Uploads -> Micrograph
 # --------------------------------------------------------------------------------------------

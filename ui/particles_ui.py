@@ -28,7 +28,11 @@ def _cached_particles(result: Any, micrograph: Any) -> Any:
     hit = cache.get(k)
     if hit is not None and hit[0] is result:
         return hit[1]
-    extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    from ui.common import pattern_inputs
+
+    extras = image_particles(
+        result, micrograph.data, metadata=micrograph.metadata, **pattern_inputs(result)
+    )
     if len(cache) >= _CACHE_MAX:
         cache.pop(next(iter(cache)))
     cache[k] = (result, extras)
@@ -198,9 +202,10 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
         st.dataframe(table, hide_index=True, width="stretch")
         if (table["phase_status"] == "ambiguous").any():
             st.caption(
-                "A phase written 'a / b' is ambiguous: the particle's windows, pooled, do not tell "
-                "these phases apart (near-twin cells or projection twins, within the calibration "
-                "uncertainty); phase_candidates gives each one's pooled evidence (-log10 K)."
+                "A phase written 'a / b' is ambiguous: neither the particle's windows, pooled, nor "
+                "its whole diffractogram tell these phases apart (near-twin cells or projection "
+                "twins, within the calibration uncertainty); phase_candidates gives each one's "
+                "pooled evidence (-log10 K), pattern_phase what the diffractogram lists."
             )
         st.plotly_chart(size_histogram(table), key=f"{key}_particle_sizes")
         st.caption(

@@ -244,15 +244,20 @@ def _cached_particles(result: Any, micrograph: Any) -> Any:
     import hashlib
 
     from hrtem_core.particles import image_particles
+    from ui.common import pattern_inputs
 
+    inputs = pattern_inputs(result)
     h = hashlib.sha256(memoryview(micrograph.data.tobytes()))
     h.update(pd.util.hash_pandas_object(result.windows.astype(str), index=False).values.tobytes())
-    key = (h.hexdigest(), result.name, result.defocus_nm)
+    digest = getattr(inputs["cards"], "digest", None)
+    key = (h.hexdigest(), result.name, result.defocus_nm, digest)
     cache = st.session_state.setdefault(_PARTICLES_KEY, {})
     if key not in cache:
         if len(cache) >= _PARTICLES_MAX:
             cache.pop(next(iter(cache)))
-        cache[key] = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+        cache[key] = image_particles(
+            result, micrograph.data, metadata=micrograph.metadata, **inputs
+        )
     return cache[key]
 
 

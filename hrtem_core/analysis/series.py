@@ -338,14 +338,19 @@ def _finish_image(
     *,
     estimate: bool,
     find_particles: ParticlesFn | None = None,
+    tables: IndexingTables | None = None,
+    model: SpotModel | None = None,
 ) -> SeriesImage:
-    """The defocus estimate, its label and warning for an analysed image (issue 22)."""
+    """The defocus estimate, its label and warning for an analysed image (issue 22); ``tables``
+    and ``model`` index each particle's diffractogram."""
     if not estimate:
         return SeriesImage(result, source)
     if find_particles is None:
         from hrtem_core.particles import image_particles
 
-        extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+        extras = image_particles(
+            result, micrograph.data, metadata=micrograph.metadata, cards=tables, model=model
+        )
     else:
         extras = find_particles(result, micrograph)
     if source == SOURCE_UNKNOWN:
@@ -418,7 +423,13 @@ def analyze_series_image(
         )
     # A cached result may carry the defocus of an earlier run: this run's defocus wins.
     return _finish_image(
-        m, _with_defocus(result, df), source, estimate=estimate, find_particles=find_particles
+        m,
+        _with_defocus(result, df),
+        source,
+        estimate=estimate,
+        find_particles=find_particles,
+        tables=tables,
+        model=model,
     )
 
 
@@ -668,12 +679,19 @@ def _run_pool(
         progress=progress,
         workers=min(workers, len(todo)),
     )
+    # The particles' diffractograms run here, with the model loaded once.
+    pattern_model = load_spot_model(model, step["params"].detector)
     for (m, df, source), res in zip(todo, found, strict=True):
         try:
             if isinstance(res, BaseException):
                 raise res
             res = _with_defocus(res, df)
-            kw = {"estimate": step["estimate"], "find_particles": step["find_particles"]}
+            kw = {
+                "estimate": step["estimate"],
+                "find_particles": step["find_particles"],
+                "tables": step["tables"],
+                "model": pattern_model,
+            }
             collect.ok(m, _finish_image(m, res, source, **kw))
         except IMAGE_ERRORS as exc:
             collect.fail(m.name, exc)

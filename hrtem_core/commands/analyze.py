@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         result = analyze_image(micrograph, params=params, cards=cards, model=model, progress=bar)
     from hrtem_core.particles import image_particles  # issue 22: particles + defocus estimate
 
-    extras = image_particles(result, micrograph.data, metadata=micrograph.metadata)
+    extras = image_particles(
+        result, micrograph.data, metadata=micrograph.metadata, cards=cards, model=model
+    )
     for w in filter(None, [extras.disagreement]):
         sys.stderr.write(f"warning: {micrograph.name}: {w}\n")
     export_analysis(result, out, image=micrograph.data, particles=extras)
