@@ -5,7 +5,7 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
 
 1. **Window regions**: connected regions (8-connectivity, :func:`skimage.measure.label`) of the
    crystalline-window map; regions of fewer than ``min_windows`` windows are dropped (isolated
-   false detections).
+   false detections) unless a card indexes their diffractogram (step 6).
 2. **The particle's own lattice**: the spot pairs of a region's windows are clustered into
    reflections ``g`` (same ``|g|`` within ``spacing_tol``, same direction within
    ``orientation_tol_deg``; ``g`` and ``-g`` alike).
@@ -56,9 +56,11 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    stays unless the diffractogram shows a plane its card cannot have in any zone (maghemite's
    (110) superstructure reflection excludes magnetite; a 1 % scale never excludes a twin), and
    where the two share no phase every phase of both is listed. Without named windows the
-   diffractogram names the phase alone, and a weak fringe patch whose diffractogram a card
-   indexes is kept (a card explaining a whole pattern with confirmed angles is not the
-   amorphous film). ``pattern_px``, ``pattern_status`` and ``pattern_phase`` report it.
+   diffractogram names the phase alone, and a weak fringe patch, even of a single window,
+   whose diffractogram a card indexes is kept (a card explaining a whole pattern with confirmed
+   angles is not the amorphous film). Candidates within one window of each other whose
+   diffractograms show the same lattice (same card, two shared plane directions) are fragments
+   of one crystal whose middle the windows missed: they are joined (:func:`_merge_fragments`). ``pattern_px``, ``pattern_status`` and ``pattern_phase`` report it.
 
 **Delocalisation halo.** Lattice fringes of ``g`` are displaced in the image by
 ``R(g) = |grad chi| / (2 pi) = |lambda df g + Cs lambda^3 g^3|`` (Lichte, *Ultramicroscopy* 38
@@ -131,7 +133,8 @@ class ParticleParams:
     Attributes
     ----------
     min_windows : int
-        Smallest window region kept (default 2).
+        Smallest window region kept (default 2); with diffractograms, a smaller one is kept
+        when a card indexes its diffractogram.
     min_area_nm2 : float
         Smallest particle area kept [nm^2] (default 6, a 2.8 nm disc: smaller fringe patches
         are mostly false detections in the amorphous film).
@@ -1048,34 +1051,48 @@ def particles_for_result(
         raise AnalysisParameterError(f"image of shape {img.shape} does not match the analysed grid")
     if defocus_nm is None:
         defocus_nm = getattr(result, "defocus_nm", None)
-    labels, fringe_snr, regions = _particle_masks(result, img, params)
+    pattern_of = _pattern_maker(result, img, cards, model, params)
+    # With diffractograms, a region smaller than min_windows is a candidate too: it is kept
+    # only when a card indexes its diffractogram.
+    floor = 1 if pattern_of is not None else params.min_windows
+    labels, fringe_snr, regions = _particle_masks(result, img, params, min_windows=floor)
     window_particle = _windows_to_particles(labels, regions, grid)
+    region_of = {
+        int(lab): next(r for r in regions if int(i) in r.members)
+        for lab in np.unique(window_particle[window_particle > 0])
+        for i in np.flatnonzero(window_particle == lab)[:1]
+    }
+    patterns: dict[int, ParticlePattern] = {}
+    if pattern_of is not None:
+        labels, window_particle, patterns = _merge_fragments(
+            result, labels, window_particle, region_of, fringe_snr, pattern_of, params
+        )
     index = tuple(getattr(result, "index", ()) or ())
     if len(index) == grid.n_windows:  # the statuses that go with the candidates
         status = [wi.status for wi in index]
     else:
         status = [str(v) for v in result.windows.get("status", pd.Series([""] * grid.n_windows))]
     cands = window_candidates(result)
-    pattern_of = _pattern_maker(result, img, cards, model, params)
     props = {int(p.label): p for p in measure.regionprops(labels)}
     window_grain = np.zeros(grid.n_windows, dtype=np.int64)
     new_labels = np.zeros_like(labels)
     rows = []
     for lab in sorted(props):
         members = [int(i) for i in np.flatnonzero(window_particle == lab)]
-        if len(members) < params.min_windows:
+        pattern = patterns.get(lab)
+        if len(members) < params.min_windows and not (pattern is not None and pattern.named):
             window_particle[members] = 0  # (their label could be taken for a later particle id)
             continue
         pid = len(rows) + 1
         new_labels[labels == lab] = pid
-        region = next(r for r in regions if members[0] in r.members)
+        region = region_of[lab]
         grains = _grains(members, region.of_window, min_grain_windows=params.min_grain_windows)
         for i in members:
             window_particle[i] = pid
             window_grain[i] = grains[i]
         row = {"particle_id": pid, "n_windows": len(members)}
         row.update(_geometry_columns(props[lab], result.pixel_size_nm))
-        row.update(_phase_columns(members, cands, status, pattern_of(labels == lab)))
+        row.update(_phase_columns(members, cands, status, pattern))
         row.update(_lattice_columns(members, grains, region, cands, status))
         row.update(
             _size_columns(
@@ -1089,11 +1106,124 @@ def particles_for_result(
     return _kept_particles(rows, new_labels, window_particle, window_grain, params)
 
 
-def _pattern_maker(result: Any, img: np.ndarray, cards: Any, model: Any, params: ParticleParams):
-    """``mask -> ParticlePattern | None`` with the analysis's tables and detector (None without
-    cards or with ``pattern_max_px = 0``)."""
+def _same_lattice(
+    a: ParticlePattern, b: ParticlePattern, *, spacing_tol: float, tol_deg: float
+) -> bool:
+    """Two diffractograms of one lattice: named by the same card, and at least two of the planes
+    its best match explains in ``a``, in directions ``tol_deg`` apart or more, found in ``b`` at
+    the same spacing (``spacing_tol``) and direction (``tol_deg``). Two particles of one phase
+    in random orientations rarely share two directions."""
+    if not (a.named and b.named) or a.index.best.card_id != b.index.best.card_id:
+        return False
+    pa = [p for p, h in zip(a.index.planes, a.index.best.hkl, strict=True) if h is not None]
+    pb = [p for p, h in zip(b.index.planes, b.index.best.hkl, strict=True) if h is not None]
+
+    def apart(x: float, y: float) -> float:
+        d = abs(x - y) % 180.0
+        return min(d, 180.0 - d)
+
+    shared = [
+        p.angle_deg
+        for p in pa
+        if any(
+            abs(q.spacing_nm / p.spacing_nm - 1.0) <= spacing_tol
+            and apart(p.angle_deg, q.angle_deg) <= tol_deg
+            for q in pb
+        )
+    ]
+    return any(apart(x, y) > tol_deg for k, x in enumerate(shared) for y in shared[k + 1 :])
+
+
+def _merge_fragments(
+    result: Any,
+    labels: np.ndarray,
+    window_particle: np.ndarray,
+    region_of: dict[int, _Region],
+    fringe_snr: dict[int, float],
+    pattern_of: Any,
+    params: ParticleParams,
+) -> tuple[np.ndarray, np.ndarray, dict[int, ParticlePattern]]:
+    """Join fragments of one crystal, and index every candidate particle's diffractogram.
+
+    Windows that miss the lattice in a particle's middle (a thickness or transfer minimum) cut
+    it into window regions of its own. Two candidate particles whose masks lie within one window
+    of each other and whose diffractograms show the same lattice (:func:`_same_lattice`: the
+    same card, two shared plane directions) are one crystal: their mask becomes the convex hull
+    of both (a single crystal is convex to first order; pixels of other particles excluded),
+    their windows and reflections are pooled (the reflections clustered again), and the fringe
+    SNR is the larger. Updates ``region_of`` and ``fringe_snr`` in place.
+
+    Returns
+    -------
+    labels, window_particle : ndarray
+        Relabelled (merged ids take the smallest id of their group).
+    patterns : dict
+        Label -> :class:`ParticlePattern` of every candidate with windows.
+    """
+    from skimage.morphology import convex_hull_image
+
+    w = int(result.grid.window_px)
+    ids = [int(v) for v in np.unique(window_particle[window_particle > 0])]
+    patterns = {lab: pattern_of(labels == lab) for lab in ids}
+    named = [lab for lab in ids if patterns[lab].named]
+    parent = {lab: lab for lab in ids}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k, a in enumerate(named):
+        near = ndi.distance_transform_edt(labels != a) <= w
+        for b in named[k + 1 :]:
+            if find(a) == find(b) or not np.any(near & (labels == b)):
+                continue
+            if _same_lattice(
+                patterns[a],
+                patterns[b],
+                spacing_tol=params.spacing_tol,
+                tol_deg=params.orientation_tol_deg,
+            ):
+                parent[find(b)] = find(a)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for lab in ids:
+        groups[find(lab)].append(lab)
+    labels = labels.copy()
+    window_particle = window_particle.copy()
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        keep = min(group)
+        union = np.isin(labels, group)
+        hull = convex_hull_image(union) & ((labels == 0) | union)
+        labels[hull] = keep
+        members = sorted(int(i) for i in np.flatnonzero(np.isin(window_particle, group)))
+        window_particle[members] = keep
+        clusters, of_window = _clusters(
+            result.pairs,
+            members,
+            spacing_tol=params.spacing_tol,
+            tol_deg=params.orientation_tol_deg,
+        )
+        region_of[keep] = _Region(clusters, of_window, members)
+        fringe_snr[keep] = max(fringe_snr.get(lab, float("-inf")) for lab in group)
+        for lab in group:
+            patterns.pop(lab, None)
+            if lab != keep:
+                region_of.pop(lab, None)
+                fringe_snr.pop(lab, None)
+        patterns[keep] = pattern_of(labels == keep)
+    return labels, window_particle, patterns
+
+
+def _pattern_maker(
+    result: Any, img: np.ndarray, cards: Any, model: Any, params: ParticleParams
+) -> Any:
+    """``mask -> ParticlePattern`` with the analysis's tables and detector; None without cards
+    or with ``pattern_max_px = 0``."""
     if cards is None or params.pattern_max_px == 0:
-        return lambda mask: None
+        return None
     from hrtem_core.analysis.image import make_tables
     from hrtem_core.detectors import detector_for
     from hrtem_core.indexing import IndexingTables
@@ -1119,9 +1249,10 @@ def _pattern_maker(result: Any, img: np.ndarray, cards: Any, model: Any, params:
 
 
 def _particle_masks(
-    result: Any, img: np.ndarray, params: ParticleParams
+    result: Any, img: np.ndarray, params: ParticleParams, *, min_windows: int
 ) -> tuple[np.ndarray, dict[int, float], list[_Region]]:
-    """Pixel labels of the candidate particles, their fringe SNR, and the window regions."""
+    """Pixel labels of the candidate particles (window regions of at least ``min_windows``),
+    their fringe SNR, and the window regions."""
     from skimage import measure
 
     grid = result.grid
@@ -1135,7 +1266,7 @@ def _particle_masks(
     regions: list[_Region] = []
     for reg in range(1, int(wlab.max()) + 1):
         members = [int(i) for i in np.flatnonzero(wlab.ravel() == reg)]
-        if len(members) < params.min_windows:
+        if len(members) < min_windows:
             continue
         clusters, of_window = _clusters(
             result.pairs,

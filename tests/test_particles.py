@@ -687,3 +687,49 @@ def test_pattern_parameters() -> None:
     with pytest.raises(AnalysisParameterError, match="pattern_taper_nm"):
         ParticleParams(pattern_taper_nm=0.0).validate()
     ParticleParams(pattern_max_px=0).validate()  # 0: no diffractograms
+
+
+def test_fragments_of_one_crystal_are_joined(cards, monkeypatch) -> None:
+    """Akaganeite [001] whose middle the w = 64 windows miss: two window regions, each with a
+    diffractogram of the same lattice; joined, they are one particle of the right phase."""
+    import hrtem_core.particles as particles_mod
+
+    rng = np.random.default_rng(5)
+    df, d, rot = (
+        float(rng.uniform(-60, -20)),
+        float(rng.uniform(6.5, 9)),
+        float(rng.uniform(0, 180)),
+    )
+    sim, res = _atoms_scene(
+        cards, [("34-1266", (0, 0, 1), d, rot, (256.0, 256.0))], seed=5, df=df, detector="unet"
+    )
+    t = particles_for_result(res, sim.image, cards=cards).table
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row.phase_name, row.phase_status) == ("akaganeite", "indexed")
+    assert math.hypot(row.x_px - 256, row.y_px - 256) * PX < 1.5
+    assert abs(row.equivalent_diameter_nm / d - 1) < 0.35
+    # Not joined, the same analysis gives two particles.
+    monkeypatch.setattr(particles_mod, "_same_lattice", lambda *a, **k: False)
+    assert len(particles_for_result(res, sim.image, cards=cards).table) == 2
+
+
+def test_same_lattice_needs_two_shared_directions() -> None:
+    from types import SimpleNamespace
+
+    from hrtem_core.indexing import MeasuredPlane
+    from hrtem_core.particles import ParticlePattern, _same_lattice
+
+    def pattern(card, planes):
+        pl = tuple(MeasuredPlane(d, a) for d, a in planes)
+        best = SimpleNamespace(card_id=card, hkl=tuple((1, 0, 0) for _ in pl))
+        index = SimpleNamespace(status="indexed", best=best, alternatives=(), planes=pl)
+        return ParticlePattern(256, index)
+
+    a = pattern("A", [(0.50, 10.0), (0.30, 70.0), (0.25, 130.0)])
+    kw = {"spacing_tol": 0.04, "tol_deg": 5.0}
+    assert _same_lattice(a, pattern("A", [(0.505, 12.0), (0.298, 68.0)]), **kw)
+    # One shared direction is not enough; another card, or the lattice turned by 30 deg, no.
+    assert not _same_lattice(a, pattern("A", [(0.50, 10.0), (0.30, 100.0)]), **kw)
+    assert not _same_lattice(a, pattern("B", [(0.50, 10.0), (0.30, 70.0)]), **kw)
+    assert not _same_lattice(a, pattern("A", [(0.50, 40.0), (0.30, 100.0)]), **kw)
