@@ -1160,6 +1160,7 @@ def _merge_fragments(
     patterns : dict
         Label -> :class:`ParticlePattern` of every candidate with windows.
     """
+    from skimage import measure
     from skimage.morphology import convex_hull_image
 
     w = int(result.grid.window_px)
@@ -1174,10 +1175,16 @@ def _merge_fragments(
             x = parent[x]
         return x
 
+    boxes = {int(p.label): p.bbox for p in measure.regionprops(labels)}
     for k, a in enumerate(named):
-        near = ndi.distance_transform_edt(labels != a) <= w
+        # Pixels within one window of a (the distance transform on a's box grown by w).
+        y0, x0, y1, x1 = boxes[a]
+        y0, x0 = max(y0 - w - 1, 0), max(x0 - w - 1, 0)
+        y1, x1 = min(y1 + w + 1, labels.shape[0]), min(x1 + w + 1, labels.shape[1])
+        crop = labels[y0:y1, x0:x1]
+        near = ndi.distance_transform_edt(crop != a) <= w
         for b in named[k + 1 :]:
-            if find(a) == find(b) or not np.any(near & (labels == b)):
+            if find(a) == find(b) or not np.any(near & (crop == b)):
                 continue
             if _same_lattice(
                 patterns[a],
@@ -1196,8 +1203,10 @@ def _merge_fragments(
             continue
         keep = min(group)
         union = np.isin(labels, group)
-        hull = convex_hull_image(union) & ((labels == 0) | union)
-        labels[hull] = keep
+        ys, xs = np.nonzero(union)
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        hull = convex_hull_image(union[box]) & ((labels[box] == 0) | union[box])
+        labels[box][hull] = keep
         members = sorted(int(i) for i in np.flatnonzero(np.isin(window_particle, group)))
         window_particle[members] = keep
         clusters, of_window = _clusters(
