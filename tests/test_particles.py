@@ -40,8 +40,8 @@ def cards():
     return load_cards()
 
 
-def _analyse(image, cards, defocus_nm=None, name="scene.tif"):
-    m = Micrograph(
+def _micrograph(image, defocus_nm=None, name="scene.tif"):
+    return Micrograph(
         data=np.asarray(image, dtype=np.float32),
         pixel_size_nm=(PX, PX),
         reader="simulated",
@@ -50,13 +50,23 @@ def _analyse(image, cards, defocus_nm=None, name="scene.tif"):
         name=name,
         defocus_nm=defocus_nm,
     )
-    res = analysis.analyze_image(m, params=PARAMS, cards=cards)
+
+
+def _analyse(image, cards, defocus_nm=None, name="scene.tif"):
+    res = analysis.analyze_image(_micrograph(image, defocus_nm, name), params=PARAMS, cards=cards)
     return res, particles_for_result(res, image)
 
 
-def _scene(cards, specs, *, seed, df=-50.0):
-    parts = [Particle(cards.phase(c), z, d, rot, ctr) for c, z, d, rot, ctr in specs]
-    sim = simulate_particles(
+def _simulate(cards, specs, *, seed, df, atoms=False):
+    """512 x 512 px at 0.04 nm/px on 3 nm of carbon; ``atoms``: the phases with a structure
+    model (:func:`hrtem_core.simulate.known_structure`) are simulated from their atoms."""
+    from hrtem_core.simulate import known_structure
+
+    parts = [
+        Particle(cards.phase(c), z, d, rot, ctr, structure=known_structure(c) if atoms else None)
+        for c, z, d, rot, ctr in specs
+    ]
+    return simulate_particles(
         parts,
         pixel_size_nm=PX,
         shape=(512, 512),
@@ -64,6 +74,10 @@ def _scene(cards, specs, *, seed, df=-50.0):
         seed=seed,
         support_thickness_nm=3.0,
     )[0]
+
+
+def _scene(cards, specs, *, seed, df=-50.0):
+    sim = _simulate(cards, specs, seed=seed, df=df)
     res, pr = _analyse(sim.image, cards, defocus_nm=df)
     return sim, res, pr
 
@@ -493,31 +507,9 @@ def test_window_candidates_from_the_windows_table(one_particle) -> None:
 
 def _atoms_scene(cards, specs, *, seed, df, detector="classical"):
     """A scene whose structured phases come from their atoms (known_structure), analysed."""
-    from hrtem_core.simulate import known_structure
-
-    parts = [
-        Particle(cards.phase(c), z, d, rot, ctr, structure=known_structure(c))
-        for c, z, d, rot, ctr in specs
-    ]
-    sim = simulate_particles(
-        parts,
-        pixel_size_nm=PX,
-        shape=(512, 512),
-        defocus_nm=df,
-        seed=seed,
-        support_thickness_nm=3.0,
-    )[0]
+    sim = _simulate(cards, specs, seed=seed, df=df, atoms=True)
     params = analysis.AnalysisParams(window_px=64, stride_px=32, detector=detector)
-    m = Micrograph(
-        data=sim.image.astype(np.float32),
-        pixel_size_nm=(PX, PX),
-        reader="simulated",
-        metadata={},
-        warnings=(),
-        name="scene.tif",
-        defocus_nm=df,
-    )
-    return sim, analysis.analyze_image(m, params=params, cards=cards)
+    return sim, analysis.analyze_image(_micrograph(sim.image, df), params=params, cards=cards)
 
 
 def test_pattern_box_sizes() -> None:
@@ -628,16 +620,10 @@ def test_diffractograms_of_the_amorphous_film_keep_nothing(cards) -> None:
             seed=500 + k,
             support_thickness_nm=4.0,
         )[0]
-        m = Micrograph(
-            data=sim.image.astype(np.float32),
-            pixel_size_nm=(PX, PX),
-            reader="simulated",
-            metadata={},
-            warnings=(),
-            name="carbon.tif",
-        )
         params = analysis.AnalysisParams(window_px=64, stride_px=32, detector="unet")
-        res = analysis.analyze_image(m, params=params, cards=cards)
+        res = analysis.analyze_image(
+            _micrograph(sim.image, name="carbon.tif"), params=params, cards=cards
+        )
         found += len(particles_for_result(res, sim.image, cards=cards, defocus_nm=df).table)
     assert found == 0
 

@@ -680,7 +680,7 @@ def _run_pool(
         workers=min(workers, len(todo)),
     )
     # The particles' diffractograms run here, with the model loaded once.
-    pattern_model = load_spot_model(model, step["params"].detector)
+    pattern_model = load_spot_model(model, step["params"].detector) if step["estimate"] else model
     for (m, df, source), res in zip(todo, found, strict=True):
         try:
             if isinstance(res, BaseException):
