@@ -212,11 +212,16 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
             "Sizes are corrected for the delocalisation halo R = |lambda df g + Cs lambda^3 g^3| "
             "of the best-localised strong reflection (raw value in equivalent_diameter_raw_nm)."
         )
+        from hrtem_core import export
+        from ui.results_ui import _bytes_via
+
+        # The CLI's writer: text cells that start like a formula (a card's phase name) escaped.
         st.download_button(
             "particles.csv",
-            table.to_csv(index=False).encode("utf-8"),
+            data=_bytes_via(lambda p: export.write_csv(table, p), "particles.csv"),
             file_name="particles.csv",
             mime="text/csv",
+            on_click="ignore",
             key=f"{key}_particles_csv",
         )
     st.markdown(_defocus_caption(extras))
