@@ -1057,11 +1057,11 @@ def particles_for_result(
     floor = 1 if pattern_of is not None else params.min_windows
     labels, fringe_snr, regions = _particle_masks(result, img, params, min_windows=floor)
     window_particle = _windows_to_particles(labels, regions, grid)
-    region_of = {
-        int(lab): next(r for r in regions if int(i) in r.members)
-        for lab in np.unique(window_particle[window_particle > 0])
-        for i in np.flatnonzero(window_particle == lab)[:1]
-    }
+    # Each candidate's window region: that of its first window (regions share no window).
+    region_by_window = {i: r for r in regions for i in r.members}
+    region_of: dict[int, _Region] = {}
+    for i in np.flatnonzero(window_particle):
+        region_of.setdefault(int(window_particle[i]), region_by_window[int(i)])
     patterns: dict[int, ParticlePattern] = {}
     if pattern_of is not None:
         labels, window_particle, patterns = _merge_fragments(
