@@ -60,7 +60,12 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    whose diffractogram a card indexes is kept (a card explaining a whole pattern with confirmed
    angles is not the amorphous film). Candidates within one window of each other whose
    diffractograms show the same lattice (same card, two shared plane directions) are fragments
-   of one crystal whose middle the windows missed: they are joined (:func:`_merge_fragments`). ``pattern_px``, ``pattern_status`` and ``pattern_phase`` report it.
+   of one crystal whose middle the windows missed: they are joined (:func:`_merge_fragments`).
+   A particle whose outline its windows' footprint cut (a tenth of its edge or more on the
+   footprint's edge: few windows saw it) has its outline redrawn by the rule of step 3 with its
+   diffractogram's indexed reflections and without the footprint limit
+   (:func:`_regrown_outlines`). ``pattern_px``, ``pattern_status`` and ``pattern_phase``
+   report the diffractogram.
 
 **Delocalisation halo.** Lattice fringes of ``g`` are displaced in the image by
 ``R(g) = |grad chi| / (2 pi) = |lambda df g + Cs lambda^3 g^3|`` (Lichte, *Ultramicroscopy* 38
@@ -1067,6 +1072,7 @@ def particles_for_result(
         labels, window_particle, patterns = _merge_fragments(
             result, labels, window_particle, region_of, fringe_snr, pattern_of, params
         )
+        labels = _regrown_outlines(result, img, labels, region_of, patterns, pattern_of, params)
     index = tuple(getattr(result, "index", ()) or ())
     if len(index) == grid.n_windows:  # the statuses that go with the candidates
         status = [wi.status for wi in index]
@@ -1224,6 +1230,114 @@ def _merge_fragments(
                 fringe_snr.pop(lab, None)
         patterns[keep] = pattern_of(labels == keep)
     return labels, window_particle, patterns
+
+
+#: A particle's outline is redrawn from its diffractogram (:func:`_regrown_outlines`) when at
+#: least this fraction of its edge lies on the edge of its windows' footprint: the footprint,
+#: not the fringes, drew it there.
+FOOTPRINT_CUT_FRACTION = 0.1
+
+
+def _pattern_g(pattern: ParticlePattern) -> list[tuple[float, float]]:
+    """``(gy, gx)`` [1/nm] of the planes the diffractogram's best match explains."""
+    out = []
+    for p, h in zip(pattern.index.planes, pattern.index.best.hkl, strict=True):
+        if h is not None:
+            a = math.radians(p.angle_deg)  # angle_deg = atan2(-gy, gx)
+            out.append((-math.sin(a) / p.spacing_nm, math.cos(a) / p.spacing_nm))
+    return out
+
+
+def _cut_fraction(mask: np.ndarray, foot: np.ndarray) -> float:
+    """Fraction of the edge pixels of ``mask`` within one pixel of the edge of ``foot``."""
+    edge = mask & ~ndi.binary_erosion(mask)
+    f_edge = foot & ~ndi.binary_erosion(foot, border_value=1)
+    n = int(edge.sum())
+    return float((edge & ndi.binary_dilation(f_edge)).sum()) / n if n else 0.0
+
+
+def _regrown_outlines(
+    result: Any,
+    img: np.ndarray,
+    labels: np.ndarray,
+    region_of: dict[int, _Region],
+    patterns: dict[int, ParticlePattern],
+    pattern_of: Any,
+    params: ParticleParams,
+) -> np.ndarray:
+    """Redraw the outline of particles that their windows' footprint cut, from their
+    diffractogram.
+
+    A particle whose lattice few windows detected (a large cell whose strongest fringes are too
+    coarse for a ``w``-px window, a weak zone) has its outline cut to those windows' footprint
+    (step 3 of the module docstring), so its size comes out short. When a card indexes its
+    diffractogram and at least :data:`FOOTPRINT_CUT_FRACTION` of its edge lies on the footprint's
+    edge, the fringe amplitude is computed again with the diffractogram's indexed reflections
+    (finer and more complete than the windows') on a square of twice the diffractogram's box
+    around it, thresholded by the same rule (``edge_level`` of the way from the amorphous
+    background, the median outside every crystalline footprint, to the particle's plateau, the
+    95th percentile in its mask; at least 4 robust sigmas above the background), without the
+    footprint limit. The parts that touch the old mask, less other particles' pixels, join it.
+    The new outline is kept only when it stays inside that square (else the threshold
+    flooded into the film) and a card still indexes its diffractogram (else it is not the same
+    crystal); its diffractogram replaces the old one. Updates ``patterns`` in place; returns
+    the new labels.
+    """
+    grid = result.grid
+    py, px = (float(v) for v in result.pixel_size_nm)
+    cry = np.asarray(result.windows["crystalline"], dtype=bool)
+    cry_foot = _footprint(img.shape, grid, np.flatnonzero(cry))
+    ny, nx = img.shape
+    out = labels
+    for lab, pattern in list(patterns.items()):
+        region = region_of.get(lab)
+        mask = out == lab
+        if region is None or not pattern.named or not mask.any():
+            continue
+        if (
+            _cut_fraction(mask, _footprint(img.shape, grid, region.members))
+            < FOOTPRINT_CUT_FRACTION
+        ):
+            continue
+        ys, xs = np.nonzero(mask)
+        n, cy, cx = int(pattern.box_px), round(float(ys.mean())), round(float(xs.mean()))
+        y0, y1, x0, x1 = max(cy - n, 0), min(cy + n, ny), max(cx - n, 0), min(cx + n, nx)
+        crop = img[y0:y1, x0:x1]
+        amp = bragg_amplitude(
+            np.fft.fft2(crop - crop.mean()),
+            _pattern_g(pattern),
+            (py, px),
+            sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
+        )
+        amp = ndi.gaussian_filter(amp, (params.edge_sigma_nm / py, params.edge_sigma_nm / px))
+        sub = mask[y0:y1, x0:x1]
+        film = ~cry_foot[y0:y1, x0:x1]
+        if film.sum() <= 100:
+            continue
+        bg = float(np.median(amp[film]))
+        bg_sd = 1.4826 * float(np.median(np.abs(amp[film] - bg)))
+        fg = float(np.percentile(amp[sub], 95))
+        thr = max(bg + params.edge_level * (fg - bg), bg + 4 * bg_sd)
+        parts, _ = ndi.label(ndi.binary_fill_holes(ndi.binary_opening(amp > thr, iterations=1)))
+        grown = np.isin(parts, np.unique(parts[sub & (parts > 0)])) & (parts > 0)
+        grown = (grown & (out[y0:y1, x0:x1] == 0)) | sub
+        # Flooded: the new outline reaches a side of the square that is not the image's edge.
+        if (
+            (y0 > 0 and grown[0].any())
+            or (y1 < ny and grown[-1].any())
+            or (x0 > 0 and grown[:, 0].any())
+            or (x1 < nx and grown[:, -1].any())
+        ):
+            continue
+        new = np.zeros_like(mask)
+        new[y0:y1, x0:x1] = grown
+        new_pattern = pattern_of(new)
+        if not new_pattern.named:
+            continue
+        out = out.copy() if out is labels else out
+        out[new] = lab
+        patterns[lab] = new_pattern
+    return out
 
 
 def _pattern_maker(

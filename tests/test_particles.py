@@ -586,10 +586,13 @@ def test_diffractogram_keeps_near_twins_it_cannot_separate(cards) -> None:
     assert all(r.pattern_status in ("indexed", "ambiguous") for r in by_truth.values())
 
 
-def test_diffractogram_finds_a_weak_particle(cards) -> None:
+def test_diffractogram_finds_a_weak_particle(cards, monkeypatch) -> None:
     """Akaganeite [001] (a = 1.05 nm): its strong reflections (0.75, 0.53 nm) sit below the
     w = 64 windows' reach, so only two windows see it and none names it; the particle's
-    diffractogram is indexed (akaganeite [001]), which keeps the weak fringe patch."""
+    diffractogram is indexed (akaganeite [001]), which keeps the weak fringe patch, and its
+    reflections redraw the outline that the two windows' footprint cut."""
+    import hrtem_core.particles as particles_mod
+
     sim, res = _atoms_scene(
         cards,
         [("34-1266", (0, 0, 1), 7.0, 20.0, (256.0, 256.0))],
@@ -605,6 +608,11 @@ def test_diffractogram_finds_a_weak_particle(cards) -> None:
     assert row.pattern_status == "indexed"
     p = sim.truth.particles[0]
     assert math.hypot(row.x_px - p.center_px[1], row.y_px - p.center_px[0]) * PX < 1.5
+    assert abs(row.equivalent_diameter_nm / p.diameter_nm - 1) < 0.1
+    # Without the redrawn outline, the footprint of the two windows cuts it short.
+    monkeypatch.setattr(particles_mod, "FOOTPRINT_CUT_FRACTION", 2.0)
+    short = particles_for_result(res, sim.image, cards=cards).table.iloc[0]
+    assert short.equivalent_diameter_nm / p.diameter_nm - 1 < -0.1
 
 
 def test_diffractograms_of_the_amorphous_film_keep_nothing(cards) -> None:
@@ -698,6 +706,21 @@ def test_fragments_of_one_crystal_are_joined(cards, monkeypatch) -> None:
     # Not joined, the same analysis gives two particles.
     monkeypatch.setattr(particles_mod, "_same_lattice", lambda *a, **k: False)
     assert len(particles_for_result(res, sim.image, cards=cards).table) == 2
+
+
+def test_cut_fraction_of_a_mask_on_its_footprint() -> None:
+    """The share of a mask's edge on its footprint's edge: 0 for a disc inside, 1 for the
+    footprint itself, about a quarter for a disc cut on one side."""
+    from hrtem_core.particles import _cut_fraction
+
+    yy, xx = np.mgrid[:200, :200]
+    foot = np.zeros((200, 200), dtype=bool)
+    foot[40:160, 40:160] = True
+    assert _cut_fraction((yy - 100) ** 2 + (xx - 100) ** 2 < 40**2, foot) == 0.0
+    assert _cut_fraction(foot, foot) == pytest.approx(1.0)
+    cut = ((yy - 100) ** 2 + (xx - 60) ** 2 < 40**2) & foot
+    assert 0.15 < _cut_fraction(cut, foot) < 0.45
+    assert _cut_fraction(np.zeros_like(foot), foot) == 0.0
 
 
 def test_same_lattice_needs_two_shared_directions() -> None:
