@@ -62,10 +62,18 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    diffractograms show the same lattice (same card, two shared plane directions) are fragments
    of one crystal whose middle the windows missed: they are joined (:func:`_merge_fragments`).
    A particle whose outline its windows' footprint cut (a tenth of its edge or more on the
-   footprint's edge: few windows saw it) has its outline redrawn by the rule of step 3 with its
-   diffractogram's indexed reflections and without the footprint limit
-   (:func:`_regrown_outlines`). ``pattern_px``, ``pattern_status`` and ``pattern_phase``
+   footprint's edge), or a weak patch kept for its diffractogram, has its outline redrawn by
+   the rule of step 3 with its diffractogram's indexed reflections and without the footprint
+   limit (:func:`_regrown_outlines`). ``pattern_px``, ``pattern_status`` and ``pattern_phase``
    report the diffractogram.
+7. **Particles no window region gave** (with the cards; ``coarse_windows``): the image is
+   scanned again with windows of ``2 w`` at stride ``w``; windows a card names, over no
+   particle yet, seed candidates whose diffractogram must be named, whose outline is drawn
+   from it and whose new diffractogram must be named again (:func:`_coarse_particles`). A
+   lattice whose strong planes are coarse for the window (akaganeite's 0.75 nm at w = 64 and
+   0.04 nm/px) can leave a particle without one crystalline window. Such a particle reports
+   ``n_windows = 0`` (or the weak windows it absorbed) and its reflections are its
+   diffractogram's.
 
 **Delocalisation halo.** Lattice fringes of ``g`` are displaced in the image by
 ``R(g) = |grad chi| / (2 pi) = |lambda df g + Cs lambda^3 g^3|`` (Lichte, *Ultramicroscopy* 38
@@ -183,6 +191,9 @@ class ParticleParams:
         Largest box of a particle's diffractogram [px] (default 512; 0: no diffractogram).
     pattern_taper_nm : float
         Soft edge of the diffractogram's particle mask [nm] (Gaussian sigma, default 0.3).
+    coarse_windows : bool
+        Look for particles that no crystalline window saw with windows twice as large
+        (:func:`_coarse_particles`; default True; needs the cards, as the diffractograms).
     """
 
     min_windows: int = 2
@@ -199,6 +210,7 @@ class ParticleParams:
     strong_support_windows: int = 5
     pattern_max_px: int = 512
     pattern_taper_nm: float = 0.3
+    coarse_windows: bool = True
 
     def validate(self) -> None:
         """Raise :class:`AnalysisParameterError` for an invalid value."""
@@ -222,6 +234,10 @@ class ParticleParams:
             )
         if not (0.0 < float(self.edge_level) < 1.0):
             raise AnalysisParameterError(f"edge_level must be in (0, 1), got {self.edge_level!r}")
+        if not isinstance(self.coarse_windows, bool | np.bool_):
+            raise AnalysisParameterError(
+                f"coarse_windows must be True or False, got {self.coarse_windows!r}"
+            )
         for name in (
             "min_area_nm2",
             "spacing_tol",
@@ -340,6 +356,7 @@ def bragg_amplitude(
     pixel_size_nm: tuple[float, float],
     *,
     sigma_nm_inv: float,
+    smooth_nm: float | None = None,
 ) -> np.ndarray:
     """Local fringe amplitude of the reflections ``g_list`` [(gy, gx) 1/nm], quadrature sum.
 
@@ -348,8 +365,10 @@ def bragg_amplitude(
     transform is the amplitude envelope of its fringes. The envelope is band-limited (to about
     ``4 sigma``), so it is computed by demodulation: the spectrum block around ``+g`` is shifted to
     the origin and inverse-transformed on a coarse grid (cost independent of the image size), then
-    interpolated back (linear) to every pixel. Returns shape (ny, nx), float64, in the units of
-    a full-size inverse transform.
+    interpolated back (linear) to every pixel. ``smooth_nm``: the amplitude is then smoothed by a
+    Gaussian of that sigma [nm], on the coarse grid (periodic, like the transform; a full-size
+    filter of a 1000 px box costs 0.1 s, this one nothing). Returns shape (ny, nx), float64, in
+    the units of a full-size inverse transform.
     """
     ny, nx = spectrum.shape
     # Block half-widths in FFT pixels (4 sigma), the coarse grid at least twice that.
@@ -368,7 +387,10 @@ def bragg_amplitude(
         for gy, gx in g_list:
             g = np.exp(-((fy - gy) ** 2 + (fx - gx) ** 2) / (2 * sigma_nm_inv**2))
             total += np.abs(np.fft.ifft2(spectrum * g)) ** 2
-        return np.sqrt(total)
+        if smooth_nm is None:
+            return np.sqrt(total)
+        sig = [float(smooth_nm) / p for p in pixel_size_nm]
+        return ndi.gaussian_filter(np.sqrt(total), sig, mode="wrap")
     ky = np.fft.fftfreq(m[0], d=1.0 / m[0]).astype(int)  # block offsets, FFT order
     kx = np.fft.fftfreq(m[1], d=1.0 / m[1]).astype(int)
     coarse = np.zeros((m[0], m[1]))
@@ -384,16 +406,36 @@ def bragg_amplitude(
         env = np.fft.ifft2(block * gauss) * (m[0] * m[1]) / (ny * nx)
         coarse += np.abs(env) ** 2
     coarse = np.sqrt(coarse)
-    # Coarse sample j sits at pixel j * n / m; periodic linear interpolation back to (ny, nx).
-    yy = np.arange(ny) * m[0] / ny
-    xx = np.arange(nx) * m[1] / nx
+    if smooth_nm is not None:  # sigma in coarse samples: one is n / m px
+        sig = [
+            float(smooth_nm) / p * mm / n
+            for p, mm, n in zip(pixel_size_nm, m, (ny, nx), strict=True)
+        ]
+        coarse = ndi.gaussian_filter(coarse, sig, mode="wrap")
+    # Coarse sample j sits at pixel j * n / m; periodic linear interpolation back to (ny, nx),
+    # one axis after the other (bilinear interpolation is separable).
     padded = np.pad(coarse, ((0, 1), (0, 1)), mode="wrap")
-    return ndi.map_coordinates(padded, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+    yy = np.arange(ny) * m[0] / ny
+    iy = np.minimum(yy.astype(int), m[0] - 1)
+    ty = (yy - iy)[:, None]
+    rows = padded[iy] * (1.0 - ty) + padded[iy + 1] * ty
+    xx = np.arange(nx) * m[1] / nx
+    ix = np.minimum(xx.astype(int), m[1] - 1)
+    tx = (xx - ix)[None, :]
+    return rows[:, ix] * (1.0 - tx) + rows[:, ix + 1] * tx
 
 
 # --------------------------------------------------------------------------------------------
 # Grouping
 # --------------------------------------------------------------------------------------------
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: background parts that do not reach the border (as
+    :func:`scipy.ndimage.binary_fill_holes`, by one labelling instead of repeated dilations)."""
+    bg, _ = ndi.label(~mask)
+    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    return mask | ((bg > 0) & ~np.isin(bg, edge))
 
 
 def _split_touching(
@@ -1092,6 +1134,7 @@ def particles_for_result(
     if defocus_nm is None:
         defocus_nm = getattr(result, "defocus_nm", None)
     pattern_of = _pattern_maker(result, img, cards, model, params)
+    film = _film(result, img.shape)
     # With diffractograms, a region smaller than min_windows is a candidate too: it is kept
     # only when a card indexes its diffractogram.
     floor = 1 if pattern_of is not None else params.min_windows
@@ -1107,14 +1150,36 @@ def particles_for_result(
         labels, window_particle, patterns = _merge_fragments(
             result, labels, window_particle, region_of, fringe_snr, pattern_of, params
         )
-        labels = _regrown_outlines(result, img, labels, region_of, patterns, pattern_of, params)
+        labels = _regrown_outlines(
+            result,
+            img,
+            labels,
+            window_particle,
+            region_of,
+            patterns,
+            fringe_snr,
+            pattern_of,
+            params,
+        )
+        if params.coarse_windows:
+            labels, window_particle = _coarse_particles(
+                result,
+                img,
+                labels,
+                window_particle,
+                film,
+                pattern_of,
+                params,
+                patterns,
+                region_of,
+                fringe_snr,
+            )
     index = tuple(getattr(result, "index", ()) or ())
     if len(index) == grid.n_windows:  # the statuses that go with the candidates
         status = [wi.status for wi in index]
     else:
         status = [str(v) for v in result.windows.get("status", pd.Series([""] * grid.n_windows))]
     cands = window_candidates(result)
-    film = ~_footprint(img.shape, grid, np.flatnonzero(np.asarray(result.windows["crystalline"])))
     props = {int(p.label): p for p in measure.regionprops(labels)}
     window_grain = np.zeros(grid.n_windows, dtype=np.int64)
     new_labels = np.zeros_like(labels)
@@ -1303,100 +1368,181 @@ def _pattern_g(pattern: ParticlePattern) -> list[tuple[float, float]]:
 
 def _cut_fraction(mask: np.ndarray, foot: np.ndarray) -> float:
     """Fraction of the edge pixels of ``mask`` within one pixel of the edge of ``foot``."""
-    edge = mask & ~ndi.binary_erosion(mask)
-    f_edge = foot & ~ndi.binary_erosion(foot, border_value=1)
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return 0.0
+    # On the mask's box grown by 2 px: what lies within 1 px of its edge is the same as on the
+    # whole image (outside the box, border_value=1 takes the footprint as going on).
+    y0, y1 = max(int(ys.min()) - 2, 0), int(ys.max()) + 3
+    x0, x1 = max(int(xs.min()) - 2, 0), int(xs.max()) + 3
+    m, f = mask[y0:y1, x0:x1], foot[y0:y1, x0:x1]
+    edge = m & ~ndi.binary_erosion(m)
+    f_edge = f & ~ndi.binary_erosion(f, border_value=1)
     n = int(edge.sum())
     return float((edge & ndi.binary_dilation(f_edge)).sum()) / n if n else 0.0
+
+
+def _film(result: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels outside every crystalline window's footprint (the amorphous film's background)."""
+    cry = np.flatnonzero(np.asarray(result.windows["crystalline"], dtype=bool))
+    return ~_footprint(shape, result.grid, cry)
+
+
+def _outline_from_pattern(
+    img: np.ndarray,
+    mask: np.ndarray,
+    pattern: ParticlePattern,
+    labels: np.ndarray,
+    film: np.ndarray,
+    params: ParticleParams,
+    pixel_size_nm: tuple[float, float],
+) -> tuple[np.ndarray, float] | None:
+    """The outline of a particle from its diffractogram's indexed reflections, grown from
+    ``mask``, and its fringe SNR; None when it floods into the film or no film is near.
+
+    The Bragg amplitude of the reflections (the filter of step 3) on a square of twice the
+    diffractogram's box around ``mask`` is thresholded by the rule of step 3 (``edge_level`` of
+    the way from the film's median to the 95th percentile in ``mask``, at least 4 robust sigmas
+    above the film); the parts touching ``mask``, less other particles' pixels (``labels``),
+    join it. An outline reaching a side of the square that is not the image's edge flooded.
+    """
+    py, px = pixel_size_nm
+    ny, nx = img.shape
+    ys, xs = np.nonzero(mask)
+    n, cy, cx = int(pattern.box_px), round(float(ys.mean())), round(float(xs.mean()))
+    y0, y1, x0, x1 = max(cy - n, 0), min(cy + n, ny), max(cx - n, 0), min(cx + n, nx)
+    bg_px = film[y0:y1, x0:x1]
+    if bg_px.sum() <= 100:
+        return None
+    crop = img[y0:y1, x0:x1]
+    amp = bragg_amplitude(
+        np.fft.fft2(crop - crop.mean()),
+        _pattern_g(pattern),
+        (py, px),
+        sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
+        smooth_nm=params.edge_sigma_nm,
+    )
+    sub = mask[y0:y1, x0:x1]
+    bg = float(np.median(amp[bg_px]))
+    bg_sd = 1.4826 * float(np.median(np.abs(amp[bg_px] - bg)))
+    fg = float(np.percentile(amp[sub], 95))
+    thr = max(bg + params.edge_level * (fg - bg), bg + 4 * bg_sd)
+    parts, _ = ndi.label(_fill_holes(ndi.binary_opening(amp > thr, iterations=1)))
+    grown = np.isin(parts, np.unique(parts[sub & (parts > 0)])) & (parts > 0)
+    grown = (grown & (labels[y0:y1, x0:x1] == 0)) | sub
+    if (
+        (y0 > 0 and grown[0].any())
+        or (y1 < ny and grown[-1].any())
+        or (x0 > 0 and grown[:, 0].any())
+        or (x1 < nx and grown[:, -1].any())
+    ):
+        return None
+    new = np.zeros_like(mask)
+    new[y0:y1, x0:x1] = grown
+    snr = (float(np.median(amp[grown])) - bg) / max(bg_sd, 1e-12)
+    return new, snr
 
 
 def _regrown_outlines(
     result: Any,
     img: np.ndarray,
     labels: np.ndarray,
+    window_particle: np.ndarray,
     region_of: dict[int, _Region],
     patterns: dict[int, ParticlePattern],
+    fringe_snr: dict[int, float],
     pattern_of: Any,
     params: ParticleParams,
 ) -> np.ndarray:
-    """Redraw the outline of particles that their windows' footprint cut, from their
-    diffractogram.
+    """Redraw the outline of particles that their windows' footprint cut, or that are weak
+    patches, from their diffractogram.
 
     A particle whose lattice few windows detected (a large cell whose strongest fringes are too
     coarse for a ``w``-px window, a weak zone) has its outline cut to those windows' footprint
-    (step 3 of the module docstring), so its size comes out short. When a card indexes its
-    diffractogram and at least :data:`FOOTPRINT_CUT_FRACTION` of its edge lies on the footprint's
-    edge, the fringe amplitude is computed again with the diffractogram's indexed reflections
-    (finer and more complete than the windows') on a square of twice the diffractogram's box
-    around it, thresholded by the same rule (``edge_level`` of the way from the amorphous
-    background, the median outside every crystalline footprint, to the particle's plateau, the
-    95th percentile in its mask; at least 4 robust sigmas above the background), without the
-    footprint limit. The parts that touch the old mask, less other particles' pixels, join it.
-    The new outline is kept only when it stays inside that square (else the threshold
-    flooded into the film) and a card still indexes its diffractogram (else it is not the same
-    crystal); its diffractogram replaces the old one. Updates ``patterns`` in place; returns
-    the new labels.
+    (step 3 of the module docstring), or drawn by their few weak reflections, so its size comes
+    out short. When a card indexes its diffractogram and at least
+    :data:`FOOTPRINT_CUT_FRACTION` of its edge lies on the footprint's edge, or the particle is
+    a weak patch (fewer than ``strong_support_windows`` windows and ``fringe_snr`` under
+    ``min_fringe_snr``: kept only for its diffractogram), the fringe amplitude is computed again
+    with the diffractogram's indexed reflections (finer and more complete than the windows')
+    on a square of twice the diffractogram's box around it, thresholded by the same rule
+    (``edge_level`` of the way from the amorphous background, the median outside every
+    crystalline footprint, to the particle's plateau, the 95th percentile in its mask; at least
+    4 robust sigmas above the background), without the footprint limit
+    (:func:`_outline_from_pattern`). The parts that touch the old mask, less other particles'
+    pixels, join it. The new outline is kept only when it stays inside that square (else the
+    threshold flooded into the film) and a card still indexes its diffractogram (else it is not
+    the same crystal); its diffractogram replaces the old one, and its fringe SNR is that of
+    the diffractogram's reflections; so are its reflections (its size, orientation and halo
+    come from them; one grain). Updates ``patterns``, ``fringe_snr`` and ``region_of`` in place;
+    returns the new labels.
     """
     grid = result.grid
     py, px = (float(v) for v in result.pixel_size_nm)
-    cry = np.asarray(result.windows["crystalline"], dtype=bool)
-    cry_foot = _footprint(img.shape, grid, np.flatnonzero(cry))
-    ny, nx = img.shape
+    film = _film(result, img.shape)
+    n_win = Counter(int(v) for v in window_particle[window_particle > 0])
     out = labels
     for lab, pattern in list(patterns.items()):
         region = region_of.get(lab)
         mask = out == lab
         if region is None or not pattern.named or not mask.any():
             continue
-        if (
+        weak = (
+            n_win[lab] < params.strong_support_windows
+            and fringe_snr.get(lab, 0.0) < params.min_fringe_snr
+        )
+        if not weak and (
             _cut_fraction(mask, _footprint(img.shape, grid, region.members))
             < FOOTPRINT_CUT_FRACTION
         ):
             continue
-        ys, xs = np.nonzero(mask)
-        n, cy, cx = int(pattern.box_px), round(float(ys.mean())), round(float(xs.mean()))
-        y0, y1, x0, x1 = max(cy - n, 0), min(cy + n, ny), max(cx - n, 0), min(cx + n, nx)
-        crop = img[y0:y1, x0:x1]
-        amp = bragg_amplitude(
-            np.fft.fft2(crop - crop.mean()),
-            _pattern_g(pattern),
-            (py, px),
-            sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
-        )
-        amp = ndi.gaussian_filter(amp, (params.edge_sigma_nm / py, params.edge_sigma_nm / px))
-        sub = mask[y0:y1, x0:x1]
-        film = ~cry_foot[y0:y1, x0:x1]
-        if film.sum() <= 100:
+        grown = _outline_from_pattern(img, mask, pattern, out, film, params, (py, px))
+        if grown is None:
             continue
-        bg = float(np.median(amp[film]))
-        bg_sd = 1.4826 * float(np.median(np.abs(amp[film] - bg)))
-        fg = float(np.percentile(amp[sub], 95))
-        thr = max(bg + params.edge_level * (fg - bg), bg + 4 * bg_sd)
-        parts, _ = ndi.label(ndi.binary_fill_holes(ndi.binary_opening(amp > thr, iterations=1)))
-        grown = np.isin(parts, np.unique(parts[sub & (parts > 0)])) & (parts > 0)
-        grown = (grown & (out[y0:y1, x0:x1] == 0)) | sub
-        # Flooded: the new outline reaches a side of the square that is not the image's edge.
-        if (
-            (y0 > 0 and grown[0].any())
-            or (y1 < ny and grown[-1].any())
-            or (x0 > 0 and grown[:, 0].any())
-            or (x1 < nx and grown[:, -1].any())
-        ):
-            continue
-        new = np.zeros_like(mask)
-        new[y0:y1, x0:x1] = grown
+        new = grown[0]
         new_pattern = pattern_of(new)
         if not new_pattern.named:
             continue
         out = out.copy() if out is labels else out
         out[new] = lab
         patterns[lab] = new_pattern
+        fringe_snr[lab] = grown[1]
+        # Its reflections are now the diffractogram's: they drew the outline, and they size it.
+        region_of[lab] = _Region(_pattern_clusters(new_pattern), {}, list(region.members))
     return out
+
+
+@dataclass(frozen=True)
+class _PatternMaker:
+    """``mask -> ParticlePattern`` with the analysis's image, tables and detector."""
+
+    img: np.ndarray = field(repr=False)
+    tables: Any = field(repr=False)
+    detector: Any = field(repr=False)
+    pixel_size_nm: tuple[float, float]
+    window_px: int
+    d_min_nm: float
+    max_px: int
+    taper_nm: float
+
+    def __call__(self, mask: np.ndarray) -> ParticlePattern:
+        return particle_pattern(
+            self.img,
+            mask,
+            pixel_size_nm=self.pixel_size_nm,
+            tables=self.tables,
+            detector=self.detector,
+            window_px=self.window_px,
+            d_min_nm=self.d_min_nm,
+            max_px=self.max_px,
+            taper_nm=self.taper_nm,
+        )
 
 
 def _pattern_maker(
     result: Any, img: np.ndarray, cards: Any, model: Any, params: ParticleParams
-) -> Any:
-    """``mask -> ParticlePattern`` with the analysis's tables and detector; None without cards
+) -> _PatternMaker | None:
+    """The diffractograms' maker with the analysis's tables and detector; None without cards
     or with ``pattern_max_px = 0``."""
     if cards is None or params.pattern_max_px == 0:
         return None
@@ -1405,23 +1551,133 @@ def _pattern_maker(
     from hrtem_core.indexing import IndexingTables
 
     ap = result.params
-    tables = cards if isinstance(cards, IndexingTables) else make_tables(cards, ap)
-    detector = detector_for(ap.detector, model=model)
+    return _PatternMaker(
+        img=img,
+        tables=cards if isinstance(cards, IndexingTables) else make_tables(cards, ap),
+        detector=detector_for(ap.detector, model=model),
+        pixel_size_nm=tuple(float(v) for v in result.pixel_size_nm),
+        window_px=int(result.grid.window_px),
+        d_min_nm=float(ap.d_min_nm),
+        max_px=int(params.pattern_max_px),
+        taper_nm=float(params.pattern_taper_nm),
+    )
 
-    def pattern_of(mask: np.ndarray) -> ParticlePattern:
-        return particle_pattern(
-            img,
-            mask,
-            pixel_size_nm=result.pixel_size_nm,
-            tables=tables,
-            detector=detector,
-            window_px=int(result.grid.window_px),
-            d_min_nm=float(ap.d_min_nm),
-            max_px=int(params.pattern_max_px),
-            taper_nm=float(params.pattern_taper_nm),
+
+def _pattern_clusters(pattern: ParticlePattern) -> list[_Cluster]:
+    """The reflections its best match explains, as a region's reflections (weight: the peak
+    magnitude)."""
+    return [
+        _Cluster(gy, gx, max(float(p.intensity), 1e-12), set())
+        for (gy, gx), p in zip(
+            _pattern_g(pattern),
+            [p for p, h in zip(pattern.index.planes, pattern.index.best.hkl, strict=True) if h],
+            strict=True,
         )
+    ]
 
-    return pattern_of
+
+def _coarse_particles(
+    result: Any,
+    img: np.ndarray,
+    labels: np.ndarray,
+    window_particle: np.ndarray,
+    film: np.ndarray,
+    make: _PatternMaker,
+    params: ParticleParams,
+    patterns: dict[int, ParticlePattern],
+    region_of: dict[int, _Region],
+    fringe_snr: dict[int, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Particles that no window region gave, found with windows twice as large.
+
+    A lattice whose strong planes are coarse for the analysis window (akaganeite's 0.75 and
+    0.53 nm planes are 3.4 and 4.9 FFT px from the centre of a 64 px window at 0.04 nm/px), or a
+    weak zone, can leave a particle with no crystalline window, or a few that name nothing, so
+    steps 1-6 drop it. The image is scanned again with windows of ``2 w`` at stride ``w`` (the
+    analysis's detector and indexing tables). A window that a card names (``indexed`` or
+    ``ambiguous``) and whose central ``w x w`` square holds no particle that is kept anyway (a
+    named diffractogram, or ``strong_support_windows`` windows, or ``fringe_snr`` of
+    ``min_fringe_snr``) seeds a candidate: 8-connected such windows together, their central
+    squares its first mask. Its diffractogram must be named; its outline is grown from that
+    diffractogram's reflections (:func:`_outline_from_pattern`) and must not touch a kept
+    particle (it would be a halo of it); the new outline's diffractogram must be named again.
+    Weak candidates it covers (which would be dropped) are absorbed: their windows become its
+    windows. Its reflections are its diffractogram's. Updates ``patterns``, ``region_of`` and
+    ``fringe_snr`` in place; returns the new labels and window -> particle map.
+    """
+    from skimage import measure
+
+    from hrtem_core.indexing import index_windows
+    from hrtem_core.windows import window_grid
+
+    w = int(result.grid.window_px)
+    if min(img.shape) < 2 * w:
+        return labels, window_particle
+    n_win = Counter(int(v) for v in window_particle[window_particle > 0])
+    kept = [
+        lab
+        for lab in np.unique(labels[labels > 0])
+        if (patterns.get(int(lab)) is not None and patterns[int(lab)].named)
+        or (
+            n_win[int(lab)] >= params.min_windows
+            and (
+                n_win[int(lab)] >= params.strong_support_windows
+                or fringe_snr.get(int(lab), 0.0) >= params.min_fringe_snr
+            )
+        )
+    ]
+    grid = window_grid(img.shape, window_px=2 * w, stride_px=w)
+    pairs = make.detector.pairs_in_image(
+        img, grid, rows=None, pixel_size_nm=make.pixel_size_nm, d_min_nm=make.d_min_nm
+    )
+    index = index_windows([tuple(p) for p in pairs], make.tables)
+    origins = np.asarray(grid.origins, dtype=int)
+    h = w // 2
+    taken = np.isin(labels, kept)
+    free = np.zeros(grid.n_windows, dtype=bool)
+    for k, wi in enumerate(index):
+        y0, x0 = origins[k] + h
+        free[k] = wi.named and not taken[y0 : y0 + w, x0 : x0 + w].any()
+    groups = measure.label(free.reshape(grid.n_rows, grid.n_cols), connectivity=2).ravel()
+    out, wp = labels, window_particle
+    for g in range(1, int(groups.max()) + 1):
+        seed = np.zeros(img.shape, dtype=bool)
+        for k in np.flatnonzero(groups == g):
+            y0, x0 = origins[k] + h
+            seed[y0 : y0 + w, x0 : x0 + w] = True
+        seed &= ~taken
+        if not seed.any():
+            continue
+        pattern = make(seed)
+        if not pattern.named:
+            continue
+        # Other particles' pixels: the kept ones block the outline, the weak ones do not.
+        blocking = np.where(taken, out, 0)
+        grown = _outline_from_pattern(
+            img, seed, pattern, blocking, film, params, make.pixel_size_nm
+        )
+        if grown is None or (ndi.binary_dilation(grown[0], iterations=2) & taken).any():
+            continue
+        new_pattern = make(grown[0])
+        if not new_pattern.named:
+            continue
+        out = out.copy() if out is labels else out
+        wp = wp.copy() if wp is window_particle else wp
+        lab = int(out.max()) + 1
+        absorbed = [int(v) for v in np.unique(out[grown[0] & (out > 0)])]
+        for old in absorbed:
+            out[out == old] = 0
+            wp[wp == old] = lab
+            for d in (patterns, region_of, fringe_snr):
+                d.pop(old, None)
+        out[grown[0]] = lab
+        taken |= grown[0]
+        patterns[lab] = new_pattern
+        region_of[lab] = _Region(
+            _pattern_clusters(new_pattern), {}, [int(i) for i in np.flatnonzero(wp == lab)]
+        )
+        fringe_snr[lab] = grown[1]
+    return out, wp
 
 
 def _particle_masks(
@@ -1457,7 +1713,7 @@ def _particle_masks(
         foot = _footprint(img.shape, grid, members)
         amp, bg, bg_sd, fg = _region_amplitude(img, foot, cry_foot, clusters, result, params)
         thr = max(bg + params.edge_level * (fg - bg), bg + 4 * bg_sd)
-        mask = ndi.binary_fill_holes(ndi.binary_opening((amp > thr) & foot, iterations=1))
+        mask = _fill_holes(ndi.binary_opening((amp > thr) & foot, iterations=1))
         plab, n_p = _split_touching(
             amp,
             mask,
@@ -1514,8 +1770,8 @@ def _region_amplitude(
         [(c.gy, c.gx) for c in strong],
         (py, px),
         sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
+        smooth_nm=params.edge_sigma_nm,
     )
-    amp_c = ndi.gaussian_filter(amp_c, (params.edge_sigma_nm / py, params.edge_sigma_nm / px))
     amp = np.zeros((ny, nx))
     amp[y0c:y1c, x0c:x1c] = amp_c
     in_crop = np.zeros((ny, nx), dtype=bool)
@@ -1546,7 +1802,11 @@ def _windows_to_particles(labels: np.ndarray, regions: list[_Region], grid: Any)
 
 
 def _used_reflections(members: list[int], region: _Region) -> list[int]:
-    """The particle's reflections (cluster ids), strongest first (summed SNR over its windows)."""
+    """The particle's reflections (cluster ids), strongest first (summed SNR over its windows;
+    a particle whose reflections are its diffractogram's, :func:`_coarse_particles`: all of
+    them, by weight)."""
+    if not region.of_window:
+        return sorted(range(len(region.clusters)), key=lambda ci: -region.clusters[ci].weight)
     mine: Counter = Counter()
     for i in members:
         for ci in region.of_window.get(i, ()):
@@ -1579,6 +1839,8 @@ def _lattice_columns(
     used = _used_reflections(members, region)
     n_grains = max(grains.values()) if grains else 0
     g_orient: list[float] = []
+    if not region.of_window and used:  # one diffractogram, one lattice (:func:`_coarse_particles`)
+        n_grains, g_orient = 1, [round(region.clusters[used[0]].angle_deg, 1)]
     grain_windows = [[i for i in members if grains[i] == gi] for gi in range(1, n_grains + 1)]
     for gw in grain_windows:
         cnt = Counter(ci for i in gw for ci in region.of_window.get(i, ()))
@@ -1683,7 +1945,7 @@ def _reflection_size(
     crop = img[y0:y1, x0:x1]
     spectrum = np.fft.fft2(crop - crop.mean())
     sub = mask[y0:y1, x0:x1]
-    near = ndi.binary_dilation(sub, iterations=max(margin_px // 2, 1))
+    near = ndi.distance_transform_edt(~sub) <= max(margin_px // 2, 1)
     near &= (labels[y0:y1, x0:x1] == 0) | sub
     min_snr = 4.0 / params.edge_level
     found = []
@@ -1694,16 +1956,14 @@ def _reflection_size(
             [(c.gy, c.gx)],
             (py, px),
             sigma_nm_inv=1.0 / (2 * math.pi * params.edge_sigma_nm),
+            smooth_nm=params.edge_sigma_nm,
         )
-        amp = ndi.gaussian_filter(amp, (params.edge_sigma_nm / py, params.edge_sigma_nm / px))
         bg = float(np.median(amp[bg_px]))
         sd = 1.4826 * float(np.median(np.abs(amp[bg_px] - bg)))
         fg = float(np.percentile(amp[sub], 95))
         if sd <= 0 or fg - bg < min_snr * sd:
             continue
-        parts, _ = ndi.label(
-            ndi.binary_fill_holes((amp > bg + params.edge_level * (fg - bg)) & near)
-        )
+        parts, _ = ndi.label(_fill_holes((amp > bg + params.edge_level * (fg - bg)) & near))
         own = np.isin(parts, np.unique(parts[sub & (parts > 0)])) & (parts > 0)
         if not own.any():
             continue

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 
 from hrtem_core import analysis
 from hrtem_core.cards import load_cards
@@ -610,7 +611,7 @@ def test_diffractogram_finds_a_weak_particle(cards, monkeypatch) -> None:
     assert math.hypot(row.x_px - p.center_px[1], row.y_px - p.center_px[0]) * PX < 1.5
     assert abs(row.equivalent_diameter_nm / p.diameter_nm - 1) < 0.1
     # Without the redrawn outline, the footprint of the two windows cuts it short.
-    monkeypatch.setattr(particles_mod, "FOOTPRINT_CUT_FRACTION", 2.0)
+    monkeypatch.setattr(particles_mod, "_regrown_outlines", lambda result, img, labels, *a: labels)
     short = particles_for_result(res, sim.image, cards=cards).table.iloc[0]
     assert short.equivalent_diameter_nm / p.diameter_nm - 1 < -0.1
 
@@ -768,6 +769,46 @@ def test_cut_fraction_of_a_mask_on_its_footprint() -> None:
     cut = ((yy - 100) ** 2 + (xx - 60) ** 2 < 40**2) & foot
     assert 0.15 < _cut_fraction(cut, foot) < 0.45
     assert _cut_fraction(np.zeros_like(foot), foot) == 0.0
+
+
+def test_particle_without_a_crystalline_window_is_found_with_larger_windows(cards) -> None:
+    """Akaganeite [001] at -22 nm: no w = 64 window is crystalline on it (its strong planes,
+    0.75 and 0.53 nm, are 3.4 and 4.9 FFT px from the centre), so the windows give no particle;
+    the 128 px windows of the coarse pass name it, and its diffractogram draws and names it."""
+    rng = np.random.default_rng(10)
+    df, d, rot = (
+        float(rng.uniform(-60, -20)),
+        float(rng.uniform(6.5, 9)),
+        float(rng.uniform(0, 180)),
+    )
+    sim, res = _atoms_scene(
+        cards, [("34-1266", (0, 0, 1), d, rot, (256.0, 256.0))], seed=10, df=df, detector="unet"
+    )
+    off = ParticleParams(coarse_windows=False)
+    assert len(particles_for_result(res, sim.image, cards=cards, params=off).table) == 0
+    t = particles_for_result(res, sim.image, cards=cards).table
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row.phase_name, row.phase_status, row.zone_axis) == ("akaganeite", "indexed", "0 0 1")
+    assert row.n_windows == 0 and row.n_grains == 1 and row.pattern_status == "indexed"
+    assert math.hypot(row.x_px - 256, row.y_px - 256) * PX < 1.5
+    assert abs(row.equivalent_diameter_nm / d - 1) < 0.2
+    assert math.isfinite(row.orientation_deg)
+
+
+def test_coarse_windows_parameter() -> None:
+    with pytest.raises(AnalysisParameterError, match="coarse_windows"):
+        ParticleParams(coarse_windows="yes").validate()
+    ParticleParams(coarse_windows=False).validate()
+
+
+def test_fill_holes_matches_scipy() -> None:
+    from hrtem_core.particles import _fill_holes
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        m = rng.random((40, 50)) < 0.55
+        assert np.array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
 
 
 def test_same_lattice_needs_two_shared_directions() -> None:
