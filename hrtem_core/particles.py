@@ -59,8 +59,9 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    diffractogram names the phase alone, and a weak fringe patch, even of a single window,
    whose diffractogram a card indexes is kept (a card explaining a whole pattern with confirmed
    angles is not the amorphous film). Candidates within one window of each other whose
-   diffractograms show the same lattice (same card, two shared plane directions) are fragments
-   of one crystal whose middle the windows missed: they are joined (:func:`_merge_fragments`).
+   diffractograms show the same lattice (a card both list, two shared plane directions) are
+   fragments of one crystal whose middle the windows missed: they are joined
+   (:func:`_merge_fragments`).
    A particle whose outline its windows' footprint cut (a tenth of its edge or more on the
    footprint's edge), or a weak patch kept for its diffractogram, has its outline redrawn by
    the rule of step 3 with its diffractogram's indexed reflections and without the footprint
@@ -1233,11 +1234,15 @@ def particles_for_result(
 def _same_lattice(
     a: ParticlePattern, b: ParticlePattern, *, spacing_tol: float, tol_deg: float
 ) -> bool:
-    """Two diffractograms of one lattice: named by the same card, and at least two of the planes
-    its best match explains in ``a``, in directions ``tol_deg`` apart or more, found in ``b`` at
+    """Two diffractograms of one lattice: both named, with a card in common among the phases
+    each cannot tell apart (:meth:`ParticlePattern.candidates`: near-twins such as magnetite
+    and maghemite lead in one fragment and follow in the other), and at least two of the planes
+    the best match explains in ``a``, in directions ``tol_deg`` apart or more, found in ``b`` at
     the same spacing (``spacing_tol``) and direction (``tol_deg``). Two particles of one phase
     in random orientations rarely share two directions."""
-    if not (a.named and b.named) or a.index.best.card_id != b.index.best.card_id:
+    if not (a.named and b.named):
+        return False
+    if not {m.card_id for m in a.candidates()} & {m.card_id for m in b.candidates()}:
         return False
     pa = [p for p, h in zip(a.index.planes, a.index.best.hkl, strict=True) if h is not None]
     pb = [p for p, h in zip(b.index.planes, b.index.best.hkl, strict=True) if h is not None]
@@ -1271,8 +1276,8 @@ def _merge_fragments(
 
     Windows that miss the lattice in a particle's middle (a thickness or transfer minimum) cut
     it into window regions of its own. Two candidate particles whose masks lie within one window
-    of each other and whose diffractograms show the same lattice (:func:`_same_lattice`: the
-    same card, two shared plane directions) are one crystal: their mask becomes the convex hull
+    of each other and whose diffractograms show the same lattice (:func:`_same_lattice`: a
+    card both list, two shared plane directions) are one crystal: their mask becomes the convex hull
     of both (a single crystal is convex to first order; pixels of other particles excluded),
     their windows and reflections are pooled (the reflections clustered again), and the fringe
     SNR is the larger. Updates ``region_of`` and ``fringe_snr`` in place.

@@ -811,16 +811,32 @@ def test_fill_holes_matches_scipy() -> None:
         assert np.array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
 
 
+def test_fragments_named_by_near_twins_are_joined(cards) -> None:
+    """Magnetite [110], 8 nm, classical detector at -30 nm: the windows miss its middle, so
+    two fragments come out; one's diffractogram leads with magnetite, the other's with
+    maghemite, each listing the other. They are one lattice (the same plane directions): one
+    particle, of the right size. (Without cards there are no diffractograms to join them.)"""
+    sim, res = _atoms_scene(
+        cards, [("19-0629", (1, 1, 0), 8.0, 30.0, (256.0, 256.0))], seed=1, df=-30.0
+    )
+    assert len(particles_for_result(res, sim.image, defocus_nm=-30.0).table) == 2
+    t = particles_for_result(res, sim.image, cards=cards, defocus_nm=-30.0).table
+    assert len(t) == 1
+    assert t.phase_name.iloc[0] == "maghemite / magnetite"
+    assert abs(t.equivalent_diameter_nm.iloc[0] / 8.0 - 1) < 0.1
+
+
 def test_same_lattice_needs_two_shared_directions() -> None:
     from types import SimpleNamespace
 
     from hrtem_core.indexing import MeasuredPlane
     from hrtem_core.particles import ParticlePattern, _same_lattice
 
-    def pattern(card, planes):
+    def pattern(card, planes, twin=None):
         pl = tuple(MeasuredPlane(d, a) for d, a in planes)
         best = SimpleNamespace(card_id=card, hkl=tuple((1, 0, 0) for _ in pl))
-        index = SimpleNamespace(status="indexed", best=best, alternatives=(), planes=pl)
+        alts = () if twin is None else (SimpleNamespace(card_id=twin, hkl=best.hkl),)
+        index = SimpleNamespace(status="ambiguous", best=best, alternatives=alts, planes=pl)
         return ParticlePattern(256, index)
 
     a = pattern("A", [(0.50, 10.0), (0.30, 70.0), (0.25, 130.0)])
@@ -830,3 +846,8 @@ def test_same_lattice_needs_two_shared_directions() -> None:
     assert not _same_lattice(a, pattern("A", [(0.50, 10.0), (0.30, 100.0)]), **kw)
     assert not _same_lattice(a, pattern("B", [(0.50, 10.0), (0.30, 70.0)]), **kw)
     assert not _same_lattice(a, pattern("A", [(0.50, 40.0), (0.30, 100.0)]), **kw)
+    # Near-twins: B leads in one fragment, A in the other; each lists the other.
+    tw = pattern("B", [(0.50, 10.0), (0.30, 70.0)], twin="A")
+    assert _same_lattice(pattern("A", [(0.50, 10.0), (0.30, 70.0)], twin="B"), tw, **kw)
+    other = pattern("B", [(0.50, 10.0), (0.30, 70.0)], twin="D")
+    assert not _same_lattice(pattern("A", [(0.50, 10.0), (0.30, 70.0)], twin="C"), other, **kw)
