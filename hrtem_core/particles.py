@@ -44,7 +44,8 @@ its image into one row per particle (:data:`PARTICLE_COLUMNS`, the CLI's ``parti
    are listed with it: ``phase_name = "maghemite / magnetite"`` (sorted by name),
    ``phase_status = ambiguous``, ``phase_candidates`` with each one's pooled ``E``, and
    ``phase_margin_decades`` to the best phase not listed. ``phase_share`` is the (vote-weighted:
-   1 indexed, 0.5 ambiguous) share of the named windows whose first name is listed;
+   1 indexed, 0.5 ambiguous) share of the named windows whose first name is listed (NaN
+   without a named window);
    ``zone_axis`` the most voted zone of the listed phases. ``status``: ``mixed-phase`` when two
    grains have disjoint phase candidates (each with at least one vote), else
    ``twinned/polycrystalline`` when ``n_grains >= 2``, else ``single-crystal``.
@@ -796,9 +797,10 @@ def _phase_columns(
     named = [{c: v.evidence for c, v in cands[i].items()} for i in members if cands[i]]
     final, pattern_zone = _final_phase(dec, pattern, named)
     chosen = frozenset(c for c, _, _ in final)
-    share = 0.0
-    zone = pattern_zone
     votes = {i: _VOTE.get(status[i], 0.5) for i in members if cands[i]}
+    # No named window: no share to give (a particle named by its diffractogram alone).
+    share = 0.0 if votes else float("nan")
+    zone = pattern_zone
     if final and votes:
         first = {i: max(cands[i], key=lambda c: cands[i][c].evidence) for i in votes}
         share = sum(v for i, v in votes.items() if first[i] in chosen) / sum(votes.values())
@@ -820,7 +822,7 @@ def _phase_columns(
         "phase_margin_decades": round(dec.margin_decades, 2)
         if math.isfinite(dec.margin_decades)
         else float("nan"),
-        "phase_share": round(share, 3),
+        "phase_share": round(share, 3) if math.isfinite(share) else float("nan"),
         "zone_axis": zone,
         "pattern_px": 0 if pattern is None else int(pattern.box_px),
         "pattern_status": "" if pattern is None else pattern.status,

@@ -791,6 +791,7 @@ def test_particle_without_a_crystalline_window_is_found_with_larger_windows(card
     row = t.iloc[0]
     assert (row.phase_name, row.phase_status, row.zone_axis) == ("akaganeite", "indexed", "0 0 1")
     assert row.n_windows == 0 and row.n_grains == 1 and row.pattern_status == "indexed"
+    assert math.isnan(row.phase_share)  # no named window to share the name
     assert math.hypot(row.x_px - 256, row.y_px - 256) * PX < 1.5
     assert abs(row.equivalent_diameter_nm / d - 1) < 0.2
     assert math.isfinite(row.orientation_deg)
