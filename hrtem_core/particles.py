@@ -139,7 +139,14 @@ PARTICLE_COLUMNS = (
     "pattern_px",
     "pattern_status",
     "pattern_phase",
+    "outline_from",
 )
+
+#: ``outline_from``: the windows' reflections (step 3), the diffractogram's (a redrawn outline,
+#: :func:`_regrown_outlines`), or a particle the second pass found (:func:`_coarse_particles`).
+OUTLINE_WINDOWS = "windows"
+OUTLINE_DIFFRACTOGRAM = "diffractogram"
+OUTLINE_LARGER_WINDOWS = "larger windows"
 
 STATUS_SINGLE = "single-crystal"
 STATUS_POLY = "twinned/polycrystalline"
@@ -1149,6 +1156,7 @@ def particles_for_result(
     for i in np.flatnonzero(window_particle):
         region_of.setdefault(int(window_particle[i]), region_by_window[int(i)])
     patterns: dict[int, ParticlePattern] = {}
+    outline_from: dict[int, str] = {}  # default OUTLINE_WINDOWS
     if pattern_of is not None:
         labels, window_particle, patterns = _merge_fragments(
             result, labels, window_particle, region_of, fringe_snr, pattern_of, params
@@ -1163,6 +1171,7 @@ def particles_for_result(
             fringe_snr,
             pattern_of,
             params,
+            outline_from,
         )
         if params.coarse_windows:
             labels, window_particle = _coarse_particles(
@@ -1176,6 +1185,7 @@ def particles_for_result(
                 patterns,
                 region_of,
                 fringe_snr,
+                outline_from,
             )
     index = tuple(getattr(result, "index", ()) or ())
     if len(index) == grid.n_windows:  # the statuses that go with the candidates
@@ -1228,6 +1238,7 @@ def particles_for_result(
             )
         )
         row["fringe_snr"] = round(fringe_snr.get(lab, float("nan")), 2)
+        row["outline_from"] = outline_from.get(lab, OUTLINE_WINDOWS)
         rows.append(row)
     window_particle[~np.isin(window_particle, np.arange(1, len(rows) + 1))] = 0
     return _kept_particles(rows, new_labels, window_particle, window_grain, params)
@@ -1460,6 +1471,7 @@ def _regrown_outlines(
     fringe_snr: dict[int, float],
     pattern_of: Any,
     params: ParticleParams,
+    outline_from: dict[int, str],
 ) -> np.ndarray:
     """Redraw the outline of particles that their windows' footprint cut, or that are weak
     patches, from their diffractogram.
@@ -1481,8 +1493,8 @@ def _regrown_outlines(
     threshold flooded into the film) and a card still indexes its diffractogram (else it is not
     the same crystal); its diffractogram replaces the old one, and its fringe SNR is that of
     the diffractogram's reflections; so are its reflections (its size, orientation and halo
-    come from them; one grain). Updates ``patterns``, ``fringe_snr`` and ``region_of`` in place;
-    returns the new labels.
+    come from them; one grain). Updates ``patterns``, ``fringe_snr``, ``region_of`` and
+    ``outline_from`` in place; returns the new labels.
     """
     grid = result.grid
     py, px = (float(v) for v in result.pixel_size_nm)
@@ -1516,6 +1528,7 @@ def _regrown_outlines(
         fringe_snr[lab] = grown[1]
         # Its reflections are now the diffractogram's: they drew the outline, and they size it.
         region_of[lab] = _Region(_pattern_clusters(new_pattern), {}, list(region.members))
+        outline_from[lab] = OUTLINE_DIFFRACTOGRAM
     return out
 
 
@@ -1594,6 +1607,7 @@ def _coarse_particles(
     patterns: dict[int, ParticlePattern],
     region_of: dict[int, _Region],
     fringe_snr: dict[int, float],
+    outline_from: dict[int, str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Particles that no window region gave, found with windows twice as large.
 
@@ -1609,8 +1623,9 @@ def _coarse_particles(
     diffractogram's reflections (:func:`_outline_from_pattern`) and must not touch a kept
     particle (it would be a halo of it); the new outline's diffractogram must be named again.
     Weak candidates it covers (which would be dropped) are absorbed: their windows become its
-    windows. Its reflections are its diffractogram's. Updates ``patterns``, ``region_of`` and
-    ``fringe_snr`` in place; returns the new labels and window -> particle map.
+    windows. Its reflections are its diffractogram's. Updates ``patterns``, ``region_of``,
+    ``fringe_snr`` and ``outline_from`` in place; returns the new labels and window ->
+    particle map.
     """
     from skimage import measure
 
@@ -1684,6 +1699,7 @@ def _coarse_particles(
             _pattern_clusters(new_pattern), {}, [int(i) for i in np.flatnonzero(wp == lab)]
         )
         fringe_snr[lab] = grown[1]
+        outline_from[lab] = OUTLINE_LARGER_WINDOWS
     return out, wp
 
 

@@ -109,6 +109,7 @@ def test_one_particle(cards) -> None:
     assert (pr.window_particle > 0).sum() == t.n_windows.iloc[0]
     assert set(np.unique(pr.labels)) == {0, 1}
     assert len(pr.outlines()[1]) >= 1
+    assert t.outline_from.iloc[0] == "windows"
 
 
 def test_two_particles_of_different_phases(cards) -> None:
@@ -610,6 +611,7 @@ def test_diffractogram_finds_a_weak_particle(cards, monkeypatch) -> None:
     p = sim.truth.particles[0]
     assert math.hypot(row.x_px - p.center_px[1], row.y_px - p.center_px[0]) * PX < 1.5
     assert abs(row.equivalent_diameter_nm / p.diameter_nm - 1) < 0.1
+    assert row.outline_from == "diffractogram"
     # Without the redrawn outline, the footprint of the two windows cuts it short.
     monkeypatch.setattr(particles_mod, "_regrown_outlines", lambda result, img, labels, *a: labels)
     short = particles_for_result(res, sim.image, cards=cards).table.iloc[0]
@@ -792,6 +794,7 @@ def test_particle_without_a_crystalline_window_is_found_with_larger_windows(card
     assert (row.phase_name, row.phase_status, row.zone_axis) == ("akaganeite", "indexed", "0 0 1")
     assert row.n_windows == 0 and row.n_grains == 1 and row.pattern_status == "indexed"
     assert math.isnan(row.phase_share)  # no named window to share the name
+    assert row.outline_from == "larger windows"
     assert math.hypot(row.x_px - 256, row.y_px - 256) * PX < 1.5
     assert abs(row.equivalent_diameter_nm / d - 1) < 0.2
     assert math.isfinite(row.orientation_deg)

@@ -192,7 +192,10 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
     if extras.disagreement:
         st.warning(extras.disagreement)
     if len(table) == 0:
-        st.info("No particle: no group of crystalline windows with a clear lattice.")
+        st.info(
+            "No particle: no group of crystalline windows with a clear lattice, and no lattice "
+            "that a card names in windows twice as large."
+        )
     else:
         c1, c2, c3 = st.columns(3)
         c1.metric("Particles", len(table))
@@ -209,8 +212,11 @@ def show_particles(result: Any, micrograph: Any, *, key: str) -> None:
             )
         st.plotly_chart(size_histogram(table), key=f"{key}_particle_sizes")
         st.caption(
-            "Sizes are corrected for the delocalisation halo R = |lambda df g + Cs lambda^3 g^3| "
-            "of the best-localised strong reflection (raw value in equivalent_diameter_raw_nm)."
+            "Sizes come from each strong reflection's own fringe region, corrected for its "
+            "delocalisation halo R = |lambda df g + Cs lambda^3 g^3| (the SNR-weighted median; "
+            "the raw outline's size is equivalent_diameter_raw_nm). outline_from: what drew "
+            "the outline (the windows, the particle's diffractogram, or windows twice as large "
+            "for a particle no window region gave)."
         )
         from hrtem_core import export
         from ui.results_ui import _bytes_via
