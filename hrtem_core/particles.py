@@ -1257,8 +1257,7 @@ def _same_lattice(
         return False
     if not {m.card_id for m in a.candidates()} & {m.card_id for m in b.candidates()}:
         return False
-    pa = [p for p, h in zip(a.index.planes, a.index.best.hkl, strict=True) if h is not None]
-    pb = [p for p, h in zip(b.index.planes, b.index.best.hkl, strict=True) if h is not None]
+    pa, pb = _explained_planes(a), _explained_planes(b)
 
     def apart(x: float, y: float) -> float:
         d = abs(x - y) % 180.0
@@ -1290,8 +1289,8 @@ def _merge_fragments(
     Windows that miss the lattice in a particle's middle (a thickness or transfer minimum) cut
     it into window regions of its own. Two candidate particles whose masks lie within one window
     of each other and whose diffractograms show the same lattice (:func:`_same_lattice`: a
-    card both list, two shared plane directions) are one crystal: their mask becomes the convex hull
-    of both (a single crystal is convex to first order; pixels of other particles excluded),
+    card both list, two shared plane directions) are one crystal: their mask becomes the convex
+    hull of both (a single crystal is convex to first order; pixels of other particles excluded),
     their windows and reflections are pooled (the reflections clustered again), and the fringe
     SNR is the larger. Updates ``region_of`` and ``fringe_snr`` in place.
 
@@ -1374,13 +1373,21 @@ def _merge_fragments(
 FOOTPRINT_CUT_FRACTION = 0.1
 
 
+def _explained_planes(pattern: ParticlePattern) -> list[Any]:
+    """The planes (:class:`hrtem_core.indexing.MeasuredPlane`) the best match explains."""
+    return [
+        p
+        for p, h in zip(pattern.index.planes, pattern.index.best.hkl, strict=True)
+        if h is not None
+    ]
+
+
 def _pattern_g(pattern: ParticlePattern) -> list[tuple[float, float]]:
     """``(gy, gx)`` [1/nm] of the planes the diffractogram's best match explains."""
     out = []
-    for p, h in zip(pattern.index.planes, pattern.index.best.hkl, strict=True):
-        if h is not None:
-            a = math.radians(p.angle_deg)  # angle_deg = atan2(-gy, gx)
-            out.append((-math.sin(a) / p.spacing_nm, math.cos(a) / p.spacing_nm))
+    for p in _explained_planes(pattern):
+        a = math.radians(p.angle_deg)  # angle_deg = atan2(-gy, gx)
+        out.append((-math.sin(a) / p.spacing_nm, math.cos(a) / p.spacing_nm))
     return out
 
 
@@ -1588,11 +1595,7 @@ def _pattern_clusters(pattern: ParticlePattern) -> list[_Cluster]:
     magnitude)."""
     return [
         _Cluster(gy, gx, max(float(p.intensity), 1e-12), set())
-        for (gy, gx), p in zip(
-            _pattern_g(pattern),
-            [p for p, h in zip(pattern.index.planes, pattern.index.best.hkl, strict=True) if h],
-            strict=True,
-        )
+        for (gy, gx), p in zip(_pattern_g(pattern), _explained_planes(pattern), strict=True)
     ]
 
 
