@@ -144,7 +144,12 @@ def run(
                         "found_phase": t.phase_name.iloc[j],
                         "phase_status": t.phase_status.iloc[j],
                         "phase_candidates": t.phase_candidates.iloc[j],
-                        "phase_share": float(t.phase_share.iloc[j]),
+                        # NaN (no named window: named by the diffractogram) -> null
+                        "phase_share": (
+                            float(t.phase_share.iloc[j])
+                            if np.isfinite(t.phase_share.iloc[j])
+                            else None
+                        ),
                         "diameter_found_nm": float(t.equivalent_diameter_nm.iloc[j]),
                         "diameter_raw_nm": float(t.equivalent_diameter_raw_nm.iloc[j]),
                         "diameter_error": round(
