@@ -514,6 +514,21 @@ def _atoms_scene(cards, specs, *, seed, df, detector="classical"):
     return sim, analysis.analyze_image(_micrograph(sim.image, df), params=params, cards=cards)
 
 
+def _akaganeite_scene(cards, seed):
+    """One akaganeite [001] particle in the middle, 6.5-9 nm, defocus in [-60, -20] nm and a
+    rotation drawn with ``seed``; analysed with the U-Net (w = 64). Returns (sim, res, d)."""
+    rng = np.random.default_rng(seed)
+    df, d, rot = (
+        float(rng.uniform(-60, -20)),
+        float(rng.uniform(6.5, 9)),
+        float(rng.uniform(0, 180)),
+    )
+    sim, res = _atoms_scene(
+        cards, [("34-1266", (0, 0, 1), d, rot, (256.0, 256.0))], seed=seed, df=df, detector="unet"
+    )
+    return sim, res, d
+
+
 def test_pattern_box_sizes() -> None:
     from hrtem_core.particles import pattern_box_px
 
@@ -691,15 +706,7 @@ def test_fragments_of_one_crystal_are_joined(cards, monkeypatch) -> None:
     diffractogram of the same lattice; joined, they are one particle of the right phase."""
     import hrtem_core.particles as particles_mod
 
-    rng = np.random.default_rng(5)
-    df, d, rot = (
-        float(rng.uniform(-60, -20)),
-        float(rng.uniform(6.5, 9)),
-        float(rng.uniform(0, 180)),
-    )
-    sim, res = _atoms_scene(
-        cards, [("34-1266", (0, 0, 1), d, rot, (256.0, 256.0))], seed=5, df=df, detector="unet"
-    )
+    sim, res, d = _akaganeite_scene(cards, 5)
     t = particles_for_result(res, sim.image, cards=cards).table
     assert len(t) == 1
     row = t.iloc[0]
@@ -777,15 +784,7 @@ def test_particle_without_a_crystalline_window_is_found_with_larger_windows(card
     """Akaganeite [001] at -22 nm: no w = 64 window is crystalline on it (its strong planes,
     0.75 and 0.53 nm, are 3.4 and 4.9 FFT px from the centre), so the windows give no particle;
     the 128 px windows of the coarse pass name it, and its diffractogram draws and names it."""
-    rng = np.random.default_rng(10)
-    df, d, rot = (
-        float(rng.uniform(-60, -20)),
-        float(rng.uniform(6.5, 9)),
-        float(rng.uniform(0, 180)),
-    )
-    sim, res = _atoms_scene(
-        cards, [("34-1266", (0, 0, 1), d, rot, (256.0, 256.0))], seed=10, df=df, detector="unet"
-    )
+    sim, res, d = _akaganeite_scene(cards, 10)
     off = ParticleParams(coarse_windows=False)
     assert len(particles_for_result(res, sim.image, cards=cards, params=off).table) == 0
     t = particles_for_result(res, sim.image, cards=cards).table
