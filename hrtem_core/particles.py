@@ -2071,7 +2071,10 @@ def particle_series(results: Any, particle_results: Any, *, defocus_nm: Any = No
 
     The particles of every image are pooled (union of their pixel masks, labelled again: the
     series is assumed drift-free); for each pooled particle and each image, the crystallinity is
-    the fraction of the image's windows whose centre lies on the particle that are crystalline.
+    the fraction of the image's windows whose centre lies on the particle that are crystalline,
+    and ``found`` says whether that image's own particles cover part of it (a particle that
+    only the diffractograms or the windows twice as large found can be ``found`` with a
+    crystallinity of 0: no analysis window on it is crystalline).
 
     Parameters
     ----------
@@ -2084,13 +2087,22 @@ def particle_series(results: Any, particle_results: Any, *, defocus_nm: Any = No
     Returns
     -------
     pandas.DataFrame
-        Columns ``particle_id, x_px, y_px, file, defocus_nm, n_windows, crystallinity``, one row
-        per (particle, image).
+        Columns ``particle_id, x_px, y_px, file, defocus_nm, n_windows, crystallinity, found``,
+        one row per (particle, image).
     """
     results, particle_results = list(results), list(particle_results)
     if len(results) != len(particle_results):
         raise AnalysisParameterError("one particle result per image is needed")
-    cols = ["particle_id", "x_px", "y_px", "file", "defocus_nm", "n_windows", "crystallinity"]
+    cols = [
+        "particle_id",
+        "x_px",
+        "y_px",
+        "file",
+        "defocus_nm",
+        "n_windows",
+        "crystallinity",
+        "found",
+    ]
     if not results:
         return pd.DataFrame(columns=cols)
     union = np.zeros(particle_results[0].labels.shape, dtype=bool)
@@ -2100,7 +2112,8 @@ def particle_series(results: Any, particle_results: Any, *, defocus_nm: Any = No
     pooled, n = ndi.label(union)
     rows = []
     for k in range(1, n + 1):
-        ys, xs = np.nonzero(pooled == k)
+        here = pooled == k
+        ys, xs = np.nonzero(here)
         for j, res in enumerate(results):
             g = res.grid
             cen = np.rint(np.asarray(g.centers)).astype(int)
@@ -2119,6 +2132,10 @@ def particle_series(results: Any, particle_results: Any, *, defocus_nm: Any = No
                     "defocus_nm": None if df is None else float(df),
                     "n_windows": nw,
                     "crystallinity": round(float(cry[on].mean()), 4) if nw else float("nan"),
+                    "found": bool(
+                        particle_results[j].labels.shape == here.shape
+                        and (particle_results[j].labels[here] > 0).any()
+                    ),
                 }
             )
     return pd.DataFrame(rows, columns=cols)

@@ -231,6 +231,7 @@ def test_series_and_summary(cards) -> None:
         "defocus_nm",
         "n_windows",
         "crystallinity",
+        "found",
     ]
     assert set(tab.file) == {"s0.tif", "s1.tif"}
     assert len(tab) == 2 * tab.particle_id.nunique()
@@ -246,6 +247,11 @@ def test_series_and_summary(cards) -> None:
         if tab.particle_id.nunique() == 1:
             assert got.crystallinity.iloc[0] == pytest.approx(want, abs=1e-4)
         assert 0.0 < got.crystallinity.max() <= 1.0
+        # found: this image's own particles cover part of the pooled one.
+        assert list(got.found) == [
+            bool((prs[j].labels[tab_mask] > 0).any())
+            for tab_mask in (ndi.label(pooled)[0] == k for k in got.particle_id)
+        ]
     rows = particles_summary(prs[0])
     assert rows and rows[0]["particle_id"] == 1
 
